@@ -1,0 +1,43 @@
+"""WAV helpers shared by the benchmarks and tests: any WAV in, 16 kHz mono s16le out."""
+
+from __future__ import annotations
+
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+import soxr
+
+
+def read_wav(path: str | Path, sample_rate: int = 16_000) -> np.ndarray:
+    """Read a PCM WAV of any rate and channel count as mono int16 at `sample_rate`."""
+    with wave.open(str(path), "rb") as f:
+        width, channels, rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
+        raw = f.readframes(f.getnframes())
+    if width != 2:
+        raise ValueError(f"{path}: only 16-bit PCM WAV is supported (got {8 * width}-bit)")
+    audio = np.frombuffer(raw, dtype="<i2").reshape(-1, channels).mean(axis=1) / 32768.0
+    if rate != sample_rate:
+        audio = soxr.resample(audio, rate, sample_rate)
+    return (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
+
+
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = 16_000) -> None:
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(sample_rate)
+        f.writeframes(audio.astype("<i2").tobytes())
+
+
+def speak(text: str, path: str | Path, voice: str = "en-us", words_per_minute: int = 160) -> Path:
+    """Synthesize `text` with Debian's espeak-ng (test speech, not product audio)."""
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", str(path), text], check=True)
+    return Path(path)
+
+
+def chunks(audio: np.ndarray, chunk_ms: int = 20, sample_rate: int = 16_000) -> list[bytes]:
+    """Split int16 audio into real-time-sized PCM frames."""
+    step = sample_rate * chunk_ms // 1000
+    return [audio[i : i + step].tobytes() for i in range(0, len(audio), step)]

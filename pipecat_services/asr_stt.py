@@ -1,0 +1,153 @@
+"""Pipecat STT service for our streaming ASR server (`servers/asr`), on `WebsocketSTTService`.
+
+Audio streams to the server as it arrives. When VAD reports the user stopped, the service sends a
+hard finalize; the server has usually finished decoding already (it speculates on its own silence
+detector), so the final comes back within milliseconds. In Pipecat 1.14 the user turn stop
+strategies hold the end of the turn until a `TranscriptionFrame(finalized=True)` arrives, or until
+`ttfs_p99_latency` after the end of speech: that is what guarantees the final transcript reaches
+the user context aggregator before the turn is closed, so we mark every final as finalized.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from dataclasses import asdict
+
+from loguru import logger
+from pipecat.audio.utils import create_stream_resampler
+from pipecat.frames.frames import (
+    ErrorFrame,
+    Frame,
+    InterimTranscriptionFrame,
+    StartFrame,
+    TranscriptionFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.services.settings import STTSettings
+from pipecat.services.stt_service import WebsocketSTTService
+from pipecat.transcriptions.language import Language
+from pipecat.utils.time import time_now_iso8601
+from websockets.protocol import State
+
+from servers.asr import protocol
+
+READY_TIMEOUT_S = 30.0
+
+
+class ASRServerSTTService(WebsocketSTTService):
+    """Streams audio to our ASR server and pushes interim and finalized transcriptions."""
+
+    def __init__(
+        self,
+        *,
+        url: str = "ws://127.0.0.1:8080",
+        ttfs_p99_latency: float = 0.6,
+        reconnect_backoff_min_wait: float = 0.5,
+        reconnect_backoff_max_wait: float = 2.0,
+        **kwargs,
+    ) -> None:
+        """`ttfs_p99_latency`: end of speech → final transcript, p99; the turn's fallback wait."""
+        super().__init__(
+            settings=STTSettings(model=None, language=Language.EN),
+            ttfs_p99_latency=ttfs_p99_latency,
+            reconnect_backoff_min_wait=reconnect_backoff_min_wait,
+            reconnect_backoff_max_wait=reconnect_backoff_max_wait,
+            **kwargs,
+        )
+        self._url = url
+        self._resampler = create_stream_resampler()
+        self._receive_task: asyncio.Task | None = None
+        self.server_info: protocol.Ready | None = None
+
+    def can_generate_metrics(self) -> bool:
+        return True
+
+    async def start(self, frame: StartFrame) -> None:
+        await super().start(frame)
+        await self._connect()
+
+    async def _connect(self) -> None:
+        await super()._connect()
+        await self._connect_websocket()
+        if self._receive_task is None:
+            self._receive_task = self.create_task(self._receive_task_handler(self._report_error))
+
+    async def _disconnect(self) -> None:
+        await super()._disconnect()
+        if self._receive_task is not None:
+            await self.cancel_task(self._receive_task)
+            self._receive_task = None
+        await self._disconnect_websocket()
+
+    async def _connect_websocket(self) -> None:
+        """Connect and wait for the server's `ready` (it arrives once the engine is loaded)."""
+        try:
+            self._websocket = await self._websocket_connect(self._url, max_size=protocol.MAX_MESSAGE_BYTES)
+            first = await asyncio.wait_for(self._websocket.recv(), READY_TIMEOUT_S)
+            ready = protocol.parse_server_message(first)
+            if not isinstance(ready, protocol.Ready):
+                raise ConnectionError(f"expected ready from the ASR server, got {first!r}")
+            if ready.protocol != protocol.PROTOCOL_VERSION:
+                raise ConnectionError(f"ASR server speaks protocol {ready.protocol}, we speak {protocol.PROTOCOL_VERSION}")
+            self.server_info = ready
+            logger.info(f"{self}: connected to {self._url} (engine {ready.engine})")
+            await self._call_event_handler("on_connected")
+        except Exception as e:
+            self._websocket = None
+            await self.push_error(error_msg=f"ASR server {self._url}: {e}", exception=e)
+            await self._call_event_handler("on_connection_error", str(e))
+
+    async def _disconnect_websocket(self) -> None:
+        try:
+            if self._websocket is not None:
+                await self._websocket.close()
+        finally:
+            self._websocket = None
+            await self._call_event_handler("on_disconnected")
+
+    def _is_open(self) -> bool:
+        return self._websocket is not None and self._websocket.state is State.OPEN
+
+    async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
+        if self._is_open():
+            if self.sample_rate != protocol.SAMPLE_RATE:
+                audio = await self._resampler.resample(audio, self.sample_rate, protocol.SAMPLE_RATE)
+            try:
+                await self._websocket.send(audio)
+            except Exception as e:
+                yield ErrorFrame(error=f"ASR send failed: {e}")
+                return
+        yield None
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, VADUserStoppedSpeakingFrame) and self._is_open():
+            self.request_finalize()
+            await self._websocket.send(protocol.Finalize(hard=True).to_json())
+
+    async def _receive_messages(self) -> None:
+        async for raw in self._websocket:
+            try:
+                message = protocol.parse_server_message(raw)
+            except protocol.ProtocolError as e:
+                logger.warning(f"{self}: unparseable server message: {e}")
+                continue
+            await self._on_server_message(message)
+
+    async def _on_server_message(self, message: protocol.Message) -> None:
+        if isinstance(message, protocol.Interim):
+            await self.push_frame(InterimTranscriptionFrame(message.text, self._user_id, time_now_iso8601()))
+        elif isinstance(message, protocol.Final):
+            logger.debug(f"{self}: final in {message.latency_ms:.0f} ms: {message.text!r}")
+            if message.text:
+                self.confirm_finalize()
+                await self.push_frame(
+                    TranscriptionFrame(
+                        message.text, self._user_id, time_now_iso8601(), Language.EN, result=asdict(message)
+                    )
+                )
+                await self.emit_stt_usage_metrics()
+        elif isinstance(message, protocol.Error):
+            logger.warning(f"{self}: server error {message.code}: {message.message}")

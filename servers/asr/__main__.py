@@ -1,0 +1,3 @@
+from servers.asr.server import main
+
+main()

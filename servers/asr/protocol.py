@@ -1,0 +1,145 @@
+"""The ASR server's wire protocol, imported by both the server and the Pipecat client.
+
+One WebSocket per client session:
+
+client → server
+  binary frames                 PCM s16le, 16 kHz, mono; at most MAX_AUDIO_FRAME_BYTES each
+  {"type": "finalize", "hard": false}   soft: the user probably stopped (VAD); start decoding now
+  {"type": "finalize", "hard": true}    the turn is over: answer with one `final`
+  {"type": "reset"}                     drop the utterance in progress and any carried context
+
+server → client
+  {"type": "ready", "protocol": 1, "engine": "whisper", "sample_rate": 16000}   once, first
+  {"type": "interim", "text": "..."}                       while the user speaks
+  {"type": "final", "text": "...", "latency_ms": 12.3, "audio_ms": 2400.0}
+        the answer to a hard finalize; latency_ms = hard finalize received → final sent
+  {"type": "error", "code": "bad_audio", "message": "..."}   the session stays open
+
+Audio sent before `ready` is rejected with `not_ready`. Every message is a small JSON object
+with a "type" field; unknown types get `unknown_type`, non-JSON text gets `bad_json`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any, ClassVar
+
+PROTOCOL_VERSION = 1
+SAMPLE_RATE = 16_000
+MAX_AUDIO_FRAME_BYTES = 64_000
+"""2 s of audio: clients send 10-100 ms frames; anything bigger is a client bug."""
+MAX_MESSAGE_BYTES = 1 << 20
+"""WebSocket frames above this are refused by the transport with close code 1009."""
+
+
+class ErrorCode(StrEnum):
+    BAD_JSON = "bad_json"
+    UNKNOWN_TYPE = "unknown_type"
+    BAD_MESSAGE = "bad_message"
+    BAD_AUDIO = "bad_audio"
+    FRAME_TOO_LARGE = "frame_too_large"
+    NOT_READY = "not_ready"
+    INTERNAL = "internal"
+
+
+class ProtocolError(ValueError):
+    """A client message that breaks the protocol; the server answers with an `error` message."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Message:
+    type: ClassVar[str]
+
+    def to_json(self) -> str:
+        return json.dumps({"type": self.type, **asdict(self)})
+
+
+@dataclass(frozen=True)
+class Ready(Message):
+    type: ClassVar[str] = "ready"
+    engine: str
+    sample_rate: int = SAMPLE_RATE
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True)
+class Interim(Message):
+    type: ClassVar[str] = "interim"
+    text: str
+
+
+@dataclass(frozen=True)
+class Final(Message):
+    type: ClassVar[str] = "final"
+    text: str
+    latency_ms: float
+    audio_ms: float
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Finalize(Message):
+    type: ClassVar[str] = "finalize"
+    hard: bool
+
+
+@dataclass(frozen=True)
+class Reset(Message):
+    type: ClassVar[str] = "reset"
+
+
+SERVER_MESSAGES: dict[str, type[Message]] = {m.type: m for m in (Ready, Interim, Final, Error)}
+CLIENT_MESSAGES: dict[str, type[Message]] = {m.type: m for m in (Finalize, Reset)}
+
+
+def _parse(raw: str | bytes, known: dict[str, type[Message]]) -> Message:
+    try:
+        data: Any = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"not JSON: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, 'expected a JSON object with a string "type"')
+    kind = data.pop("type")
+    cls = known.get(kind)
+    if cls is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}")
+    try:
+        message = cls(**data)
+    except TypeError as e:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"bad {kind!r} message: {e}") from None
+    if isinstance(message, Finalize) and not isinstance(message.hard, bool):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, '"hard" must be true or false')
+    return message
+
+
+def parse_client_message(raw: str | bytes) -> Message:
+    """Parse a text frame from a client; raises ProtocolError with the code to answer."""
+    return _parse(raw, CLIENT_MESSAGES)
+
+
+def parse_server_message(raw: str | bytes) -> Message:
+    """Parse a text frame from the server (used by clients)."""
+    return _parse(raw, SERVER_MESSAGES)
+
+
+def check_audio_frame(frame: bytes) -> None:
+    """Raise ProtocolError unless `frame` is a plausible PCM s16le chunk."""
+    if len(frame) > MAX_AUDIO_FRAME_BYTES:
+        raise ProtocolError(
+            ErrorCode.FRAME_TOO_LARGE,
+            f"audio frame of {len(frame)} bytes exceeds {MAX_AUDIO_FRAME_BYTES}; send ≤ 2 s per frame",
+        )
+    if len(frame) % 2:
+        raise ProtocolError(ErrorCode.BAD_AUDIO, f"odd audio frame length {len(frame)}: expected s16le samples")

@@ -1,0 +1,169 @@
+"""Streaming ASR WebSocket server: one session per connection, the engine behind `ASREngine`.
+
+Run: `python -m servers.asr --engine whisper` (embedded CPU default) or `--engine nemotron` (NeMo).
+The protocol is in `servers/asr/protocol.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import time
+from typing import Any
+
+import numpy as np
+from loguru import logger
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from servers.asr import protocol
+from servers.asr.engines.base import ASREngine, ASRStream
+from servers.common import add_flag, add_server_flags, run_server, setup_logging
+
+DEFAULT_PORT = 8080
+
+
+class ASRServer:
+    """Owns the engine and serves sessions; one session's failure never reaches another."""
+
+    def __init__(self, engine: ASREngine) -> None:
+        self.engine = engine
+        self.loaded = asyncio.Event()
+        self.sessions = 0
+        self._ids = itertools.count(1)
+
+    async def load(self) -> None:
+        started = time.perf_counter()
+        await asyncio.to_thread(self.engine.load)
+        self.loaded.set()
+        logger.info(f"engine {self.engine.name} ready in {time.perf_counter() - started:.1f} s")
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        return self.loaded.is_set(), {"engine": self.engine.name, "sessions": self.sessions}
+
+    async def handle(self, ws: ServerConnection) -> None:
+        session = Session(ws, f"asr-{next(self._ids)}")
+        self.sessions += 1
+        logger.info(f"{session.name}: connected from {ws.remote_address}")
+        ready_task = asyncio.create_task(session.become_ready(self))
+        try:
+            await session.serve()
+        finally:
+            ready_task.cancel()
+            await session.close()
+            self.sessions -= 1
+
+
+class Session:
+    """One client connection: parses frames, drives its stream, answers errors."""
+
+    def __init__(self, ws: ServerConnection, name: str) -> None:
+        self.ws = ws
+        self.name = name
+        self.stream: ASRStream | None = None
+        self.utterance_samples = 0
+
+    async def send(self, message: protocol.Message) -> None:
+        try:
+            await self.ws.send(message.to_json())
+        except ConnectionClosed:
+            pass
+
+    async def become_ready(self, server: ASRServer) -> None:
+        await server.loaded.wait()
+        self.stream = server.engine.open_stream(lambda text: self.send(protocol.Interim(text)))
+        await self.send(protocol.Ready(engine=server.engine.name, sample_rate=server.engine.sample_rate))
+
+    async def serve(self) -> None:
+        try:
+            async for raw in self.ws:
+                try:
+                    await self.on_message(raw)
+                except protocol.ProtocolError as e:
+                    logger.warning(f"{self.name}: {e.code}: {e}")
+                    await self.send(protocol.Error(code=e.code, message=str(e)))
+                except Exception as e:
+                    logger.exception(f"{self.name}: engine error; resetting the stream")
+                    await self.send(protocol.Error(code=protocol.ErrorCode.INTERNAL, message=f"engine error: {e}"))
+                    await self.reset()
+        except ConnectionClosed as e:
+            logger.info(f"{self.name}: closed abruptly ({e})")
+
+    async def on_message(self, raw: str | bytes) -> None:
+        if self.stream is None:
+            raise protocol.ProtocolError(protocol.ErrorCode.NOT_READY, "wait for the ready message")
+        if isinstance(raw, bytes):
+            protocol.check_audio_frame(raw)
+            self.utterance_samples += len(raw) // 2
+            await self.stream.feed(np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0)
+            return
+        received = time.perf_counter()
+        message = protocol.parse_client_message(raw)
+        if isinstance(message, protocol.Reset):
+            await self.reset()
+        elif isinstance(message, protocol.Finalize) and not message.hard:
+            await self.stream.finalize(hard=False)
+        elif isinstance(message, protocol.Finalize):
+            audio_ms = self.utterance_samples * 1000 / protocol.SAMPLE_RATE
+            self.utterance_samples = 0
+            text = await self.stream.finalize(hard=True)
+            latency_ms = (time.perf_counter() - received) * 1000
+            await self.send(protocol.Final(text=text, latency_ms=round(latency_ms, 1), audio_ms=audio_ms))
+            logger.debug(f"{self.name}: final in {latency_ms:.0f} ms: {text!r}")
+
+    async def reset(self) -> None:
+        self.utterance_samples = 0
+        if self.stream is not None:
+            await self.stream.reset()
+
+    async def close(self) -> None:
+        if self.stream is not None:
+            await self.stream.close()
+        logger.info(f"{self.name}: gone")
+
+
+def build_engine(args: argparse.Namespace) -> ASREngine:
+    if args.engine == "whisper":
+        from servers.asr.engines.whisper import WhisperEngine
+
+        return WhisperEngine(model_path=args.whisper_model, cpu_threads=args.threads)
+    from servers.asr.engines.nemotron import NemotronEngine
+
+    return NemotronEngine(model=args.nemotron_model, right_context=args.right_context)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_server_flags(parser, "ASR", DEFAULT_PORT)
+    add_flag(parser, "--engine", "ASR_ENGINE", "whisper", "engine", choices=["whisper", "nemotron"])
+    add_flag(parser, "--whisper-model", "ASR_WHISPER_MODEL", None, "CTranslate2 Whisper dir (default: packaged tiny.en)")
+    add_flag(parser, "--threads", "ASR_THREADS", 2, "CPU threads for the whisper engine")
+    add_flag(
+        parser, "--nemotron-model", "ASR_NEMOTRON_MODEL", "nvidia/nemotron-speech-streaming-en-0.6b",
+        "Hugging Face name or local .nemo path",
+    )
+    add_flag(
+        parser, "--right-context", "ASR_RIGHT_CONTEXT", 1, "nemotron right context: 0/1/6/13 = 80/160/560/1120 ms",
+        choices=[0, 1, 6, 13],
+    )
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    server = ASRServer(build_engine(args))
+    await run_server(
+        server.handle, args.host, args.port, server.health, protocol.MAX_MESSAGE_BYTES, on_started=server.load
+    )
+    server.engine.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        asyncio.run(serve(args))
+    except OSError as e:
+        raise SystemExit(f"asr server: cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    except Exception as e:
+        raise SystemExit(f"asr server: {args.engine} engine failed to start: {e}") from None

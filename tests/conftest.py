@@ -1,0 +1,88 @@
+"""Shared fixtures: spoken test sentences (espeak-ng) and real servers on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.audio import read_wav, speak
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SENTENCES = [
+    "What is the capital of France?",
+    "Please turn on the lights in the kitchen.",
+    "How many legs does a spider have?",
+    "Tell me a short story about a brave little dog.",
+    "The weather today is sunny and warm.",
+    "Can you remind me to call my mother tomorrow?",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not healthy after {timeout} s")
+
+
+class ServerProcess:
+    """A model server started as its own process, the way users run it."""
+
+    def __init__(self, module: str, args: list[str], log: Path) -> None:
+        self.port = free_port()
+        self.module, self.args, self.log = module, args, log
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", self.module, "--port", str(self.port), *self.args]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log.open("a"), stderr=subprocess.STDOUT)
+        wait_healthy(f"http://127.0.0.1:{self.port}/health", self.process)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, np.ndarray]]:
+    """(text, 16 kHz int16 audio) for each test sentence."""
+    folder = tmp_path_factory.mktemp("speech")
+    return [(text, read_wav(speak(text, folder / f"{i}.wav"))) for i, text in enumerate(SENTENCES)]
+
+
+@pytest.fixture(scope="session")
+def asr_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = ServerProcess("servers.asr", ["--engine", "whisper"], tmp_path_factory.mktemp("logs") / "asr.log")
+    server.start()
+    yield server
+    server.stop()
