@@ -64,6 +64,10 @@ class ASRServerSTTService(WebsocketSTTService):
     def can_generate_metrics(self) -> bool:
         return True
 
+    async def _try_reconnect(self, max_retries: int = 10, report_error=None) -> bool:
+        """Keep trying for ~15 s: a local model server restarts (binds, then loads) within that."""
+        return await super()._try_reconnect(max_retries=max_retries, report_error=report_error)
+
     async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
         await self._connect()

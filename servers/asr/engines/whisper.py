@@ -22,6 +22,8 @@ from servers.asr.engines.base import SAMPLE_RATE, ASREngine, ASRStream, InterimC
 
 WINDOW = SAMPLE_RATE * 30 // 1000
 """30 ms analysis window for the speech/silence detector."""
+LEAD_IN = np.zeros(SAMPLE_RATE * 3 // 10, dtype=np.float32)
+"""Silence put before each utterance: Whisper misreads words that start at the very first sample."""
 
 
 def window_rms(samples: np.ndarray) -> np.ndarray:
@@ -85,7 +87,7 @@ class WhisperEngine(ASREngine):
     def _transcribe(self, samples: np.ndarray) -> str:
         assert self._model is not None, "load() first"
         segments, _ = self._model.transcribe(
-            samples,
+            np.concatenate([LEAD_IN, samples]),
             language="en",
             beam_size=1,
             temperature=0.0,

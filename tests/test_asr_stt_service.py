@@ -1,0 +1,110 @@
+"""The Pipecat STT client service against the real ASR server (whisper engine) on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import soxr
+from pipecat.frames.frames import (
+    Frame,
+    InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.tests.utils import SleepFrame, run_test
+
+from benchmarks.audio import chunks
+from benchmarks.scoring import wer
+from pipecat_services.asr_stt import ASRServerSTTService
+from tests.conftest import ServerProcess
+
+
+def utterance_frames(audio: np.ndarray, sample_rate: int = 16000) -> list:
+    """What the transport and the user aggregator send the STT for one spoken turn, paced in real time."""
+    padded = np.concatenate([audio, np.zeros(sample_rate * 3 // 10, dtype=np.int16)])
+    frames: list = [VADUserStartedSpeakingFrame(start_secs=0.2)]
+    for pcm in chunks(padded, sample_rate=sample_rate):
+        frames += [InputAudioRawFrame(audio=pcm, sample_rate=sample_rate, num_channels=1), SleepFrame(0.02)]
+    return [*frames, VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=time.time())]
+
+
+class OnTranscription(FrameProcessor):
+    """Calls `callback` whenever a final transcription passes."""
+
+    def __init__(self, callback) -> None:
+        super().__init__()
+        self._callback = callback
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TranscriptionFrame):
+            self._callback()
+        await self.push_frame(frame, direction)
+
+
+def finals(frames) -> list[TranscriptionFrame]:
+    return [f for f in frames if isinstance(f, TranscriptionFrame)]
+
+
+async def test_final_transcript_is_finalized_and_follows_vad_stop(asr_server, speech):
+    (text1, audio1), (text2, audio2) = speech[0], speech[5]
+    stt = ASRServerSTTService(url=asr_server.url)
+    down, _ = await run_test(
+        stt,
+        frames_to_send=[*utterance_frames(audio1), SleepFrame(1.5), *utterance_frames(audio2), SleepFrame(1.5)],
+        start_timeout=10,
+    )
+    results = finals(down)
+    assert [r.finalized for r in results] == [True, True]
+    assert wer([text1, text2], [r.text for r in results]) <= 0.15, [r.text for r in results]
+    stop_indexes = [i for i, f in enumerate(down) if isinstance(f, VADUserStoppedSpeakingFrame)]
+    final_indexes = [i for i, f in enumerate(down) if isinstance(f, TranscriptionFrame)]
+    assert stop_indexes[0] < final_indexes[0] < stop_indexes[1] < final_indexes[1]
+    assert results[0].result["latency_ms"] >= 0
+    assert any(isinstance(f, InterimTranscriptionFrame) for f in down)
+
+
+async def test_resamples_pipeline_audio_to_16k(asr_server, speech):
+    text, audio = speech[1]
+    audio_24k = (soxr.resample(audio.astype(np.float32) / 32768, 16000, 24000) * 32767).astype(np.int16)
+    stt = ASRServerSTTService(url=asr_server.url)
+    down, _ = await run_test(
+        stt,
+        frames_to_send=[*utterance_frames(audio_24k, sample_rate=24000), SleepFrame(1.5)],
+        pipeline_params=PipelineParams(audio_in_sample_rate=24000),
+        start_timeout=10,
+    )
+    assert wer([text], [r.text for r in finals(down)]) <= 0.2
+
+
+async def test_reconnects_after_server_crash(tmp_path, speech):
+    (text1, audio1), (text2, audio2) = speech[2], speech[3]
+    server = ServerProcess("servers.asr", ["--engine", "whisper"], tmp_path / "asr.log")
+    server.start()
+
+    first_final = asyncio.Event()
+
+    async def crash_and_restart() -> None:
+        await first_final.wait()
+        server.process.kill()
+        await asyncio.to_thread(server.start)
+
+    restart = asyncio.create_task(crash_and_restart())
+    try:
+        down, _ = await run_test(
+            Pipeline([ASRServerSTTService(url=server.url), OnTranscription(first_final.set)]),
+            frames_to_send=[*utterance_frames(audio1), SleepFrame(12.0), *utterance_frames(audio2), SleepFrame(2.0)],
+            start_timeout=10,
+        )
+        await restart
+    finally:
+        server.stop()
+    texts = [r.text for r in finals(down)]
+    assert len(texts) == 2 and wer([text1, text2], texts) <= 0.2, texts
