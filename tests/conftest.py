@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +12,7 @@ import numpy as np
 import pytest
 
 from benchmarks.audio import read_wav, speak
-
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.servers import ROOT, free_port, wait_healthy
 
 SENTENCES = [
     "What is the capital of France?",
@@ -26,27 +22,6 @@ SENTENCES = [
     "The weather today is sunny and warm.",
     "Can you remind me to call my mother tomorrow?",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not healthy after {timeout} s")
 
 
 class ServerProcess:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks.scoring import wer
 from servers.asr.engines.whisper import WhisperEngine
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -44,7 +45,7 @@ async def test_trailing_silence_starts_the_decode_that_the_hard_finalize_reuses(
     assert len(engine.calls) <= 1
     final = await stream.finalize(hard=True)
     assert len(engine.calls) == 1
-    assert final.rstrip("?").lower() == text.rstrip("?").lower()
+    assert wer([text], [final]) <= 0.2, final
 
 
 async def test_soft_finalize_starts_decoding_before_the_silence_detector(engine, speech):

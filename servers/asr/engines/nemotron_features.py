@@ -100,7 +100,7 @@ class IncrementalFeaturizer:
         feats, _ = self.preprocessor(input_signal=zeros, length=torch.tensor([zeros.shape[1]], device=self.device))
         return feats[0, :, feats.shape[-1] // 2].clone()
 
-    def _frame_count(self, n_samples: int) -> int:
+    def frame_count(self, n_samples: int) -> int:
         """How many frames NeMo computes for a whole signal of `n_samples` samples."""
         return int(self.featurizer.get_seq_len(torch.tensor(n_samples)))
 
@@ -111,7 +111,7 @@ class IncrementalFeaturizer:
         yields the trailing frames computed with the zero padding NeMo applies at a signal's end.
         """
         ends = [
-            self._frame_count(t.total) if is_final else t.next_frame + t.complete_frames()
+            self.frame_count(t.total) if is_final else t.next_frame + t.complete_frames()
             for t, is_final in zip(tails, final)
         ]
         wanted = [i for i, (t, end) in enumerate(zip(tails, ends)) if end > t.next_frame]

@@ -1,0 +1,23 @@
+"""Percentile summaries printed by every benchmark."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    """n / min / p50 / p90 / max."""
+    a = np.asarray(values, dtype=float)
+    return {
+        "n": len(a),
+        "min": float(a.min()),
+        "p50": float(np.percentile(a, 50)),
+        "p90": float(np.percentile(a, 90)),
+        "max": float(a.max()),
+    }
+
+
+def fmt(name: str, values: list[float], unit: str = "ms", decimals: int = 1) -> str:
+    s = summary(values)
+    cell = lambda v: f"{v:>8.{decimals}f} {unit}"  # noqa: E731
+    return f"{name:<40} p50 {cell(s['p50'])}   p90 {cell(s['p90'])}   max {cell(s['max'])}   (n={s['n']})"
