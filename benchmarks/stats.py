@@ -19,5 +19,5 @@ def summary(values: list[float]) -> dict[str, float]:
 
 def fmt(name: str, values: list[float], unit: str = "ms", decimals: int = 1) -> str:
     s = summary(values)
-    cell = lambda v: f"{v:>8.{decimals}f} {unit}"  # noqa: E731
-    return f"{name:<40} p50 {cell(s['p50'])}   p90 {cell(s['p90'])}   max {cell(s['max'])}   (n={s['n']})"
+    p50, p90, top = (f"{s[k]:>8.{decimals}f} {unit}" for k in ("p50", "p90", "max"))
+    return f"{name:<40} p50 {p50}   p90 {p90}   max {top}   (n={s['n']})"

@@ -1,0 +1,127 @@
+"""Run the local stack: start each model server, wait for its /health, stop all on Ctrl-C.
+
+    python -m servers.launch          (scripts/run.sh does this after setting up .venv)
+
+Each service logs to logs/<name>.log. Ports and engines come from the same environment variables
+as the servers' own flags (ASR_PORT, ASR_ENGINE, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOGS = ROOT / "logs"
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    module: str
+    port_env: str
+    default_port: int
+    host_env: str
+
+    @property
+    def host(self) -> str:
+        return os.environ.get(self.host_env, "127.0.0.1")
+
+    @property
+    def port(self) -> int:
+        return int(os.environ.get(self.port_env, self.default_port))
+
+
+SERVICES = [
+    Service("asr", "servers.asr", "ASR_PORT", 8080, "ASR_HOST"),
+]
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start(service: Service) -> subprocess.Popen:
+    if not port_is_free(service.host, service.port):
+        sys.exit(
+            f"{service.name}: port {service.port} on {service.host} is already in use "
+            f"(is another copy running?). Stop it or set {service.port_env} to another port."
+        )
+    log = LOGS / f"{service.name}.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", service.module], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+        )
+    print(f"{service.name}: starting on {service.host}:{service.port} (log: {log.relative_to(ROOT)})", flush=True)
+    return process
+
+
+def wait_healthy(service: Service, process: subprocess.Popen, timeout: float = 600.0) -> None:
+    url = f"http://{service.host}:{service.port}/health"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{service.name} exited (code {process.returncode}):\n{tail(LOGS / f'{service.name}.log')}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    print(f"{service.name}: ready at ws://{service.host}:{service.port}", flush=True)
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{service.name} not healthy after {timeout:.0f} s; see logs/{service.name}.log")
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    for p in processes:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in processes:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def main() -> None:
+    LOGS.mkdir(exist_ok=True)
+    processes: list[subprocess.Popen] = []
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        for service in SERVICES:
+            processes.append(start(service))
+        for service, process in zip(SERVICES, processes):
+            wait_healthy(service, process)
+        print("all services ready; Ctrl-C stops everything", flush=True)
+        while all(p.poll() is None for p in processes):
+            time.sleep(0.5)
+        crashed = next(s for s, p in zip(SERVICES, processes) if p.poll() is not None)
+        sys.exit(f"{crashed.name} stopped unexpectedly:\n{tail(LOGS / f'{crashed.name}.log')}")
+    except RuntimeError as e:
+        sys.exit(str(e))
+    except KeyboardInterrupt:
+        print("\nstopping...", flush=True)
+    finally:
+        stop(processes)
+
+
+if __name__ == "__main__":
+    main()
