@@ -29,6 +29,7 @@ from benchmarks.scoring import wer
 from benchmarks.stats import fmt
 from benchmarks.servers import running_server
 from servers.asr.client import ASRClient
+from servers.asr.engines.whisper import WINDOW, window_rms
 
 UTTERANCES = [
     "What is the capital of France?",
@@ -43,13 +44,20 @@ UTTERANCES = [
 
 
 def load_clips(paths: list[str], workdir: Path) -> list[tuple[str | None, np.ndarray]]:
-    """(reference text or None, 16 kHz int16 audio) for the given WAVs, or generated utterances."""
+    """(reference text or None, 16 kHz int16 audio ending 100 ms after the speech) per utterance."""
     if not paths:
-        return [(t, read_wav(speak(t, workdir / f"u{i}.wav"))) for i, t in enumerate(UTTERANCES)]
+        return [(t, trim_trailing_silence(read_wav(speak(t, workdir / f"u{i}.wav")))) for i, t in enumerate(UTTERANCES)]
     files: list[Path] = []
     for p in map(Path, paths):
         files += sorted(p.glob("*.wav")) if p.is_dir() else [p]
-    return [(None, read_wav(f)) for f in files]
+    return [(None, trim_trailing_silence(read_wav(f))) for f in files]
+
+
+def trim_trailing_silence(audio: np.ndarray, keep_ms: int = 100, threshold: float = 0.01) -> np.ndarray:
+    """Cut the clip's own trailing silence so that "end of speech" is where the benchmark says it is."""
+    voiced = np.flatnonzero(window_rms(audio.astype(np.float32) / 32768) > threshold)
+    end = (int(voiced[-1]) + 1) * WINDOW + 16 * keep_ms if len(voiced) else len(audio)
+    return audio[:end]
 
 
 async def run_utterance(client: ASRClient, audio: np.ndarray, soft_lead_ms: int) -> dict:

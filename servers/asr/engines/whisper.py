@@ -28,6 +28,8 @@ LEAD_IN = np.zeros(SAMPLE_RATE * 3 // 10, dtype=np.float32)
 MIN_WINDOW_S = 10.0
 TAIL_S = 1.0
 """Decode window: the utterance plus TAIL_S of silence, at least MIN_WINDOW_S (see `_transcribe`)."""
+STILL_SPEAKING = 3 * WINDOW
+"""Interims start only within 90 ms of speech: one running as the user stops would slow the final."""
 MAX_TOKENS_PER_S = 8
 """Token budget per second of audio: fast speech is ≈5; the bound stops Whisper's repetition loops."""
 
@@ -193,9 +195,10 @@ class WhisperStream(ASRStream):
         self._detect_speech()
         if self._audio.size > self.engine.max_utterance:
             self._drop_oldest(self._audio.size - self.engine.max_utterance)
-        if self._speech_end and self._audio.size - self._speech_end >= self.engine.endpoint_silence:
+        silence = self._audio.size - self._speech_end
+        if self._speech_end and silence >= self.engine.endpoint_silence:
             self._speculate()
-        elif self._audio.size - self._interim_at >= self.engine.interim_interval:
+        elif silence <= STILL_SPEAKING and self._audio.size - self._interim_at >= self.engine.interim_interval:
             self._maybe_start_interim()
 
     def _detect_speech(self) -> None:
