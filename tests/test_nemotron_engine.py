@@ -358,3 +358,34 @@ async def test_finalize_pads_only_to_the_end_of_the_chunk(make_engine, tiny_mode
 
 async def _ignore(text: str) -> None:
     return None
+
+
+async def test_server_restores_a_nemo_file_and_serves_sessions(tiny_model, tmp_path) -> None:
+    """The real loading path (`restore_from` a .nemo) behind the real WebSocket server, two sessions at once."""
+    from servers.asr import protocol
+    from servers.asr.client import ASRClient
+    from tests.conftest import ServerProcess
+
+    path = tmp_path / "tiny.nemo"
+    tiny_model.save_to(str(path))
+    server = ServerProcess("servers.asr", ["--engine", "nemotron", "--nemotron-model", str(path)], tmp_path / "log")
+    await asyncio.to_thread(server.start)
+    try:
+
+        async def session(seed: int) -> protocol.Final:
+            async with ASRClient(server.url) as client:
+                assert client.ready.engine == "nemotron"
+                pcm = (audio(seed, 1.5) * 32767).astype(np.int16)
+                for i in range(0, len(pcm), 320):
+                    await client.send_audio(pcm[i : i + 320].tobytes())
+                await client.send_audio(b"\x01")
+                error = await asyncio.wait_for(client.errors.get(), 10)
+                assert error.code == protocol.ErrorCode.BAD_AUDIO
+                return await client.finalize(timeout=30)
+
+        finals = await asyncio.gather(session(1), session(2))
+    finally:
+        server.stop()
+    for final in finals:
+        assert isinstance(final.text, str) and final.latency_ms >= 0
+        assert final.audio_ms == 1500.0
