@@ -21,10 +21,12 @@ with a "type" field; unknown types get `unknown_type`, non-JSON text gets `bad_j
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import ClassVar
+
+from servers import wire
+from servers.wire import Message, ProtocolError, by_type, parse_message
 
 PROTOCOL_VERSION = 1
 SAMPLE_RATE = 16_000
@@ -35,29 +37,13 @@ MAX_MESSAGE_BYTES = 1 << 20
 
 
 class ErrorCode(StrEnum):
-    BAD_JSON = "bad_json"
-    UNKNOWN_TYPE = "unknown_type"
-    BAD_MESSAGE = "bad_message"
+    BAD_JSON = wire.BAD_JSON
+    BAD_MESSAGE = wire.BAD_MESSAGE
+    UNKNOWN_TYPE = wire.UNKNOWN_TYPE
     BAD_AUDIO = "bad_audio"
     FRAME_TOO_LARGE = "frame_too_large"
     NOT_READY = "not_ready"
     INTERNAL = "internal"
-
-
-class ProtocolError(ValueError):
-    """A client message that breaks the protocol; the server answers with an `error` message."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass(frozen=True)
-class Message:
-    type: ClassVar[str]
-
-    def to_json(self) -> str:
-        return json.dumps({"type": self.type, **asdict(self)})
 
 
 @dataclass(frozen=True)
@@ -100,38 +86,21 @@ class Reset(Message):
     type: ClassVar[str] = "reset"
 
 
-SERVER_MESSAGES: dict[str, type[Message]] = {m.type: m for m in (Ready, Interim, Final, Error)}
-CLIENT_MESSAGES: dict[str, type[Message]] = {m.type: m for m in (Finalize, Reset)}
+SERVER_MESSAGES = by_type(Ready, Interim, Final, Error)
+CLIENT_MESSAGES = by_type(Finalize, Reset)
 
 
-def _parse(raw: str | bytes, known: dict[str, type[Message]]) -> Message:
-    try:
-        data: Any = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProtocolError(ErrorCode.BAD_JSON, f"not JSON: {e}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, 'expected a JSON object with a string "type"')
-    kind = data.pop("type")
-    cls = known.get(kind)
-    if cls is None:
-        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}")
-    try:
-        message = cls(**data)
-    except TypeError as e:
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"bad {kind!r} message: {e}") from None
+def parse_client_message(raw: str | bytes) -> Message:
+    """Parse a text frame from a client; raises ProtocolError with the code to answer."""
+    message = parse_message(raw, CLIENT_MESSAGES)
     if isinstance(message, Finalize) and not isinstance(message.hard, bool):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, '"hard" must be true or false')
     return message
 
 
-def parse_client_message(raw: str | bytes) -> Message:
-    """Parse a text frame from a client; raises ProtocolError with the code to answer."""
-    return _parse(raw, CLIENT_MESSAGES)
-
-
 def parse_server_message(raw: str | bytes) -> Message:
     """Parse a text frame from the server (used by clients)."""
-    return _parse(raw, SERVER_MESSAGES)
+    return parse_message(raw, SERVER_MESSAGES)
 
 
 def check_audio_frame(frame: bytes) -> None:
