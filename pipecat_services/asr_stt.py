@@ -10,7 +10,6 @@ the user context aggregator before the turn is closed, so we mark every final as
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator
 from dataclasses import asdict
 
@@ -29,14 +28,12 @@ from pipecat.services.settings import STTSettings
 from pipecat.services.stt_service import WebsocketSTTService
 from pipecat.transcriptions.language import Language
 from pipecat.utils.time import time_now_iso8601
-from websockets.protocol import State
 
+from pipecat_services.model_server import ModelServerConnection
 from servers.asr import protocol
 
-READY_TIMEOUT_S = 30.0
 
-
-class ASRServerSTTService(WebsocketSTTService):
+class ASRServerSTTService(ModelServerConnection, WebsocketSTTService):
     """Streams audio to our ASR server and pushes interim and finalized transcriptions."""
 
     def __init__(
@@ -57,62 +54,15 @@ class ASRServerSTTService(WebsocketSTTService):
             **kwargs,
         )
         self._url = url
+        self._wire = protocol
         self._resampler = create_stream_resampler()
-        self._receive_task: asyncio.Task | None = None
-        self.server_info: protocol.Ready | None = None
 
     def can_generate_metrics(self) -> bool:
         return True
 
-    async def _try_reconnect(self, max_retries: int = 10, report_error=None) -> bool:
-        """Keep trying for ~15 s: a local model server restarts (binds, then loads) within that."""
-        return await super()._try_reconnect(max_retries=max_retries, report_error=report_error)
-
     async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
         await self._connect()
-
-    async def _connect(self) -> None:
-        await super()._connect()
-        await self._connect_websocket()
-        if self._receive_task is None:
-            self._receive_task = self.create_task(self._receive_task_handler(self._report_error))
-
-    async def _disconnect(self) -> None:
-        await super()._disconnect()
-        if self._receive_task is not None:
-            await self.cancel_task(self._receive_task)
-            self._receive_task = None
-        await self._disconnect_websocket()
-
-    async def _connect_websocket(self) -> None:
-        """Connect and wait for the server's `ready` (it arrives once the engine is loaded)."""
-        try:
-            self._websocket = await self._websocket_connect(self._url, max_size=protocol.MAX_MESSAGE_BYTES)
-            first = await asyncio.wait_for(self._websocket.recv(), READY_TIMEOUT_S)
-            ready = protocol.parse_server_message(first)
-            if not isinstance(ready, protocol.Ready):
-                raise ConnectionError(f"expected ready from the ASR server, got {first!r}")
-            if ready.protocol != protocol.PROTOCOL_VERSION:
-                raise ConnectionError(f"ASR server speaks protocol {ready.protocol}, we speak {protocol.PROTOCOL_VERSION}")
-            self.server_info = ready
-            logger.info(f"{self}: connected to {self._url} (engine {ready.engine})")
-            await self._call_event_handler("on_connected")
-        except Exception as e:
-            self._websocket = None
-            await self.push_error(error_msg=f"ASR server {self._url}: {e}", exception=e)
-            await self._call_event_handler("on_connection_error", str(e))
-
-    async def _disconnect_websocket(self) -> None:
-        try:
-            if self._websocket is not None:
-                await self._websocket.close()
-        finally:
-            self._websocket = None
-            await self._call_event_handler("on_disconnected")
-
-    def _is_open(self) -> bool:
-        return self._websocket is not None and self._websocket.state is State.OPEN
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
         if self._is_open():

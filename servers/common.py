@@ -80,3 +80,15 @@ async def run_server(
             await on_started()
         await stop.wait()
         logger.info("shutting down")
+
+
+def main_with_clear_errors(name: str, serve: Callable[[argparse.Namespace], Awaitable[None]], args: argparse.Namespace) -> None:
+    """Run `serve(args)`; a taken port or a model that fails to load exits with one line, not a traceback."""
+    setup_logging(args.log_level)
+    try:
+        asyncio.run(serve(args))
+    except OSError as e:
+        raise SystemExit(f"{name}: cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    except Exception as e:
+        logger.opt(exception=e).debug("startup failure")
+        raise SystemExit(f"{name}: {args.engine} engine failed to start: {e}") from None

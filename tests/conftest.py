@@ -61,3 +61,21 @@ def asr_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tts_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = ServerProcess("servers.tts", ["--engine", "piper"], tmp_path_factory.mktemp("logs") / "tts.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def whisper():
+    """The embedded ASR engine, in process: transcribes what the TTS says."""
+    from servers.asr.engines.whisper import WhisperEngine
+
+    engine = WhisperEngine()
+    engine.load()
+    return engine

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from servers.asr import protocol
 from servers.asr.engines.base import ASREngine, ASRStream
-from servers.common import add_flag, add_server_flags, run_server, setup_logging
+from servers.common import add_flag, add_server_flags, main_with_clear_errors, run_server
 
 DEFAULT_PORT = 8080
 
@@ -159,11 +159,4 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    setup_logging(args.log_level)
-    try:
-        asyncio.run(serve(args))
-    except OSError as e:
-        raise SystemExit(f"asr server: cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
-    except Exception as e:
-        raise SystemExit(f"asr server: {args.engine} engine failed to start: {e}") from None
+    main_with_clear_errors("asr server", serve, parse_args(argv))

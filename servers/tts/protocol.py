@@ -16,7 +16,7 @@ server → client
   {"type": "error", "code": "unknown_context", "message": "...", "context_id": "c1"}   session stays open
 
 A `text` for a context that was never started starts it with the session defaults. Contexts are
-spoken in the order they were started.
+spoken in the order they were started; starting one flushes any earlier context still open.
 """
 
 from __future__ import annotations

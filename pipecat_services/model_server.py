@@ -1,0 +1,75 @@
+"""The WebSocket plumbing our Pipecat services share with their model servers.
+
+Each server greets a connection with a `ready` message (engine, sample rate, protocol version)
+once its model is loaded; a service is connected only after that. Reconnects retry for ~15 s,
+long enough for a local server to restart, bind and load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import ModuleType
+from typing import Any
+
+from loguru import logger
+from websockets.protocol import State
+
+READY_TIMEOUT_S = 60.0
+
+
+class ModelServerConnection:
+    """Mixin placed before `WebsocketSTTService`/`WebsocketTTSService` in a service's bases.
+
+    The subclass sets `_url` and `_wire` (the server's protocol module: `parse_server_message`,
+    `Ready`, `PROTOCOL_VERSION`, `MAX_MESSAGE_BYTES`) and implements `_receive_messages`.
+    """
+
+    _url: str
+    _wire: ModuleType
+    _receive_task: asyncio.Task | None = None
+    server_info: Any = None
+
+    async def _try_reconnect(self, max_retries: int = 10, report_error: Any = None) -> bool:
+        return await super()._try_reconnect(max_retries=max_retries, report_error=report_error)
+
+    async def _connect(self) -> None:
+        await super()._connect()
+        await self._connect_websocket()
+        if self._receive_task is None:
+            self._receive_task = self.create_task(self._receive_task_handler(self._report_error))
+
+    async def _disconnect(self) -> None:
+        await super()._disconnect()
+        if self._receive_task is not None:
+            await self.cancel_task(self._receive_task)
+            self._receive_task = None
+        await self._disconnect_websocket()
+
+    async def _connect_websocket(self) -> None:
+        """Connect and wait for the server's `ready`."""
+        try:
+            self._websocket = await self._websocket_connect(self._url, max_size=self._wire.MAX_MESSAGE_BYTES)
+            first = await asyncio.wait_for(self._websocket.recv(), READY_TIMEOUT_S)
+            ready = self._wire.parse_server_message(first)
+            if not isinstance(ready, self._wire.Ready):
+                raise ConnectionError(f"expected ready, got {first!r}")
+            if ready.protocol != self._wire.PROTOCOL_VERSION:
+                raise ConnectionError(f"server speaks protocol {ready.protocol}, we speak {self._wire.PROTOCOL_VERSION}")
+            self.server_info = ready
+            logger.info(f"{self}: connected to {self._url} ({ready.engine}, {ready.sample_rate} Hz)")
+            await self._call_event_handler("on_connected")
+        except Exception as e:
+            self._websocket = None
+            await self.push_error(error_msg=f"{self._url}: {e}", exception=e)
+            await self._call_event_handler("on_connection_error", str(e))
+
+    async def _disconnect_websocket(self) -> None:
+        try:
+            if self._websocket is not None:
+                await self._websocket.close()
+        finally:
+            self._websocket = None
+            await self._call_event_handler("on_disconnected")
+
+    def _is_open(self) -> bool:
+        return self._websocket is not None and self._websocket.state is State.OPEN

@@ -1,0 +1,118 @@
+"""Pipecat TTS service for our streaming TTS server (`servers/tts`), on `WebsocketTTSService`.
+
+Each LLM reply is one server context (Pipecat reuses the context id within a turn): sentences go
+out as the LLM produces them, the end of the reply flushes the context, and an interruption
+cancels it on the server, which then sends no more audio for it. Audio that was already on its way
+is dropped by the base class, because the interrupted context no longer exists. TTFB is measured
+by the base class from the first text sent to the first audio appended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+from loguru import logger
+from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame, TTSStoppedFrame
+from pipecat.services.settings import TTSSettings
+from pipecat.services.tts_service import WebsocketTTSService
+
+from pipecat_services.model_server import ModelServerConnection
+from servers.tts import protocol
+
+
+class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
+    """Sends LLM text to our TTS server and plays the audio it streams back."""
+
+    def __init__(
+        self,
+        *,
+        url: str = "ws://127.0.0.1:8001",
+        voice: str | None = None,
+        language: str | None = None,
+        reconnect_backoff_min_wait: float = 0.5,
+        reconnect_backoff_max_wait: float = 2.0,
+        **kwargs,
+    ) -> None:
+        """`voice`/`language`: None picks the server's first (see its `ready` message)."""
+        super().__init__(
+            push_start_frame=True,
+            push_stop_frames=True,
+            push_text_frames=False,
+            pause_frame_processing=True,
+            settings=TTSSettings(model=None, voice=voice, language=language),
+            reconnect_backoff_min_wait=reconnect_backoff_min_wait,
+            reconnect_backoff_max_wait=reconnect_backoff_max_wait,
+            **kwargs,
+        )
+        self._url = url
+        self._wire = protocol
+        self._started: set[str] = set()
+
+    def can_generate_metrics(self) -> bool:
+        return True
+
+    async def start(self, frame) -> None:
+        await super().start(frame)
+        await self._connect()
+
+    async def _disconnect_websocket(self) -> None:
+        self._started.clear()
+        await super()._disconnect_websocket()
+
+    async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
+        if not self._is_open():
+            await self._connect()
+        try:
+            if context_id not in self._started:
+                await self._websocket.send(
+                    protocol.Start(context_id, self._settings.voice, self._language_code()).to_json()
+                )
+                self._started.add(context_id)
+            await self._websocket.send(protocol.Text(context_id, text).to_json())
+            await self.start_tts_usage_metrics(text)
+        except Exception as e:
+            yield ErrorFrame(error=f"TTS server send failed: {e}")
+            yield TTSStoppedFrame(context_id=context_id)
+            return
+        yield None
+
+    def _language_code(self) -> str | None:
+        language = self._settings.language
+        return str(language).split("-")[0].lower() if language else None
+
+    async def flush_audio(self, context_id: str | None = None) -> None:
+        """The LLM reply is complete: let the server speak what it has queued, then `done`."""
+        context_id = context_id or self.get_active_audio_context_id()
+        if context_id in self._started and self._is_open():
+            await self._websocket.send(protocol.Flush(context_id).to_json())
+
+    async def on_audio_context_interrupted(self, context_id: str) -> None:
+        if context_id in self._started and self._is_open():
+            self._started.discard(context_id)
+            await self._websocket.send(protocol.Cancel(context_id).to_json())
+        await self.stop_all_metrics()
+        await super().on_audio_context_interrupted(context_id)
+
+    async def _receive_messages(self) -> None:
+        async for raw in self._websocket:
+            if isinstance(raw, bytes):
+                context_id, pcm = protocol.unpack_audio(raw)
+                if self.audio_context_available(context_id):
+                    frame = TTSAudioRawFrame(pcm, self.server_info.sample_rate, 1, context_id=context_id)
+                    await self.append_to_audio_context(context_id, frame)
+                continue
+            message = protocol.parse_server_message(raw)
+            if isinstance(message, protocol.Done):
+                await self._finish(message.context_id)
+            elif isinstance(message, protocol.Error):
+                if message.code != protocol.ErrorCode.UNKNOWN_CONTEXT:
+                    logger.warning(f"{self}: server error {message.code}: {message.message}")
+                    await self.push_error(error_msg=f"TTS server: {message.message}")
+                if message.context_id:
+                    await self._finish(message.context_id)
+
+    async def _finish(self, context_id: str) -> None:
+        self._started.discard(context_id)
+        if self.audio_context_available(context_id):
+            await self.append_to_audio_context(context_id, TTSStoppedFrame(context_id=context_id))
+            await self.remove_audio_context(context_id)

@@ -1,0 +1,3 @@
+from servers.tts.server import main
+
+main()

@@ -1,0 +1,266 @@
+"""Streaming TTS WebSocket server: replies (contexts) in, audio out, cancel at any chunk boundary.
+
+Run: `python -m servers.tts --engine piper` (embedded CPU default) or `--engine magpie` (NeMo).
+The protocol is in `servers/tts/protocol.py`.
+
+All model work runs on one worker thread per engine: sessions take turns chunk by chunk, so two
+sessions can never corrupt shared model state, and a cancel stops a reply at the next chunk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from loguru import logger
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from servers.common import add_flag, add_server_flags, main_with_clear_errors, run_server
+from servers.tts import protocol
+from servers.tts.engines.base import TTSEngine
+from servers.tts.protocol import ErrorCode, ProtocolError
+from servers.tts.text import Segmenter, normalize
+
+DEFAULT_PORT = 8001
+MAX_OPEN_CONTEXTS = 16
+SEND_CHUNK_S = 0.2
+"""Audio goes out in frames of at most this much, whatever the engine's chunk size."""
+
+
+@dataclass
+class Context:
+    """One reply: its text queue and where it stands."""
+
+    id: str
+    voice: str
+    language: str
+    segmenter: Segmenter = field(default_factory=Segmenter)
+    segments: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+    flushed: bool = False
+    cancelled: bool = False
+    samples: int = 0
+
+
+class TTSServer:
+    def __init__(self, engine: TTSEngine) -> None:
+        self.engine = engine
+        self.loaded = asyncio.Event()
+        self.sessions = 0
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tts-{engine.name}")
+        self._ids = itertools.count(1)
+
+    async def load(self) -> None:
+        started = time.perf_counter()
+        await asyncio.get_running_loop().run_in_executor(self.worker, self.engine.load)
+        self.loaded.set()
+        logger.info(f"engine {self.engine.name} ready in {time.perf_counter() - started:.1f} s")
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        return self.loaded.is_set(), {"engine": self.engine.name, "sessions": self.sessions}
+
+    def ready_message(self) -> protocol.Ready:
+        e = self.engine
+        return protocol.Ready(engine=e.name, sample_rate=e.sample_rate, voices=list(e.voices), languages=list(e.languages))
+
+    async def run_on_worker(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+
+    async def handle(self, ws: ServerConnection) -> None:
+        await self.loaded.wait()
+        session = Session(self, ws, f"tts-{next(self._ids)}")
+        self.sessions += 1
+        try:
+            await session.serve()
+        finally:
+            self.sessions -= 1
+
+
+class Session:
+    """One connection: parses messages, keeps its contexts, speaks them in the order they started."""
+
+    def __init__(self, server: TTSServer, ws: ServerConnection, name: str) -> None:
+        self.server = server
+        self.engine = server.engine
+        self.ws = ws
+        self.name = name
+        self.contexts: dict[str, Context] = {}
+        self.order: asyncio.Queue[Context] = asyncio.Queue()
+
+    async def send(self, message: protocol.Message | bytes) -> None:
+        try:
+            await self.ws.send(message if isinstance(message, bytes) else message.to_json())
+        except ConnectionClosed:
+            pass
+
+    async def serve(self) -> None:
+        logger.info(f"{self.name}: connected from {self.ws.remote_address}")
+        await self.send(self.server.ready_message())
+        speaker = asyncio.create_task(self.speak_in_order())
+        try:
+            async for raw in self.ws:
+                try:
+                    if isinstance(raw, bytes):
+                        raise ProtocolError(ErrorCode.BINARY_NOT_ACCEPTED, "send text as JSON messages")
+                    await self.on_message(protocol.parse_client_message(raw))
+                except ProtocolError as e:
+                    logger.warning(f"{self.name}: {e.code}: {e}")
+                    await self.send(protocol.Error(code=e.code, message=str(e), context_id=e.context_id))
+        except ConnectionClosed as e:
+            logger.info(f"{self.name}: closed abruptly ({e})")
+        finally:
+            for context in self.contexts.values():
+                context.cancelled = True
+            speaker.cancel()
+            logger.info(f"{self.name}: gone")
+
+    async def on_message(self, message: protocol.Message) -> None:
+        if isinstance(message, protocol.Start):
+            self.start(message.context_id, message.voice, message.language)
+        elif isinstance(message, protocol.Text):
+            context = self.contexts.get(message.context_id) or self.start(message.context_id, None, None)
+            self.add_text(context, message.text)
+        elif isinstance(message, protocol.Flush):
+            self.flush(self.open_context(message.context_id))
+        elif isinstance(message, protocol.Cancel):
+            context = self.contexts.pop(message.context_id, None)
+            if context is None:
+                raise ProtocolError(ErrorCode.UNKNOWN_CONTEXT, "nothing to cancel", message.context_id)
+            context.cancelled = True
+            context.segments.put_nowait(None)
+            await self.send(protocol.Done(context_id=context.id, audio_ms=self.audio_ms(context), cancelled=True))
+
+    def start(self, context_id: str, voice: str | None, language: str | None) -> Context:
+        if context_id in self.contexts:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "context already started", context_id)
+        if len(self.contexts) >= MAX_OPEN_CONTEXTS:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"more than {MAX_OPEN_CONTEXTS} open contexts", context_id)
+        voice = voice or self.engine.voices[0]
+        language = language or self.engine.languages[0]
+        if voice not in self.engine.voices:
+            raise ProtocolError(ErrorCode.UNKNOWN_VOICE, f"unknown voice {voice!r}; have {self.engine.voices}", context_id)
+        if language not in self.engine.languages:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_LANGUAGE, f"unknown language {language!r}; have {self.engine.languages}", context_id
+            )
+        for earlier in self.contexts.values():
+            if not earlier.flushed:
+                self.flush(earlier)
+        context = Context(context_id, voice, language)
+        self.contexts[context_id] = context
+        self.order.put_nowait(context)
+        return context
+
+    def flush(self, context: Context) -> None:
+        context.flushed = True
+        for segment in context.segmenter.flush():
+            context.segments.put_nowait(segment)
+        context.segments.put_nowait(None)
+
+    def open_context(self, context_id: str) -> Context:
+        context = self.contexts.get(context_id)
+        if context is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_CONTEXT, "no such context (never started, or already done)", context_id)
+        if context.flushed:
+            raise ProtocolError(ErrorCode.CONTEXT_CLOSED, "context already flushed", context_id)
+        return context
+
+    def add_text(self, context: Context, text: str) -> None:
+        self.open_context(context.id)
+        if context.segmenter.pending + len(text) > protocol.MAX_PENDING_CHARS:
+            raise ProtocolError(
+                ErrorCode.TEXT_TOO_LONG, f"more than {protocol.MAX_PENDING_CHARS} characters queued", context.id
+            )
+        for segment in context.segmenter.add(text):
+            context.segments.put_nowait(segment)
+
+    def audio_ms(self, context: Context) -> float:
+        return round(context.samples * 1000 / self.engine.sample_rate, 1)
+
+    async def speak_in_order(self) -> None:
+        while True:
+            context = await self.order.get()
+            try:
+                await self.speak(context)
+            except Exception as e:
+                logger.exception(f"{self.name}: synthesis failed for {context.id}")
+                await self.send(protocol.Error(code=ErrorCode.INTERNAL, message=f"synthesis failed: {e}", context_id=context.id))
+                self.contexts.pop(context.id, None)
+
+    async def speak(self, context: Context) -> None:
+        index = 0
+        while (segment := await context.segments.get()) is not None and not context.cancelled:
+            text = normalize(segment)
+            if not text:
+                continue
+            samples = await self.synthesize(context, text, first=index == 0)
+            if context.cancelled:
+                return
+            await self.send(protocol.SegmentDone(context.id, index, text, round(samples * 1000 / self.engine.sample_rate, 1)))
+            index += 1
+        if not context.cancelled:
+            self.contexts.pop(context.id, None)
+            await self.send(protocol.Done(context_id=context.id, audio_ms=self.audio_ms(context)))
+
+    async def synthesize(self, context: Context, text: str, first: bool) -> int:
+        """Stream one segment's audio; stop at the next chunk once the context is cancelled."""
+        chunks: Iterator[np.ndarray] = self.engine.synthesize(text, context.voice, context.language, first)
+        step = int(SEND_CHUNK_S * self.engine.sample_rate)
+        samples = 0
+        try:
+            while not context.cancelled:
+                chunk = await self.server.run_on_worker(next, chunks, None)
+                if chunk is None or context.cancelled:
+                    break
+                for i in range(0, len(chunk), step):
+                    if context.cancelled:
+                        break
+                    piece = chunk[i : i + step]
+                    await self.send(protocol.pack_audio(context.id, piece.astype("<i2").tobytes()))
+                    samples += len(piece)
+                    context.samples += len(piece)
+        finally:
+            await self.server.run_on_worker(chunks.close)
+        return samples
+
+
+def build_engine(args: argparse.Namespace) -> TTSEngine:
+    if args.engine == "piper":
+        from servers.tts.engines.piper import PiperEngine
+
+        return PiperEngine(model_path=args.piper_model, config_path=args.piper_config)
+    from servers.tts.engines.magpie import MagpieEngine
+
+    return MagpieEngine(model=args.magpie_model)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_server_flags(parser, "TTS", DEFAULT_PORT)
+    add_flag(parser, "--engine", "TTS_ENGINE", "piper", "engine", choices=["piper", "magpie"])
+    add_flag(parser, "--piper-model", "TTS_PIPER_MODEL", None, "Piper .onnx voice (default: packaged en_US joe)")
+    add_flag(parser, "--piper-config", "TTS_PIPER_CONFIG", None, "Piper voice .onnx.json (default: next to the model)")
+    add_flag(
+        parser, "--magpie-model", "TTS_MAGPIE_MODEL", "nvidia/magpie_tts_multilingual_357m",
+        "Hugging Face name or local .nemo path",
+    )
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    server = TTSServer(build_engine(args))
+    await run_server(
+        server.handle, args.host, args.port, server.health, protocol.MAX_MESSAGE_BYTES, on_started=server.load
+    )
+    server.engine.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    main_with_clear_errors("tts server", serve, parse_args(argv))
