@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Create .venv and install the project with the given extras (default: cpu,bot).
+# Create .venv and install the project with the given extras (default: cpu,piper,bot).
 # Usage: scripts/setup.sh [extras]      e.g. scripts/setup.sh cpu,bot,nemo,dev
 # Idempotent: reinstalls only when pyproject.toml or the extras change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-cpu,bot}"
+extras="${1:-cpu,piper,bot}"
 python="${PYTHON:-python3}"
 
 need_apt=()
@@ -25,15 +25,17 @@ digest="$(sha256sum pyproject.toml | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ]; then
   exit 0
 fi
-echo "setup: installing .[${extras}] into .venv (first time takes a few minutes)"
-.venv/bin/pip install -q --upgrade pip
+echo "setup: installing .[${extras}] into .venv (first time takes a few minutes; log: .venv/pip.log)"
+pip_install() { .venv/bin/pip install "$@" >> .venv/pip.log 2>&1 || { tail -30 .venv/pip.log >&2; exit 1; }; }
+: > .venv/pip.log
+pip_install --upgrade pip
 if [[ ",$extras," == *",nemo,"* ]] && ! command -v nvidia-smi >/dev/null; then
   # No GPU: the CPU build of torch. An unpinned torch would pull several GB of CUDA wheels.
   echo "torch==2.13.0" > .venv/constraints.txt
-  .venv/bin/pip install -q "torch==2.13.0"
+  pip_install "torch==2.13.0"
   constraint=(--constraint .venv/constraints.txt)
 else
   constraint=()
 fi
-.venv/bin/pip install -q "${constraint[@]}" -e ".[${extras}]"
+pip_install "${constraint[@]}" -e ".[${extras}]"
 echo "$digest" > "$stamp"

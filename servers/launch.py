@@ -41,6 +41,7 @@ class Service:
 
 SERVICES = [
     Service("asr", "servers.asr", "ASR_PORT", 8080, "ASR_HOST"),
+    Service("tts", "servers.tts", "TTS_PORT", 8001, "TTS_HOST"),
 ]
 
 
