@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pipecat.frames.frames import Frame
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from benchmarks.audio import read_wav, speak
 from benchmarks.servers import ROOT, free_port, wait_healthy
@@ -79,3 +81,18 @@ def whisper():
     engine = WhisperEngine()
     engine.load()
     return engine
+
+
+class OnFrame(FrameProcessor):
+    """Passes every frame on; calls `callback` when one of type `kind` goes by (to time test actions)."""
+
+    def __init__(self, kind: type[Frame], callback) -> None:
+        super().__init__()
+        self._kind = kind
+        self._callback = callback
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, self._kind):
+            self._callback()
+        await self.push_frame(frame, direction)

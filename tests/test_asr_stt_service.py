@@ -8,7 +8,6 @@ import time
 import numpy as np
 import soxr
 from pipecat.frames.frames import (
-    Frame,
     InputAudioRawFrame,
     InterimTranscriptionFrame,
     TranscriptionFrame,
@@ -17,13 +16,12 @@ from pipecat.frames.frames import (
 )
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import SleepFrame, run_test
 
 from benchmarks.audio import chunks
 from benchmarks.scoring import wer
 from pipecat_services.asr_stt import ASRServerSTTService
-from tests.conftest import ServerProcess
+from tests.conftest import OnFrame, ServerProcess
 
 
 def utterance_frames(audio: np.ndarray, sample_rate: int = 16000) -> list:
@@ -33,20 +31,6 @@ def utterance_frames(audio: np.ndarray, sample_rate: int = 16000) -> list:
     for pcm in chunks(padded, sample_rate=sample_rate):
         frames += [InputAudioRawFrame(audio=pcm, sample_rate=sample_rate, num_channels=1), SleepFrame(0.02)]
     return [*frames, VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=time.time())]
-
-
-class OnTranscription(FrameProcessor):
-    """Calls `callback` whenever a final transcription passes."""
-
-    def __init__(self, callback) -> None:
-        super().__init__()
-        self._callback = callback
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if isinstance(frame, TranscriptionFrame):
-            self._callback()
-        await self.push_frame(frame, direction)
 
 
 def finals(frames) -> list[TranscriptionFrame]:
@@ -99,7 +83,7 @@ async def test_reconnects_after_server_crash(tmp_path, speech):
     restart = asyncio.create_task(crash_and_restart())
     try:
         down, _ = await run_test(
-            Pipeline([ASRServerSTTService(url=server.url), OnTranscription(first_final.set)]),
+            Pipeline([ASRServerSTTService(url=server.url), OnFrame(TranscriptionFrame, first_final.set)]),
             frames_to_send=[*utterance_frames(audio1), SleepFrame(12.0), *utterance_frames(audio2), SleepFrame(2.0)],
             start_timeout=10,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import soxr
 from pipecat.frames.frames import (
@@ -15,11 +17,13 @@ from pipecat.frames.frames import (
     TTSStoppedFrame,
 )
 from pipecat.metrics.metrics import TTFBMetricsData
+from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams
 from pipecat.tests.utils import SleepFrame, run_test
 
 from benchmarks.scoring import wer
 from pipecat_services.tts import TTSServerTTSService
+from tests.conftest import OnFrame, ServerProcess
 
 REPLY = ["Sure, the capital of France ", "is Paris. ", "It is famous for the Eiffel Tower."]
 LONG_REPLY = ["Let me tell you a long story. "] + ["Once upon a time there was a very patient robot. "] * 8
@@ -76,3 +80,27 @@ async def test_interruption_cancels_on_the_server_and_drops_stale_audio(tts_serv
     assert 0.5 < spoken_after < 3.0, spoken_after
     total_long = sum(len(t.split()) for t in LONG_REPLY) * 0.3
     assert sum(len(f.audio) for f in before) / 2 / 22050 < total_long / 2
+
+
+async def test_reconnects_after_server_crash(tmp_path):
+    server = ServerProcess("servers.tts", ["--engine", "piper"], tmp_path / "tts.log")
+    server.start()
+    spoke = asyncio.Event()
+
+    async def crash_and_restart() -> None:
+        await spoke.wait()
+        server.process.kill()
+        await asyncio.to_thread(server.start)
+
+    restart = asyncio.create_task(crash_and_restart())
+    try:
+        down, _ = await run_test(
+            Pipeline([TTSServerTTSService(url=server.url), OnFrame(TTSStoppedFrame, spoke.set)]),
+            frames_to_send=[*reply_frames(["First reply."]), SleepFrame(12.0), *reply_frames(["Second reply."]), SleepFrame(3.0)],
+            start_timeout=10,
+        )
+        await restart
+    finally:
+        server.stop()
+    contexts = {f.context_id for f in audio_of(down)}
+    assert len(contexts) == 2, contexts
