@@ -125,12 +125,35 @@ def build_magpie(codec_path: str, frame_stacking: int = 1) -> Any:
     )
     torch.manual_seed(0)
     model = MagpieTTSModel(cfg=cfg).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not name.startswith("_codec_model") and param.dim() >= 2:
+                param.normal_(0.0, 0.1)  # large enough that text and speaker change what is sampled
+    set_eos_bias(model, -1e4)  # a random model would otherwise stop at random
     # What load_state_dict does with a checkpoint's baked speaker embedding.
     model.baked_context_embedding = torch.nn.Embedding(len(SPEAKERS), context_frames * d)
     model._baked_embedding_T = torch.tensor(context_frames)
     model._baked_embedding_D = torch.tensor(d)
     model.baked_context_embedding_len = torch.full((len(SPEAKERS),), context_frames)
     return model
+
+
+def set_eos_bias(model: Any, bias: float) -> None:
+    """Make audio EOS impossible (very negative) or certain (very positive) in every codebook's logits."""
+    per_codebook = model.num_all_tokens_per_codebook
+    with torch.no_grad():
+        for head in model.local_transformer_out_projections:
+            head.bias[model.audio_eos_id] = bias
+        model.final_proj.bias[model.audio_eos_id :: per_codebook] = bias
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """The tiny model's ops are too small to gain from threads, and lose a lot to them on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -274,21 +297,25 @@ def test_interleaved_replies_match_their_solo_runs(engine: MagpieEngine) -> None
 
 def test_end_of_speech_drops_the_eos_frame(engine: MagpieEngine, tiny_model: Any) -> None:
     """With EOS made certain, the utterance ends at the first step EOS is allowed (min_generated_frames)."""
-    heads = tiny_model.local_transformer_out_projections
-    saved = [head.bias.detach().clone() for head in heads]
-    with torch.no_grad():
-        for head in heads:
-            head.bias[tiny_model.audio_eos_id] += 1e4
+    set_eos_bias(tiny_model, 1e4)
     try:
         with StepCounter(tiny_model) as steps:
             chunks = run(engine)
     finally:
-        with torch.no_grad():
-            for head, bias in zip(heads, saved):
-                head.bias.copy_(bias)
+        set_eos_bias(tiny_model, -1e4)
     frames = tiny_model.inference_parameters.min_generated_frames
     assert steps.calls == frames + 1
     assert sum(len(c) for c in chunks) == frames * SPF
+
+
+def test_long_text_is_spoken_sentence_by_sentence_in_one_stream(engine: MagpieEngine, tiny_model: Any) -> None:
+    """Text over NeMo's ~20 s threshold is split into sentences; each is generated afresh, one audio stream."""
+    sentence = " ".join(["one two three four five six seven eight nine ten eleven twelve"] * 2) + "."
+    with StepCounter(tiny_model) as steps:
+        chunks = list(engine.synthesize(f"{sentence} {sentence}", "john", "en", False))
+    assert steps.calls == 2 * MAX_FRAMES
+    assert [len(c) // SPF for c in chunks] == [16, 16, 8] * 2
+    assert decoder_is_clean(tiny_model)
 
 
 def test_frame_stacking_streams_whole_decoder_steps(codec_path: str) -> None:

@@ -10,7 +10,8 @@ How text becomes audio, and why:
   `chunk_frames`; later segments every `later_chunk_frames`. Cancelling therefore stops generation
   at the next chunk boundary in every mode: there is no unstoppable batch call.
 - Chunks are decoded by the codec with enough left context that their concatenation is the one-shot
-  decode of the whole utterance (see codec_stream). The context is measured on the codec at load.
+  decode of the whole utterance: exactly for the causal NanoCodec, and with held-back frames
+  crossfaded for a codec that looks ahead (see codec_stream). Both are measured on the codec at load.
 - The decoder keeps its KV cache inside its modules, and sampling draws from the global RNG. Both
   belong to one reply: its caches and RNG state are installed only while its generator runs and
   taken out again before it yields, so replies interleaved chunk by chunk on the worker thread (or
@@ -143,7 +144,9 @@ class MagpieEngine(TTSEngine):
         self.voices = tuple(SPEAKERS[i] if i < len(SPEAKERS) else f"speaker{i}" for i in range(n_speakers))
         available = set(tts_model.tokenizer.tokenizers)
         self.languages = tuple(lang for lang, names in LANGUAGE_TOKENIZER_MAP.items() if available & set(names))
-        self._cache_modules = [m for m in tts_model.decoder.modules() if hasattr(m, "cache") and hasattr(m, "use_cache")]
+        self._cache_modules = [
+            m for m in tts_model.decoder.modules() if hasattr(m, "cache") and hasattr(m, "use_cache")
+        ]
         self._max_steps = tts_model.inference_parameters.max_decoder_steps // tts_model.frame_stacking_factor
         codec = tts_model._codec_model
         with torch.inference_mode():
@@ -177,6 +180,8 @@ class MagpieEngine(TTSEngine):
             raise RuntimeError("engine not loaded")
         speaker = self._speaker(voice)
         tokens = self._tokenize(text, language)
+        if not text.strip():
+            return
         seed = self.seed if self.seed is not None else secrets.randbits(63)
         reply = _Reply(rng=torch.Generator(device=self.device).manual_seed(seed).get_state())
         stream = CodecStream(self._decode, self._samples_per_frame, self.context_frames, self.hold_frames)
@@ -253,7 +258,7 @@ class MagpieEngine(TTSEngine):
     def _start(self, tokens: Tensor, speaker: int) -> _Utterance:
         """Encode the text and look up the speaker; empty decoder caches (each text chunk starts afresh)."""
         model = self.model
-        self.model.decoder.reset_cache(use_cache=True)
+        model.decoder.reset_cache(use_cache=True)
         batch = {
             "text": tokens[None],
             "text_lens": torch.tensor([tokens.numel()], device=self.device),
@@ -266,8 +271,8 @@ class MagpieEngine(TTSEngine):
                 context.cond, context.cond_mask, context.additional_decoder_input, context.additional_decoder_mask
             )[:4]
         fsf = model.frame_stacking_factor
-        codes = torch.full((1, model.num_audio_codebooks, fsf), model.audio_bos_id, device=self.device)
-        return _Utterance(context=context, dummy=dummy, codes=codes.long(), codes_lens=torch.tensor([fsf], device=self.device))
+        codes = torch.full((1, model.num_audio_codebooks, fsf), model.audio_bos_id, device=self.device).long()
+        return _Utterance(context, dummy, codes, codes_lens=torch.tensor([fsf], device=self.device))
 
     def _step(self, u: _Utterance) -> Tensor:
         """One decoder step: the next `frame_stacking_factor` frames [codebooks, n], fewer at EOS.
@@ -301,7 +306,8 @@ class MagpieEngine(TTSEngine):
             batch_size=1,
         )
         if params.apply_attention_prior and u.step >= params.start_prior_after_n_audio_steps:
-            scores, _ = model.get_cross_attention_scores(attn_probs, filter_layers=params.estimate_alignment_from_layers)
+            layers = params.estimate_alignment_from_layers
+            scores, _ = model.get_cross_attention_scores(attn_probs, filter_layers=layers)
             attended, u.counter = model.get_most_attended_text_timestep(
                 alignment_attention_scores=scores,
                 last_attended_timesteps=u.last_attended,
