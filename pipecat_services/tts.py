@@ -1,10 +1,13 @@
 """Pipecat TTS service for our streaming TTS server (`servers/tts`), on `WebsocketTTSService`.
 
-Each LLM reply is one server context (Pipecat reuses the context id within a turn): sentences go
-out as the LLM produces them, the end of the reply flushes the context, and an interruption
+Each LLM reply is one server context (Pipecat reuses the context id within a turn): text goes out
+token by token as the LLM produces it (the server cuts it into clauses and sentences itself, so
+Pipecat's own sentence aggregation would only add delay), the end of the reply flushes the context,
+and an interruption
 cancels it on the server, which then sends no more audio for it. Audio that was already on its way
 is dropped by the base class, because the interrupted context no longer exists. TTFB is measured
-by the base class from the first text sent to the first audio appended.
+by the base class from the first text sent to the first audio appended. With a `TurnTaking`
+scheduler, `TTSMarkFrame`s from the LLM are forwarded to the server and their echoes reported back.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from collections.abc import AsyncGenerator
 
 from loguru import logger
 from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame, TTSStoppedFrame
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import TTSSettings
-from pipecat.services.tts_service import WebsocketTTSService
+from pipecat.services.tts_service import TextAggregationMode, WebsocketTTSService
 
 from pipecat_services.model_server import ModelServerConnection
+from pipecat_services.turn_taking import TTSMarkFrame, TurnTaking
 from servers.tts import protocol
 
 
@@ -29,12 +34,14 @@ class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
         url: str = "ws://127.0.0.1:8001",
         voice: str | None = None,
         language: str | None = None,
+        turn_taking: TurnTaking | None = None,
         reconnect_backoff_min_wait: float = 0.5,
         reconnect_backoff_max_wait: float = 2.0,
         **kwargs,
     ) -> None:
         """`voice`/`language`: None picks the server's first (see its `ready` message)."""
         super().__init__(
+            text_aggregation_mode=TextAggregationMode.TOKEN,
             push_start_frame=True,
             push_stop_frames=True,
             push_text_frames=False,
@@ -47,6 +54,8 @@ class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
         self._url = url
         self._wire = protocol
         self._started: set[str] = set()
+        self._turn_taking = turn_taking
+        self._last_context_id: str | None = None
 
     def can_generate_metrics(self) -> bool:
         return True
@@ -69,6 +78,7 @@ class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
                 )
                 self._started.add(context_id)
             await self._websocket.send(protocol.Text(context_id, text).to_json())
+            self._last_context_id = context_id
             await self.start_tts_usage_metrics(text)
         except Exception as e:
             yield ErrorFrame(error=f"TTS server send failed: {e}")
@@ -79,6 +89,18 @@ class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
     def _language_code(self) -> str | None:
         language = self._settings.language
         return str(language).split("-")[0].lower() if language else None
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        if not isinstance(frame, TTSMarkFrame):
+            await super().process_frame(frame, direction)
+            return
+        if self._turn_taking is None:
+            return
+        if self._last_context_id in self._started and self._is_open():
+            self._turn_taking.tts_started(frame.mark_id)
+            await self._websocket.send(protocol.Mark(self._last_context_id, frame.mark_id).to_json())
+        else:
+            self._turn_taking.reached(frame.mark_id)
 
     async def flush_audio(self, context_id: str | None = None) -> None:
         """The LLM reply is complete: let the server speak what it has queued, then `done`."""
@@ -102,7 +124,9 @@ class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
                     await self.append_to_audio_context(context_id, frame)
                 continue
             message = protocol.parse_server_message(raw)
-            if isinstance(message, protocol.Done):
+            if isinstance(message, protocol.Mark) and self._turn_taking is not None:
+                self._turn_taking.reached(message.id)
+            elif isinstance(message, protocol.Done):
                 await self._finish(message.context_id)
             elif isinstance(message, protocol.Error):
                 if message.code != protocol.ErrorCode.UNKNOWN_CONTEXT:

@@ -198,3 +198,20 @@ async def test_oversized_frame_and_abrupt_disconnects_leave_others_unharmed(tts_
     assert wer(["The server is still fine."], [await transcribe(whisper, reply.audio, rate)]) <= 0.2
     with urllib.request.urlopen(f"http://127.0.0.1:{tts_server.port}/health") as response:
         assert json.load(response)["status"] == "ok"
+
+
+async def test_mark_is_echoed_once_the_text_before_it_is_synthesized(tts_server):
+    ws, _ = await open_session(tts_server.url)
+    async with ws:
+        await ws.send(protocol.Text("c", "Sure, the first part").to_json())
+        await ws.send(protocol.Mark("c", "m1").to_json())
+        await ws.send(protocol.Text("c", " and the second part.").to_json())
+        await ws.send(protocol.Mark("c", "m2").to_json())
+        await ws.send(protocol.Flush("c").to_json())
+        events = []
+        while not events or events[-1] != "done":
+            raw = await asyncio.wait_for(ws.recv(), 30)
+            if isinstance(raw, str):
+                message = protocol.parse_server_message(raw)
+                events.append(message.id if isinstance(message, protocol.Mark) else message.type)
+    assert events == ["segment_done", "segment_done", "m1", "segment_done", "m2", "done"], events

@@ -63,7 +63,7 @@ async def test_interruption_cancels_on_the_server_and_drops_stale_audio(tts_serv
         tts,
         frames_to_send=[
             *reply_frames(LONG_REPLY),
-            SleepFrame(0.8),
+            SleepFrame(2.0),
             InterruptionFrame(),
             SleepFrame(1.0),
             *reply_frames(["Okay, stopping."]),

@@ -7,11 +7,13 @@ client → server (JSON text frames)
   {"type": "text", "context_id": "c1", "text": "Hello there. "}     as the LLM produces it
   {"type": "flush", "context_id": "c1"}     no more text: speak what is queued, then `done`
   {"type": "cancel", "context_id": "c1"}    stop now: no audio for c1 follows the `done`
+  {"type": "mark", "context_id": "c1", "id": "m1"}   speak what came before, then echo the mark
 
 server → client
   {"type": "ready", "protocol": 1, "engine": "piper", "sample_rate": 22050, "voices": [...], "languages": [...]}
   binary frames: audio, see `pack_audio` (context id + PCM s16le mono at `sample_rate`)
   {"type": "segment_done", "context_id": "c1", "index": 0, "text": "Hello there.", "audio_ms": 812.0}
+  {"type": "mark", "context_id": "c1", "id": "m1"}   everything sent before m1 is synthesized
   {"type": "done", "context_id": "c1", "audio_ms": 2310.0, "cancelled": false}
   {"type": "error", "code": "unknown_context", "message": "...", "context_id": "c1"}   session stays open
 
@@ -79,6 +81,15 @@ class Cancel(Message):
 
 
 @dataclass(frozen=True)
+class Mark(Message):
+    """Both ways: the client asks, the server echoes it once the audio before it is synthesized."""
+
+    type: ClassVar[str] = "mark"
+    context_id: str
+    id: str
+
+
+@dataclass(frozen=True)
 class Ready(Message):
     type: ClassVar[str] = "ready"
     engine: str
@@ -113,8 +124,8 @@ class Error(Message):
     context_id: str | None = None
 
 
-CLIENT_MESSAGES = by_type(Start, Text, Flush, Cancel)
-SERVER_MESSAGES = by_type(Ready, SegmentDone, Done, Error)
+CLIENT_MESSAGES = by_type(Start, Text, Flush, Cancel, Mark)
+SERVER_MESSAGES = by_type(Ready, SegmentDone, Mark, Done, Error)
 
 
 def parse_client_message(raw: str | bytes) -> Message:

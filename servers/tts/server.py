@@ -43,7 +43,7 @@ class Context:
     voice: str
     language: str
     segmenter: Segmenter = field(default_factory=Segmenter)
-    segments: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+    segments: asyncio.Queue[str | protocol.Mark | None] = field(default_factory=asyncio.Queue)
     flushed: bool = False
     cancelled: bool = False
     samples: int = 0
@@ -129,6 +129,11 @@ class Session:
             self.add_text(context, message.text)
         elif isinstance(message, protocol.Flush):
             self.flush(self.open_context(message.context_id))
+        elif isinstance(message, protocol.Mark):
+            context = self.open_context(message.context_id)
+            for segment in context.segmenter.flush():
+                context.segments.put_nowait(segment)
+            context.segments.put_nowait(message)
         elif isinstance(message, protocol.Cancel):
             context = self.contexts.pop(message.context_id, None)
             if context is None:
@@ -197,6 +202,9 @@ class Session:
     async def speak(self, context: Context) -> None:
         index = 0
         while (segment := await context.segments.get()) is not None and not context.cancelled:
+            if isinstance(segment, protocol.Mark):
+                await self.send(segment)
+                continue
             text = normalize(segment)
             if not text:
                 continue
