@@ -38,6 +38,10 @@ class ServerProcess:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def start(self) -> None:
         cmd = [sys.executable, "-m", self.module, "--port", str(self.port), *self.args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -68,6 +72,15 @@ def asr_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
 @pytest.fixture(scope="session")
 def tts_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     server = ServerProcess("servers.tts", ["--engine", "piper"], tmp_path_factory.mktemp("logs") / "tts.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """llama-server with SmolLM2-135M from its package: small enough for CI, real enough for the protocol."""
+    server = ServerProcess("servers.llm", ["--model", "smollm2-135m"], tmp_path_factory.mktemp("logs") / "llm.log")
     server.start()
     yield server
     server.stop()

@@ -1,0 +1,132 @@
+"""LLM benchmark: first-segment latency and KV-cache reuse over a scripted 10-turn conversation.
+
+    python -m benchmarks.llm                          # starts llama-server with the embedded 1.5B
+    python -m benchmarks.llm --model qwen2.5-0.5b --no-interleave
+    python -m benchmarks.llm --url http://HOST:8002   # an already running llama-server
+
+Each turn goes through `LlamaServerLLMService` and Pipecat's assistant aggregator, as in the bot.
+Interleaved, the TTS side of the turn-taking answers each mark at once, so this measures the LLM
+alone: first_segment_ms is the service's TTFB (context in → first segment out; free streaming:
+first token). cache hit = llama-server's cache_n / the prompt tokens it had already seen in this
+conversation; "of prompt" = cache_n / (cache_n + prompt_n), the share of the whole prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+from pathlib import Path
+
+from pipecat.frames.frames import Frame, LLMContextFrame, LLMTextFrame, MetricsFrame
+from pipecat.metrics.metrics import TTFBMetricsData
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMAssistantAggregator
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.services.settings import LLMSettings
+from pipecat.tests.utils import run_test
+
+from benchmarks.servers import running_server
+from benchmarks.stats import fmt
+from pipecat_services.llama_llm import LlamaServerLLMService
+from pipecat_services.turn_taking import TTSMarkFrame, TurnTaking
+
+SYSTEM = "You are a friendly voice assistant. Answer briefly, in one to three spoken sentences, without lists."
+SCRIPT = [
+    "Hi! What is the capital of France?",
+    "What is it famous for?",
+    "How tall is the Eiffel Tower, roughly?",
+    "How many legs does a spider have?",
+    "And an insect?",
+    "What is twelve times twelve?",
+    "Can you suggest a quick dinner with eggs and rice?",
+    "How long should I cook the rice?",
+    "Tell me a fun fact about octopuses.",
+    "Thanks, that's all for now. Goodbye!",
+]
+
+
+class AnswerMarks(FrameProcessor):
+    """The TTS side of turn-taking with no TTS: every mark is answered at once (measures the LLM alone)."""
+
+    def __init__(self, turn_taking: TurnTaking) -> None:
+        super().__init__()
+        self.turn_taking = turn_taking
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, TTSMarkFrame):
+            self.turn_taking.reached(frame.mark_id)
+        else:
+            await self.push_frame(frame, direction)
+
+
+async def run_conversation(url: str, interleave: bool, temperature: float) -> list[dict]:
+    turn_taking = TurnTaking() if interleave else None
+    llm = LlamaServerLLMService(
+        base_url=url, turn_taking=turn_taking, settings=LLMSettings(temperature=temperature, seed=7, max_tokens=160)
+    )
+    context = LLMContext(messages=[{"role": "system", "content": SYSTEM}])
+    results = []
+    for i, question in enumerate(SCRIPT, 1):
+        context.add_message({"role": "user", "content": question})
+        stages = [llm, *([AnswerMarks(turn_taking)] if turn_taking else []), LLMAssistantAggregator(context)]
+        down, _ = await run_test(
+            Pipeline(stages),
+            frames_to_send=[LLMContextFrame(context)],
+            pipeline_params=PipelineParams(enable_metrics=True),
+            start_timeout=30,
+        )
+        ttfb = [d.value for f in down if isinstance(f, MetricsFrame) for d in f.data if isinstance(d, TTFBMetricsData)]
+        first = next((f.text for f in down if isinstance(f, LLMTextFrame)), "")
+        results.append(
+            {
+                "turn": i,
+                "first_segment_ms": round(max(ttfb) * 1000, 1),
+                "cache_hit_ratio": llm.last_turn["cache_hit_ratio"],
+                "prompt_cached_share": llm.last_turn["prompt_cached_share"],
+                "prompt_tokens": llm.last_turn["prompt_tokens"],
+                "first_segment": first,
+                "reply": context.messages[-1]["content"],
+            }
+        )
+    await llm.client.close()
+    return results
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        async with running_server("servers.llm", args.url, ["--model", args.model], Path(tmp) / "llm.log") as url:
+            url = url.replace("ws://", "http://")
+            await run_conversation(url, args.interleave, args.temperature)
+            results = await run_conversation(url, args.interleave, args.temperature)
+    for r in results:
+        print(
+            json.dumps(r)
+            if args.json
+            else f"turn {r['turn']:>2}  {r['first_segment_ms']:7.1f} ms  cache hit {r['cache_hit_ratio']:.3f}"
+            f"  of prompt {r['prompt_cached_share']:.3f}"
+            f"  prompt {r['prompt_tokens']:>4}  {r['first_segment']!r}"
+        )
+    mode = "interleaved" if args.interleave else "free streaming"
+    print(f"\nmodel {args.model if not args.url else args.url}, {mode}, {len(SCRIPT)} turns")
+    print(fmt("first segment (TTFB)", [r["first_segment_ms"] for r in results]))
+    print(fmt("cache hit ratio, turns 2+", [r["cache_hit_ratio"] for r in results[1:]], unit="", decimals=3))
+    print(fmt("cached share of prompt, turns 2+", [r["prompt_cached_share"] for r in results[1:]], unit="", decimals=3))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="llama-server to measure (default: start one with --model)")
+    parser.add_argument("--model", default="qwen2.5-1.5b", help="packaged model name or .gguf path")
+    parser.add_argument("--no-interleave", dest="interleave", action="store_false", help="free streaming")
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object per turn")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""A small asyncio client for the llama-server endpoints the interleaved LLM service needs.
+
+- `/apply-template`: the model's own chat template (from the GGUF, `--jinja`), so one code path
+  serves Nemotron and the embedded Qwen alike.
+- `/tokenize`: text → token ids, special tokens parsed.
+- `/completion` with a token-id prompt, `cache_prompt` and a fixed slot, streamed (SSE) with the
+  ids of every generated token. Closing the stream stops generation on the server.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One streamed event: usually one token."""
+
+    text: str
+    tokens: list[int]
+    stop: bool = False
+    stop_type: str | None = None
+    timings: dict[str, Any] = field(default_factory=dict)
+
+
+class LlamaServerError(RuntimeError):
+    pass
+
+
+class LlamaServerClient:
+    def __init__(self, base_url: str, slot: int = 0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.slot = slot
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        async with self.session.post(self.base_url + path, json=body) as response:
+            if response.status != 200:
+                raise LlamaServerError(f"{path}: HTTP {response.status}: {(await response.text())[:300]}")
+            return await response.json()
+
+    async def apply_template(self, messages: list[dict[str, Any]]) -> str:
+        return (await self._post("/apply-template", {"messages": messages}))["prompt"]
+
+    async def tokenize(self, text: str) -> list[int]:
+        body = {"content": text, "add_special": False, "parse_special": True}
+        return (await self._post("/tokenize", body))["tokens"]
+
+    async def prefill(self, tokens: list[int]) -> dict[str, Any]:
+        """Evaluate the prompt into the slot's KV cache, generate nothing; returns the timings."""
+        body = {"prompt": tokens, "n_predict": 0, "cache_prompt": True, "id_slot": self.slot}
+        return (await self._post("/completion", body)).get("timings", {})
+
+    async def stream(self, tokens: list[int], n_predict: int, sampling: dict[str, Any]) -> AsyncIterator[Piece]:
+        """Continue `tokens`; yields pieces until the server stops or the caller stops iterating."""
+        body = {
+            "prompt": tokens,
+            "n_predict": n_predict,
+            "cache_prompt": True,
+            "id_slot": self.slot,
+            "stream": True,
+            "return_tokens": True,
+            **sampling,
+        }
+        async with self.session.post(self.base_url + "/completion", json=body) as response:
+            if response.status != 200:
+                raise LlamaServerError(f"/completion: HTTP {response.status}: {(await response.text())[:300]}")
+            async for line in response.content:
+                if not line.startswith(b"data: "):
+                    continue
+                event = json.loads(line[6:])
+                yield Piece(
+                    text=event.get("content", ""),
+                    tokens=event.get("tokens", []),
+                    stop=event.get("stop", False),
+                    stop_type=event.get("stop_type"),
+                    timings=event.get("timings", {}),
+                )

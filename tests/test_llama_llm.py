@@ -1,0 +1,132 @@
+"""The llama-server LLM service against a real llama-server running SmolLM2-135M from its package."""
+
+from __future__ import annotations
+
+import pytest
+from pipecat.frames.frames import (
+    InterruptionFrame,
+    LLMContextFrame,
+    LLMTextFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMAssistantAggregator
+from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.services.settings import LLMSettings
+from pipecat.tests.utils import SleepFrame, run_test
+
+from benchmarks.llm import AnswerMarks
+from pipecat_services.llama_llm import LlamaServerLLMService
+from pipecat_services.tts import TTSServerTTSService
+from pipecat_services.turn_taking import TurnTaking
+
+SYSTEM = "You are a helpful voice assistant. Answer in two or three short sentences."
+QUESTIONS = [
+    "What is the capital of France?",
+    "Tell me about the Eiffel Tower.",
+    "How many legs does a spider have?",
+    "What is two plus two?",
+]
+GREEDY = LLMSettings(temperature=0.0, seed=1, max_tokens=80)
+
+
+def new_context(question: str) -> LLMContext:
+    return LLMContext(messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}])
+
+
+def reply_text(frames) -> str:
+    return "".join(f.text for f in frames if isinstance(f, LLMTextFrame))
+
+
+async def one_turn(llm: LlamaServerLLMService, context: LLMContext, *extra: FrameProcessor) -> list:
+    down, _ = await run_test(Pipeline([llm, *extra]), frames_to_send=[LLMContextFrame(context)], start_timeout=10)
+    return down
+
+
+async def test_interleaved_segments_give_the_same_text_as_one_free_stream(llm_server):
+    free = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY)
+    free_text = reply_text(await one_turn(free, new_context(QUESTIONS[1])))
+    turn_taking = TurnTaking()
+    chunked = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY, turn_taking=turn_taking, segment_tokens=8)
+    frames = await one_turn(chunked, new_context(QUESTIONS[1]), AnswerMarks(turn_taking))
+    segments = [f.text for f in frames if isinstance(f, LLMTextFrame)]
+    assert len(segments) >= 2, segments
+    assert "".join(segments) == free_text
+    assert len([b for b in turn_taking.busy if b.who == "llm"]) == len(segments)
+
+
+async def test_cache_hit_ratio_from_the_second_turn_on(llm_server):
+    llm = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY)
+    context = new_context(QUESTIONS[0])
+    turns = []
+    for question in QUESTIONS[1:] + ["Thanks!"]:
+        await run_test(Pipeline([llm, LLMAssistantAggregator(context)]), frames_to_send=[LLMContextFrame(context)], start_timeout=10)
+        turns.append(llm.last_turn)
+        assert context.messages[-1]["role"] == "assistant"
+        context.add_message({"role": "user", "content": question})
+    assert all(t["cache_hit_ratio"] >= 0.95 for t in turns[1:]), turns
+    assert all(t["prompt_cached_share"] > 0.6 for t in turns[1:]), turns
+    assert all(t["reusable_tokens"] > previous["prompt_tokens"] for previous, t in zip(turns, turns[1:])), turns
+
+
+async def test_an_interruption_truncates_the_history_to_what_was_spoken(llm_server):
+    llm = LlamaServerLLMService(base_url=llm_server.http_url, settings=LLMSettings(temperature=0.0, seed=1, max_tokens=300))
+    context = new_context("Tell me a long story about a dragon.")
+    down, _ = await run_test(
+        Pipeline([llm]),
+        frames_to_send=[LLMContextFrame(context), SleepFrame(1.0), InterruptionFrame(), SleepFrame(0.5)],
+        start_timeout=10,
+    )
+    generated = reply_text(down)
+    seen_by_server = len(llm.history.tokens)
+    words = generated.split(" ")
+    spoken = " ".join(words[: len(words) // 2])
+    assert len(words) >= 6, generated
+    context.add_message({"role": "assistant", "content": spoken})
+    context.add_message({"role": "user", "content": "Stop. What is the capital of France?"})
+    await run_test(Pipeline([llm]), frames_to_send=[LLMContextFrame(context)], start_timeout=10)
+    turn = llm.last_turn
+    rendered = await llm.client.apply_template(await llm._messages(context))
+    assert llm.history.text.startswith(rendered), "the history must follow the context, not what was generated"
+    assert spoken in rendered and generated not in llm.history.text
+    assert turn["reusable_tokens"] < seen_by_server
+    assert turn["cache_hit_ratio"] >= 0.95, turn
+
+
+async def test_llm_and_tts_never_run_at_once(llm_server, tts_server):
+    turn_taking = TurnTaking()
+    llm = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY, turn_taking=turn_taking, segment_tokens=8)
+    tts = TTSServerTTSService(url=tts_server.url, turn_taking=turn_taking)
+    await run_test(
+        Pipeline([llm, tts]), frames_to_send=[LLMContextFrame(new_context(QUESTIONS[1])), SleepFrame(3.0)], start_timeout=10
+    )
+    llm_busy = [b for b in turn_taking.busy if b.who == "llm"]
+    tts_busy = [b for b in turn_taking.busy if b.who == "tts"]
+    assert len(llm_busy) >= 2 and len(tts_busy) >= 1, turn_taking.busy
+    for a in llm_busy:
+        for b in tts_busy:
+            assert a.end <= b.start or b.end <= a.start, (a, b)
+
+
+@pytest.mark.parametrize("interleave", [False, True])
+async def test_reports_ttfb_usage_and_cache_metrics(llm_server, interleave):
+    from pipecat.frames.frames import MetricsFrame
+    from pipecat.metrics.metrics import LLMUsageMetricsData, TTFBMetricsData
+    from pipecat.pipeline.worker import PipelineParams
+
+    from pipecat_services.llama_llm import PromptCacheMetricsData
+
+    turn_taking = TurnTaking() if interleave else None
+    llm = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY, turn_taking=turn_taking)
+    extra = [AnswerMarks(turn_taking)] if turn_taking else []
+    down, _ = await run_test(
+        Pipeline([llm, *extra]),
+        frames_to_send=[LLMContextFrame(new_context(QUESTIONS[0]))],
+        pipeline_params=PipelineParams(enable_metrics=True, enable_usage_metrics=True),
+        start_timeout=10,
+    )
+    data = [d for f in down if isinstance(f, MetricsFrame) for d in f.data]
+    assert any(isinstance(d, TTFBMetricsData) and d.value > 0 for d in data)
+    usage = [d for d in data if isinstance(d, LLMUsageMetricsData)]
+    assert usage and usage[0].value.completion_tokens > 0
+    assert any(isinstance(d, PromptCacheMetricsData) and 0 <= d.value <= 1 for d in data)
