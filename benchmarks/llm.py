@@ -64,6 +64,20 @@ class AnswerMarks(FrameProcessor):
             await self.push_frame(frame, direction)
 
 
+class FirstText(FrameProcessor):
+    """Remembers the first piece of text of the reply (the first segment when interleaved)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text: str | None = None
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, LLMTextFrame) and self.text is None:
+            self.text = frame.text
+        await self.push_frame(frame, direction)
+
+
 async def run_conversation(url: str, interleave: bool, temperature: float) -> list[dict]:
     turn_taking = TurnTaking() if interleave else None
     llm = LlamaServerLLMService(
@@ -73,7 +87,8 @@ async def run_conversation(url: str, interleave: bool, temperature: float) -> li
     results = []
     for i, question in enumerate(SCRIPT, 1):
         context.add_message({"role": "user", "content": question})
-        stages = [llm, *([AnswerMarks(turn_taking)] if turn_taking else []), LLMAssistantAggregator(context)]
+        first = FirstText()
+        stages = [llm, *([AnswerMarks(turn_taking)] if turn_taking else []), first, LLMAssistantAggregator(context)]
         down, _ = await run_test(
             Pipeline(stages),
             frames_to_send=[LLMContextFrame(context)],
@@ -81,7 +96,6 @@ async def run_conversation(url: str, interleave: bool, temperature: float) -> li
             start_timeout=30,
         )
         ttfb = [d.value for f in down if isinstance(f, MetricsFrame) for d in f.data if isinstance(d, TTFBMetricsData)]
-        first = next((f.text for f in down if isinstance(f, LLMTextFrame)), "")
         results.append(
             {
                 "turn": i,
@@ -89,7 +103,7 @@ async def run_conversation(url: str, interleave: bool, temperature: float) -> li
                 "cache_hit_ratio": llm.last_turn["cache_hit_ratio"],
                 "prompt_cached_share": llm.last_turn["prompt_cached_share"],
                 "prompt_tokens": llm.last_turn["prompt_tokens"],
-                "first_segment": first,
+                "first_segment": first.text,
                 "reply": context.messages[-1]["content"],
             }
         )

@@ -41,7 +41,11 @@ class LlamaServerClient:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+            # llama-server may close a connection after a stream we stopped reading; never reuse one.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+            )
         return self._session
 
     async def close(self) -> None:

@@ -42,11 +42,13 @@ class Service:
 SERVICES = [
     Service("asr", "servers.asr", "ASR_PORT", 8080, "ASR_HOST"),
     Service("tts", "servers.tts", "TTS_PORT", 8001, "TTS_HOST"),
+    Service("llm", "servers.llm", "LLM_PORT", 8002, "LLM_HOST"),
 ]
 
 
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -1,0 +1,3 @@
+from servers.llm.server import main
+
+main()
