@@ -26,7 +26,7 @@ from pipecat_services.tts import TTSServerTTSService
 from tests.conftest import OnFrame, ServerProcess
 
 REPLY = ["Sure, the capital of France ", "is Paris. ", "It is famous for the Eiffel Tower."]
-LONG_REPLY = ["Let me tell you a long story. "] + ["Once upon a time there was a very patient robot. "] * 8
+LONG_REPLY = ["Let me tell you a long story. "] + ["Once upon a time there was a very patient robot. "] * 40
 
 
 def reply_frames(tokens: list[str]) -> list:
