@@ -26,8 +26,8 @@ import numpy as np
 
 from benchmarks.audio import chunks, read_wav, speak
 from benchmarks.scoring import wer
-from benchmarks.stats import fmt
 from benchmarks.servers import running_server
+from benchmarks.stats import fmt
 from servers.asr.client import ASRClient
 from servers.asr.engines.whisper import WINDOW, window_rms
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import signal
+import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -92,3 +95,53 @@ def main_with_clear_errors(name: str, serve: Callable[[argparse.Namespace], Awai
     except Exception as e:
         logger.opt(exception=e).debug("startup failure")
         raise SystemExit(f"{name}: {args.engine} engine failed to start: {e}") from None
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Nobody listens there (connections of a stopped server in TIME_WAIT do not count)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class ModelServer:
+    """What every model server owns: one engine loaded once, its sessions, /health, the serve loop.
+
+    Subclasses implement `handle(ws)` for one connection; `load_engine` says where the blocking
+    `engine.load()` runs (a plain thread here).
+    """
+
+    kind = "model"
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.loaded = asyncio.Event()
+        self.sessions = 0
+        self._ids = itertools.count(1)
+
+    def session_name(self) -> str:
+        return f"{self.kind}-{next(self._ids)}"
+
+    async def load_engine(self) -> None:
+        await asyncio.to_thread(self.engine.load)
+
+    async def load(self) -> None:
+        started = time.perf_counter()
+        await self.load_engine()
+        self.loaded.set()
+        logger.info(f"engine {self.engine.name} ready in {time.perf_counter() - started:.1f} s")
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        return self.loaded.is_set(), {"engine": self.engine.name, "sessions": self.sessions}
+
+    async def handle(self, ws: ServerConnection) -> None:
+        raise NotImplementedError
+
+    async def serve(self, host: str, port: int, max_message_bytes: int) -> None:
+        """Listen at once (/health says "loading"), load the engine, serve until SIGINT/SIGTERM."""
+        await run_server(self.handle, host, port, self.health, max_message_bytes, on_started=self.load)
+        self.engine.close()

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from servers.common import port_is_free
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / "logs"
@@ -44,16 +45,6 @@ SERVICES = [
     Service("tts", "servers.tts", "TTS_PORT", 8001, "TTS_HOST"),
     Service("llm", "servers.llm", "LLM_PORT", 8002, "LLM_HOST"),
 ]
-
-
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def tail(path: Path, lines: int = 15) -> str:

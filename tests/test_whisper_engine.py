@@ -61,7 +61,7 @@ async def test_soft_finalize_starts_decoding_before_the_silence_detector(engine,
 
 
 async def test_speech_after_the_speculation_is_decoded_again(engine, speech):
-    (first, audio1), (second, audio2) = speech[0], speech[2]
+    audio1, audio2 = speech[0][1], speech[2][1]
     engine.calls.clear()
     stream = engine.open_stream(lambda _: None)
     await feed(stream, audio1, silence_ms=500)

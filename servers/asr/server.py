@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import time
-from typing import Any
 
 import numpy as np
 from loguru import logger
@@ -19,31 +17,18 @@ from websockets.exceptions import ConnectionClosed
 
 from servers.asr import protocol
 from servers.asr.engines.base import ASREngine, ASRStream
-from servers.common import add_flag, add_server_flags, main_with_clear_errors, run_server
+from servers.common import ModelServer, add_flag, add_server_flags, main_with_clear_errors
 
 DEFAULT_PORT = 8080
 
 
-class ASRServer:
+class ASRServer(ModelServer):
     """Owns the engine and serves sessions; one session's failure never reaches another."""
 
-    def __init__(self, engine: ASREngine) -> None:
-        self.engine = engine
-        self.loaded = asyncio.Event()
-        self.sessions = 0
-        self._ids = itertools.count(1)
-
-    async def load(self) -> None:
-        started = time.perf_counter()
-        await asyncio.to_thread(self.engine.load)
-        self.loaded.set()
-        logger.info(f"engine {self.engine.name} ready in {time.perf_counter() - started:.1f} s")
-
-    def health(self) -> tuple[bool, dict[str, Any]]:
-        return self.loaded.is_set(), {"engine": self.engine.name, "sessions": self.sessions}
+    kind = "asr"
 
     async def handle(self, ws: ServerConnection) -> None:
-        session = Session(ws, f"asr-{next(self._ids)}")
+        session = Session(ws, self.session_name())
         self.sessions += 1
         logger.info(f"{session.name}: connected from {ws.remote_address}")
         ready_task = asyncio.create_task(session.become_ready(self))
@@ -151,11 +136,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    server = ASRServer(build_engine(args))
-    await run_server(
-        server.handle, args.host, args.port, server.health, protocol.MAX_MESSAGE_BYTES, on_started=server.load
-    )
-    server.engine.close()
+    await ASRServer(build_engine(args)).serve(args.host, args.port, protocol.MAX_MESSAGE_BYTES)
 
 
 def main(argv: list[str] | None = None) -> None:

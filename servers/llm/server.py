@@ -16,7 +16,6 @@ import ctypes
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from servers.common import DEFAULT_HOST, add_flag, setup_logging
+from servers.common import DEFAULT_HOST, add_flag, port_is_free, setup_logging
 from servers.llm.binary import BinaryError, add_binary_flags, ensure
 from servers.llm.models import DEFAULT_MODEL, MODELS, ModelError, resolve
 
@@ -92,17 +91,6 @@ def llama_server_command(args: argparse.Namespace, binary: Path, model: Path, gp
         "--log-colors", "off",
         *extra,
     ]
-
-
-def port_is_free(host: str, port: int) -> bool:
-    """Nobody listens there (connections of a stopped server in TIME_WAIT do not count, as for llama-server)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def _die_with_parent() -> None:

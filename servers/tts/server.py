@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +21,7 @@ from loguru import logger
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from servers.common import add_flag, add_server_flags, main_with_clear_errors, run_server
+from servers.common import ModelServer, add_flag, add_server_flags, main_with_clear_errors
 from servers.tts import protocol
 from servers.tts.engines.base import TTSEngine
 from servers.tts.protocol import ErrorCode, ProtocolError
@@ -49,22 +47,15 @@ class Context:
     samples: int = 0
 
 
-class TTSServer:
+class TTSServer(ModelServer):
+    kind = "tts"
+
     def __init__(self, engine: TTSEngine) -> None:
-        self.engine = engine
-        self.loaded = asyncio.Event()
-        self.sessions = 0
+        super().__init__(engine)
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tts-{engine.name}")
-        self._ids = itertools.count(1)
 
-    async def load(self) -> None:
-        started = time.perf_counter()
-        await asyncio.get_running_loop().run_in_executor(self.worker, self.engine.load)
-        self.loaded.set()
-        logger.info(f"engine {self.engine.name} ready in {time.perf_counter() - started:.1f} s")
-
-    def health(self) -> tuple[bool, dict[str, Any]]:
-        return self.loaded.is_set(), {"engine": self.engine.name, "sessions": self.sessions}
+    async def load_engine(self) -> None:
+        await self.run_on_worker(self.engine.load)
 
     def ready_message(self) -> protocol.Ready:
         e = self.engine
@@ -75,7 +66,7 @@ class TTSServer:
 
     async def handle(self, ws: ServerConnection) -> None:
         await self.loaded.wait()
-        session = Session(self, ws, f"tts-{next(self._ids)}")
+        session = Session(self, ws, self.session_name())
         self.sessions += 1
         try:
             await session.serve()
@@ -263,11 +254,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    server = TTSServer(build_engine(args))
-    await run_server(
-        server.handle, args.host, args.port, server.health, protocol.MAX_MESSAGE_BYTES, on_started=server.load
-    )
-    server.engine.close()
+    await TTSServer(build_engine(args)).serve(args.host, args.port, protocol.MAX_MESSAGE_BYTES)
 
 
 def main(argv: list[str] | None = None) -> None:
