@@ -19,7 +19,6 @@ from pipecat.frames.frames import (
     ErrorFrame,
     Frame,
     InterimTranscriptionFrame,
-    StartFrame,
     TranscriptionFrame,
     VADUserStoppedSpeakingFrame,
 )
@@ -59,10 +58,6 @@ class ASRServerSTTService(ModelServerConnection, WebsocketSTTService):
 
     def can_generate_metrics(self) -> bool:
         return True
-
-    async def start(self, frame: StartFrame) -> None:
-        await super().start(frame)
-        await self._connect()
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
         if self._is_open():

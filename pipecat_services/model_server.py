@@ -29,6 +29,10 @@ class ModelServerConnection:
     _receive_task: asyncio.Task | None = None
     server_info: Any = None
 
+    async def start(self, frame: Any) -> None:
+        await super().start(frame)
+        await self._connect()
+
     async def _try_reconnect(self, max_retries: int = 10, report_error: Any = None) -> bool:
         return await super()._try_reconnect(max_retries=max_retries, report_error=report_error)
 

@@ -60,10 +60,6 @@ class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
     def can_generate_metrics(self) -> bool:
         return True
 
-    async def start(self, frame) -> None:
-        await super().start(frame)
-        await self._connect()
-
     async def _disconnect_websocket(self) -> None:
         self._started.clear()
         await super()._disconnect_websocket()

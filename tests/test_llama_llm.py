@@ -91,6 +91,7 @@ async def test_an_interruption_truncates_the_history_to_what_was_spoken(llm_serv
     assert spoken in rendered and generated not in llm.history.text
     assert turn["reusable_tokens"] < seen_by_server
     assert turn["cache_hit_ratio"] >= 0.95, turn
+    await llm.client.close()
 
 
 async def test_llm_and_tts_never_run_at_once(llm_server, tts_server):
