@@ -30,6 +30,7 @@ class Service:
     port_env: str
     default_port: int
     host_env: str
+    scheme: str = "ws"
 
     @property
     def host(self) -> str:
@@ -43,7 +44,7 @@ class Service:
 SERVICES = [
     Service("asr", "servers.asr", "ASR_PORT", 8080, "ASR_HOST"),
     Service("tts", "servers.tts", "TTS_PORT", 8001, "TTS_HOST"),
-    Service("llm", "servers.llm", "LLM_PORT", 8002, "LLM_HOST"),
+    Service("llm", "servers.llm", "LLM_PORT", 8002, "LLM_HOST", scheme="http"),
 ]
 
 
@@ -76,7 +77,7 @@ def wait_healthy(service: Service, process: subprocess.Popen, timeout: float = 6
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
-                    print(f"{service.name}: ready at ws://{service.host}:{service.port}", flush=True)
+                    print(f"{service.name}: ready at {service.scheme}://{service.host}:{service.port}", flush=True)
                     return
         except OSError:
             pass
