@@ -61,29 +61,27 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, np.ndarr
     return [(text, read_wav(speak(text, folder / f"{i}.wav"))) for i, text in enumerate(SENTENCES)]
 
 
-@pytest.fixture(scope="session")
-def asr_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess("servers.asr", ["--engine", "whisper"], tmp_path_factory.mktemp("logs") / "asr.log")
+def serve_for_session(factory: pytest.TempPathFactory, module: str, args: list[str]) -> Iterator[ServerProcess]:
+    server = ServerProcess(module, args, factory.mktemp("logs") / f"{module}.log")
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def asr_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    yield from serve_for_session(tmp_path_factory, "servers.asr", ["--engine", "whisper"])
 
 
 @pytest.fixture(scope="session")
 def tts_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess("servers.tts", ["--engine", "piper"], tmp_path_factory.mktemp("logs") / "tts.log")
-    server.start()
-    yield server
-    server.stop()
+    yield from serve_for_session(tmp_path_factory, "servers.tts", ["--engine", "piper"])
 
 
 @pytest.fixture(scope="session")
 def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """llama-server with SmolLM2-135M from its package: small enough for CI, real enough for the protocol."""
-    server = ServerProcess("servers.llm", ["--model", "smollm2-135m"], tmp_path_factory.mktemp("logs") / "llm.log")
-    server.start()
-    yield server
-    server.stop()
+    yield from serve_for_session(tmp_path_factory, "servers.llm", ["--model", "smollm2-135m"])
 
 
 @pytest.fixture(scope="session")
