@@ -92,8 +92,8 @@ class LlamaServerLLMService(LLMService):
         settings: LLMSettings | None = None,
         **kwargs: Any,
     ) -> None:
-        """`turn_taking`: interleave with the TTS (None streams freely); `segment_tokens` /
-        `max_segment_tokens`: later segments end at the first sentence end past the first, or at the second."""
+        """`turn_taking`: interleave with the TTS (None streams freely). Later segments end at the first
+        sentence end after `segment_tokens` tokens, and at `max_segment_tokens` at the latest."""
         defaults = LLMSettings(model="llama-server", temperature=0.7, max_tokens=400, seed=None)
         if settings is not None:
             defaults.apply_update(settings)
