@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -47,6 +48,12 @@ class ServerProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log.open("a"), stderr=subprocess.STDOUT)
         wait_healthy(f"http://127.0.0.1:{self.port}/health", self.process)
+
+    async def crash_and_restart(self, after: asyncio.Event) -> None:
+        """Once `after` is set, kill the server (no clean close), then start it again on the same port."""
+        await after.wait()
+        self.process.kill()
+        await asyncio.to_thread(self.start)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -75,12 +75,7 @@ async def test_reconnects_after_server_crash(tmp_path, speech):
 
     first_final = asyncio.Event()
 
-    async def crash_and_restart() -> None:
-        await first_final.wait()
-        server.process.kill()
-        await asyncio.to_thread(server.start)
-
-    restart = asyncio.create_task(crash_and_restart())
+    restart = asyncio.create_task(server.crash_and_restart(after=first_final))
     try:
         down, _ = await run_test(
             Pipeline([ASRServerSTTService(url=server.url), OnFrame(TranscriptionFrame, first_final.set)]),

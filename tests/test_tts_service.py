@@ -87,12 +87,7 @@ async def test_reconnects_after_server_crash(tmp_path):
     server.start()
     spoke = asyncio.Event()
 
-    async def crash_and_restart() -> None:
-        await spoke.wait()
-        server.process.kill()
-        await asyncio.to_thread(server.start)
-
-    restart = asyncio.create_task(crash_and_restart())
+    restart = asyncio.create_task(server.crash_and_restart(after=spoke))
     try:
         down, _ = await run_test(
             Pipeline([TTSServerTTSService(url=server.url), OnFrame(TTSStoppedFrame, spoke.set)]),
