@@ -41,3 +41,11 @@ def chunks(audio: np.ndarray, chunk_ms: int = 20, sample_rate: int = 16_000) -> 
     """Split int16 audio into real-time-sized PCM frames."""
     step = sample_rate * chunk_ms // 1000
     return [audio[i : i + step].tobytes() for i in range(0, len(audio), step)]
+
+
+def speech_end_s(audio: np.ndarray, sample_rate: int = 16_000, threshold: float = 300.0) -> float:
+    """Where the last 30 ms window louder than `threshold` (int16 RMS) ends, in seconds."""
+    window = sample_rate * 30 // 1000
+    frames = audio[: len(audio) // window * window].astype(np.float64).reshape(-1, window)
+    voiced = np.flatnonzero(np.sqrt(np.mean(frames * frames, axis=1)) > threshold)
+    return (int(voiced[-1]) + 1) * window / sample_rate if len(voiced) else 0.0

@@ -5,8 +5,10 @@ token by token as the LLM produces it (the server cuts it into clauses and sente
 Pipecat's own sentence aggregation would only add delay), the end of the reply flushes the context,
 and an interruption
 cancels it on the server, which then sends no more audio for it. Audio that was already on its way
-is dropped by the base class, because the interrupted context no longer exists. TTFB is measured
-by the base class from the first text sent to the first audio appended. With a `TurnTaking`
+is dropped by the base class, because the interrupted context no longer exists. Each finished
+segment's words get timestamps spread over its audio, so Pipecat emits the text as it is heard
+and an interrupted reply leaves only its spoken words in the context. TTFB is measured by the base
+class from the first text sent to the first audio appended. With a `TurnTaking`
 scheduler, `TTSMarkFrame`s from the LLM are forwarded to the server and their echoes reported back.
 """
 
@@ -56,6 +58,7 @@ class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
         self._started: set[str] = set()
         self._turn_taking = turn_taking
         self._last_context_id: str | None = None
+        self._spoken_s: dict[str, float] = {}
 
     def can_generate_metrics(self) -> bool:
         return True
@@ -120,7 +123,9 @@ class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
                     await self.append_to_audio_context(context_id, frame)
                 continue
             message = protocol.parse_server_message(raw)
-            if isinstance(message, protocol.Mark) and self._turn_taking is not None:
+            if isinstance(message, protocol.SegmentDone):
+                await self._time_words(message)
+            elif isinstance(message, protocol.Mark) and self._turn_taking is not None:
                 self._turn_taking.reached(message.id)
             elif isinstance(message, protocol.Done):
                 await self._finish(message.context_id)
@@ -131,8 +136,22 @@ class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
                 if message.context_id:
                     await self._finish(message.context_id)
 
+    async def _time_words(self, segment: protocol.SegmentDone) -> None:
+        """Give each word of the segment a start time in proportion to its characters."""
+        start = self._spoken_s.get(segment.context_id, 0.0)
+        duration = segment.audio_ms / 1000
+        self._spoken_s[segment.context_id] = start + duration
+        words = segment.text.split()
+        total = sum(len(w) + 1 for w in words)
+        times, before = [], 0
+        for word in words:
+            times.append((word, start + duration * before / total))
+            before += len(word) + 1
+        await self.add_word_timestamps(times, segment.context_id)
+
     async def _finish(self, context_id: str) -> None:
         self._started.discard(context_id)
+        self._spoken_s.pop(context_id, None)
         if self.audio_context_available(context_id):
             await self.append_to_audio_context(context_id, TTSStoppedFrame(context_id=context_id))
             await self.remove_audio_context(context_id)

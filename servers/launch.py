@@ -1,9 +1,10 @@
-"""Run the local stack: start each model server, wait for its /health, stop all on Ctrl-C.
+"""Run the local stack: the three model servers and the bot, each waited for, all stopped on Ctrl-C.
 
     python -m servers.launch          (scripts/run.sh does this after setting up .venv)
+    python -m servers.launch --no-bot (model servers only)
 
 Each service logs to logs/<name>.log. Ports and engines come from the same environment variables
-as the servers' own flags (ASR_PORT, ASR_ENGINE, ...).
+as the servers' own flags (ASR_PORT, ASR_ENGINE, ..., BOT_PORT); the bot reads its BOT_* settings.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ LOGS = ROOT / "logs"
 @dataclass(frozen=True)
 class Service:
     name: str
-    module: str
+    command: tuple[str, ...]
     port_env: str
     default_port: int
     host_env: str
     scheme: str = "ws"
+    health_path: str = "/health"
 
     @property
     def host(self) -> str:
@@ -41,15 +43,21 @@ class Service:
         return int(os.environ.get(self.port_env, self.default_port))
 
 
-SERVICES = [
-    Service("asr", "servers.asr", "ASR_PORT", 8080, "ASR_HOST"),
-    Service("tts", "servers.tts", "TTS_PORT", 8001, "TTS_HOST"),
-    Service("llm", "servers.llm", "LLM_PORT", 8002, "LLM_HOST", scheme="http"),
+MODEL_SERVERS = [
+    Service("asr", ("-m", "servers.asr"), "ASR_PORT", 8080, "ASR_HOST"),
+    Service("tts", ("-m", "servers.tts"), "TTS_PORT", 8001, "TTS_HOST"),
+    Service("llm", ("-m", "servers.llm"), "LLM_PORT", 8002, "LLM_HOST", scheme="http"),
 ]
+BOT = Service("bot", ("bot.py", "-t", "webrtc"), "BOT_PORT", 7860, "BOT_HOST", scheme="http", health_path="/status")
 
 
 def tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def bot_flags(service: Service) -> list[str]:
+    """Pipecat's runner takes its address as flags only."""
+    return ["--host", service.host, "--port", str(service.port)] if service is BOT else []
 
 
 def start(service: Service) -> subprocess.Popen:
@@ -61,7 +69,7 @@ def start(service: Service) -> subprocess.Popen:
     log = LOGS / f"{service.name}.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", service.module], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, *service.command, *bot_flags(service)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
         )
     print(f"{service.name}: starting on {service.host}:{service.port} (log: {log.relative_to(ROOT)})", flush=True)
@@ -69,7 +77,7 @@ def start(service: Service) -> subprocess.Popen:
 
 
 def wait_healthy(service: Service, process: subprocess.Popen, timeout: float = 600.0) -> None:
-    url = f"http://{service.host}:{service.port}/health"
+    url = f"http://{service.host}:{service.port}{service.health_path}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -97,18 +105,21 @@ def stop(processes: list[subprocess.Popen]) -> None:
 
 
 def main() -> None:
+    services = MODEL_SERVERS if "--no-bot" in sys.argv[1:] else [*MODEL_SERVERS, BOT]
     LOGS.mkdir(exist_ok=True)
     processes: list[subprocess.Popen] = []
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        for service in SERVICES:
+        for service in services:
             processes.append(start(service))
-        for service, process in zip(SERVICES, processes):
+        for service, process in zip(services, processes):
             wait_healthy(service, process)
+        if BOT in services:
+            print(f"\nTalk to the agent: http://localhost:{BOT.port}/client  (Pipecat Playground)", flush=True)
         print("all services ready; Ctrl-C stops everything", flush=True)
         while all(p.poll() is None for p in processes):
             time.sleep(0.5)
-        crashed = next(s for s, p in zip(SERVICES, processes) if p.poll() is not None)
+        crashed = next(s for s, p in zip(services, processes) if p.poll() is not None)
         sys.exit(f"{crashed.name} stopped unexpectedly:\n{tail(LOGS / f'{crashed.name}.log')}")
     except RuntimeError as e:
         sys.exit(str(e))

@@ -1,0 +1,145 @@
+"""Conversation benchmark: talk to the running agent over WebRTC, one WAV per user turn.
+
+    scripts/run.sh                                   # the stack, in another terminal
+    python -m benchmarks.conversation                # 10 generated questions (espeak-ng)
+    python -m benchmarks.conversation clips/ q.wav --json --no-interleave
+
+Each WAV (any rate, resampled) plays in real time as one user turn, silence follows until the bot
+has answered and been quiet for a while; the bot's audio is recorded as it arrives. Per turn, one
+JSON line: what the ASR heard, what the bot said (its audio transcribed afterwards by the embedded
+Whisper), client V2V (end of the user's speech in the WAV → first non-silent bot audio at this
+client), and the bot's own per-stage numbers (server V2V = VAD stop → bot speaking + VAD stop_secs;
+STT final, LLM TTFB, TTS TTFB), then a summary with p50 / p90 / max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.audio import read_wav, speak, speech_end_s
+from benchmarks.stats import fmt, summary
+from benchmarks.webrtc_client import WebRTCVoiceClient
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "What time is it?",
+    "How many legs does a spider have?",
+    "What is two plus two?",
+    "Hello there.",
+    "Tell me a fun fact about the moon.",
+    "What color is the sky?",
+    "Can you recommend a good book?",
+    "Why do cats purr?",
+    "Thanks, that is all.",
+]
+STAGES = ["client_v2v_ms", "server_v2v_ms", "stt_final_ms", "llm_ttfb_ms", "tts_ttfb_ms"]
+
+
+@dataclass
+class TurnResult:
+    turn: int
+    file: str
+    heard: str | None
+    said: str | None
+    client_v2v_ms: float | None
+    server_v2v_ms: float | None
+    stt_final_ms: float | None
+    llm_ttfb_ms: float | None
+    tts_ttfb_ms: float | None
+
+
+async def converse(
+    url: str, clips: list[tuple[str, np.ndarray]], body: dict[str, Any] | None = None, turn_timeout: float = 30.0
+) -> tuple[list[TurnResult], list[np.ndarray]]:
+    """Play each clip as a turn; returns the results (without `said`) and each reply's audio."""
+    client = WebRTCVoiceClient(url, body)
+    await client.connect()
+    await asyncio.sleep(1.0)
+    results, replies = [], []
+    try:
+        for i, (name, audio) in enumerate(clips, 1):
+            sent = await client.say(audio)
+            speech_end = sent - (len(audio) / 16_000 - speech_end_s(audio))
+            reply = await client.wait_for_reply(speech_end, timeout=turn_timeout)
+            latency = await client.wait_for_message("turn_latency", speech_end, timeout=2.0 if reply else 0.1) or {}
+            replies.append(client.audio.between(reply[0] - 0.1, reply[1] + 0.1) if reply else np.zeros(0, np.int16))
+            results.append(
+                TurnResult(
+                    turn=i,
+                    file=name,
+                    heard=latency.get("user_text"),
+                    said=None,
+                    client_v2v_ms=round((reply[0] - speech_end) * 1000, 1) if reply else None,
+                    **{k: latency.get(k) for k in STAGES[1:]},
+                )
+            )
+    finally:
+        await client.close()
+    return results, replies
+
+
+async def transcribe_replies(replies: list[np.ndarray]) -> list[str]:
+    """What the bot said, heard by the embedded ASR (after the conversation: no CPU stolen from it)."""
+    from servers.asr.engines.whisper import WhisperEngine
+
+    engine = WhisperEngine()
+    engine.load()
+    return [(await engine.transcribe(r.astype(np.float32) / 32768)).strip() if len(r) else "" for r in replies]
+
+
+def load_clips(paths: list[str], folder: Path) -> list[tuple[str, np.ndarray]]:
+    """WAVs from files and folders (sorted), or the generated questions when none are given."""
+    if not paths:
+        return [(q, read_wav(speak(q, folder / f"q{i:02d}.wav"))) for i, q in enumerate(QUESTIONS)]
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files.extend(sorted(p.glob("*.wav")) if p.is_dir() else [p])
+    if not files:
+        raise SystemExit(f"no .wav files in {' '.join(paths)}")
+    return [(str(f), read_wav(f)) for f in files]
+
+
+def report(results: list[TurnResult], as_json: bool, interleave: bool | None) -> None:
+    for r in results:
+        print(json.dumps(asdict(r)), flush=True)
+    stats = {k: summary(v) for k in STAGES if (v := [getattr(r, k) for r in results if getattr(r, k) is not None])}
+    answered = sum(r.client_v2v_ms is not None for r in results)
+    if as_json:
+        print(json.dumps({"summary": stats, "turns": len(results), "answered": answered, "interleave": interleave}))
+        return
+    mode = {True: "on", False: "off", None: "as the bot is configured"}[interleave]
+    print(f"\n{answered}/{len(results)} turns answered, interleave {mode}")
+    for k in STAGES:
+        values = [getattr(r, k) for r in results if getattr(r, k) is not None]
+        if values:
+            print(fmt(k, values))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("audio", nargs="*", help="WAV files or folders of WAVs (default: generated questions)")
+    parser.add_argument("--url", default="http://localhost:7860", help="the bot's runner (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="JSON summary line instead of the table")
+    parser.add_argument("--no-interleave", action="store_true", help="ask the bot to stream freely")
+    parser.add_argument("--interleave", action="store_true", help="ask the bot to interleave LLM and TTS")
+    parser.add_argument("--turn-timeout", type=float, default=30.0, help="seconds to wait for a reply")
+    args = parser.parse_args()
+    body = {"interleave": True} if args.interleave else {"interleave": False} if args.no_interleave else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        clips = load_clips(args.audio, Path(tmp))
+    results, replies = await converse(args.url, clips, body, args.turn_timeout)
+    for result, said in zip(results, await transcribe_replies(replies)):
+        result.said = said
+    report(results, args.json, body.get("interleave"))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

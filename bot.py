@@ -1,0 +1,135 @@
+"""The voice agent: Pipecat pipeline over our ASR, LLM and TTS servers.
+
+    transport in → STT (ASR server) → user aggregator (Silero VAD, Smart Turn v3 + sentence end)
+                 → LLM (llama-server, or any OpenAI-compatible server) → TTS (TTS server)
+                 → transport out → assistant aggregator
+
+The user aggregator owns VAD and turn detection and broadcasts the VAD frames both ways, so the
+STT client ahead of it finalizes the moment speech stops. Barge-in: the aggregator's interruption
+stops the bot's audio, cancels the LLM stream and the TTS context; the assistant aggregator keeps
+only the words already heard (the TTS client times them), and the LLM's token history follows.
+
+    python bot.py -t webrtc      Pipecat Playground at http://localhost:7860/client
+    python bot.py --help         every setting (bot_config.py), each with its BOT_* variable
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from loguru import logger
+from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
+from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.frames.frames import MetricsFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    AssistantTurnStoppedMessage,
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
+from pipecat.processors.frameworks.rtvi.frames import RTVIServerMessageFrame
+from pipecat.runner.types import RunnerArguments
+from pipecat.runner.utils import create_transport
+from pipecat.services.llm_service import LLMService
+from pipecat.services.openai.llm import OpenAILLMService
+from pipecat.services.settings import LLMSettings
+from pipecat.transports.base_transport import BaseTransport, TransportParams
+from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams
+from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+from pipecat.workers.runner import WorkerRunner
+
+from bot_config import BotConfig, add_bot_flags
+from pipecat_services.asr_stt import ASRServerSTTService
+from pipecat_services.llama_llm import LlamaServerLLMService
+from pipecat_services.tts import TTSServerTTSService
+from pipecat_services.turn_end import SentenceEndUserTurnStopStrategy
+from pipecat_services.turn_metrics import TurnLatencyMetricsData, TurnLatencyObserver
+from pipecat_services.turn_taking import TurnTaking
+
+TRANSPORTS = {
+    "webrtc": lambda: TransportParams(audio_in_enabled=True, audio_out_enabled=True),
+    "websocket": lambda: FastAPIWebsocketParams(audio_in_enabled=True, audio_out_enabled=True),
+}
+
+
+def make_llm(config: BotConfig, turn_taking: TurnTaking | None) -> LLMService:
+    if config.llm_api == "openai":
+        return OpenAILLMService(
+            api_key=config.llm_api_key,
+            base_url=config.llm_url,
+            settings=OpenAILLMService.Settings(model=config.llm_model, max_completion_tokens=config.max_tokens),
+        )
+    return LlamaServerLLMService(
+        base_url=config.llm_url, turn_taking=turn_taking, settings=LLMSettings(max_tokens=config.max_tokens)
+    )
+
+
+def user_turn_params(config: BotConfig) -> LLMUserAggregatorParams:
+    """Silero VAD ends speech after `vad_stop_secs`; the turn ends when Smart Turn says it is complete
+    or the final transcript ends a sentence, else after `turn_fallback_secs` of silence."""
+    smart_turn = LocalSmartTurnAnalyzerV3(params=SmartTurnParams(stop_secs=config.turn_fallback_secs))
+    return LLMUserAggregatorParams(
+        vad_analyzer=SileroVADAnalyzer(params=VADParams(stop_secs=config.vad_stop_secs)),
+        user_turn_strategies=UserTurnStrategies(
+            stop=[TurnAnalyzerUserTurnStopStrategy(turn_analyzer=smart_turn), SentenceEndUserTurnStopStrategy()]
+        ),
+    )
+
+
+async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint: bool = False) -> None:
+    turn_taking = TurnTaking() if config.interleave and config.llm_api == "llama-server" else None
+    stt = ASRServerSTTService(url=config.asr_url)
+    llm = make_llm(config, turn_taking)
+    tts = TTSServerTTSService(url=config.tts_url, voice=config.voice, language=config.language, turn_taking=turn_taking)
+    context = LLMContext(messages=[{"role": "system", "content": config.system_prompt}])
+    user_aggregator, assistant_aggregator = LLMContextAggregatorPair(context, user_params=user_turn_params(config))
+
+    pipeline = Pipeline(
+        [transport.input(), stt, user_aggregator, llm, tts, transport.output(), assistant_aggregator]
+    )
+
+    latency = TurnLatencyObserver()
+    worker = PipelineWorker(
+        pipeline,
+        params=PipelineParams(audio_in_sample_rate=16000, enable_metrics=True, enable_usage_metrics=True),
+        observers=[latency],
+    )
+
+    @latency.event_handler("on_turn_latency")
+    async def on_turn_latency(_: TurnLatencyObserver, data: TurnLatencyMetricsData) -> None:
+        message = {"type": "turn_latency", **data.model_dump()}
+        await worker.queue_frames([MetricsFrame(data=[data]), RTVIServerMessageFrame(data=message)])
+
+    @assistant_aggregator.event_handler("on_assistant_turn_stopped")
+    async def on_assistant_turn_stopped(_, message: AssistantTurnStoppedMessage) -> None:
+        """Tell the client what went into the context: after a barge-in, only the words heard."""
+        logger.info(f"assistant{' (interrupted)' if message.interrupted else ''}: {message.content!r}")
+        data = {"type": "assistant_turn", "text": message.content, "interrupted": message.interrupted}
+        await worker.queue_frame(RTVIServerMessageFrame(data=data))
+
+    @transport.event_handler("on_client_disconnected")
+    async def on_client_disconnected(*_) -> None:
+        logger.info("client disconnected")
+        await worker.cancel()
+
+    runner = WorkerRunner(handle_sigint=handle_sigint)
+    await runner.add_workers(worker)
+    await runner.run()
+
+
+async def bot(runner_args: RunnerArguments) -> None:
+    """Entry point for Pipecat's runner: one call per client session."""
+    config = BotConfig.from_args(getattr(runner_args, "cli_args", None)).for_session(runner_args.body)
+    transport = await create_transport(runner_args, TRANSPORTS)
+    await run_bot(transport, config, handle_sigint=runner_args.handle_sigint)
+
+
+if __name__ == "__main__":
+    from pipecat.runner.run import main
+
+    main(add_bot_flags(argparse.ArgumentParser(description="Self-hosted voice agent (Pipecat runner)")))

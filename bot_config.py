@@ -1,0 +1,93 @@
+"""The bot's configuration, in one place: CLI flags with environment-variable defaults.
+
+    python bot.py -t webrtc --llm-url http://gpu-box:8002 --interleave on
+    BOT_LLM_URL=http://gpu-box:8002 BOT_INTERLEAVE=on python bot.py -t webrtc
+
+A client may override the per-session settings in `SESSION_KEYS` through the body of its
+connection request (Pipecat's runner passes it on as `runner_args.body`), e.g. the conversation
+benchmark's {"interleave": false}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+
+from servers.common import add_flag
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a friendly voice assistant running on the user's own machine. Your replies are "
+    "spoken aloud, so answer in one or two short sentences of plain conversational English: "
+    "no lists, no markdown, no emoji."
+)
+
+SESSION_KEYS = {"interleave": bool, "system_prompt": str, "voice": str}
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    asr_url: str = "ws://127.0.0.1:8080"
+    tts_url: str = "ws://127.0.0.1:8001"
+    llm_url: str = "http://127.0.0.1:8002"
+    llm_api: str = "llama-server"
+    llm_model: str = "llama-server"
+    llm_api_key: str = "none"
+    voice: str | None = None
+    language: str = "en"
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    interleave: bool = False
+    max_tokens: int = 200
+    vad_stop_secs: float = 0.2
+    turn_fallback_secs: float = 1.0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace | None) -> BotConfig:
+        """The config from parsed flags (None: environment and defaults only, e.g. in tests)."""
+        if args is None:
+            args = add_bot_flags(argparse.ArgumentParser()).parse_args([])
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+        values["interleave"] = values["interleave"] == "on"
+        return cls(**values)
+
+    def for_session(self, body: Any) -> BotConfig:
+        """This config with the session overrides a client sent in its request body."""
+        if not isinstance(body, dict):
+            return self
+        overrides = {}
+        for key, value in body.items():
+            kind = SESSION_KEYS.get(key)
+            if kind is not None and isinstance(value, kind):
+                overrides[key] = value
+            elif key in SESSION_KEYS:
+                logger.warning(f"ignoring session setting {key}={value!r}: expected {kind.__name__}")
+        return dataclasses.replace(self, **overrides)
+
+
+def add_bot_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    d = BotConfig()
+    group = parser.add_argument_group("voice agent (env BOT_*)")
+    add_flag(group, "--asr-url", "BOT_ASR_URL", d.asr_url, "ASR server WebSocket")
+    add_flag(group, "--tts-url", "BOT_TTS_URL", d.tts_url, "TTS server WebSocket")
+    add_flag(group, "--llm-url", "BOT_LLM_URL", d.llm_url, "LLM: llama-server base URL, or an OpenAI-compatible /v1 URL")
+    add_flag(group, "--llm-api", "BOT_LLM_API", d.llm_api, "LLM protocol", choices=["llama-server", "openai"])
+    add_flag(group, "--llm-model", "BOT_LLM_MODEL", d.llm_model, "model name sent to an OpenAI-compatible server")
+    add_flag(group, "--llm-api-key", "BOT_LLM_API_KEY", d.llm_api_key, "API key for an OpenAI-compatible server")
+    add_flag(group, "--voice", "BOT_VOICE", d.voice, "TTS voice (default: the server's first)", type=str)
+    add_flag(group, "--language", "BOT_LANGUAGE", d.language, "TTS language")
+    add_flag(group, "--system-prompt", "BOT_SYSTEM_PROMPT", d.system_prompt, "system prompt")
+    add_flag(
+        group, "--interleave", "BOT_INTERLEAVE", "off",
+        "LLM and TTS take turns (on: for one GPU shared by both; off: free streaming, best on CPU)",
+        choices=["on", "off"],
+    )
+    add_flag(group, "--max-tokens", "BOT_MAX_TOKENS", d.max_tokens, "longest reply in tokens")
+    add_flag(group, "--vad-stop-secs", "BOT_VAD_STOP_SECS", d.vad_stop_secs, "silence that ends speech (Silero VAD)")
+    add_flag(
+        group, "--turn-fallback-secs", "BOT_TURN_FALLBACK_SECS", d.turn_fallback_secs,
+        "silence after which a turn Smart Turn judged unfinished ends anyway",
+    )
+    return parser

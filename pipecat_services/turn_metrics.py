@@ -1,0 +1,116 @@
+"""Per-turn latency: one log line and one metrics frame per user turn.
+
+Watches the pipeline's frames and, when the bot starts speaking after a user turn, reports:
+- STT final: VAD stop → the finalized transcript (our STT client finalizes on VAD stop);
+- LLM TTFB: the LLM service's own TTFB (first token, or first whole segment when interleaving);
+- TTS TTFB: the TTS service's own TTFB (first text sent → first audio back);
+- server V2V: VAD stop → BotStartedSpeaking, plus the VAD's stop_secs (the silence it waited out),
+  i.e. from the moment the user really stopped talking, as the reference system reports it.
+
+The report goes out through the `on_turn_latency` event; bot.py logs it and queues it as a
+`MetricsFrame` (TurnLatencyMetricsData) and an RTVI server message, so clients see it too.
+"""
+
+from __future__ import annotations
+
+import time
+
+from loguru import logger
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    MetricsFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.metrics.metrics import MetricsData, TTFBMetricsData
+from pipecat.observers.base_observer import BaseObserver, FramePushed
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.services.llm_service import LLMService
+from pipecat.services.tts_service import TTSService
+
+
+class TurnLatencyMetricsData(MetricsData):
+    """One user turn's latencies in milliseconds (None: the stage reported nothing this turn)."""
+
+    turn: int
+    user_text: str
+    stt_final_ms: float | None
+    llm_ttfb_ms: float | None
+    tts_ttfb_ms: float | None
+    server_v2v_ms: float
+
+    def log_line(self) -> str:
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value:.0f} ms"
+
+        return (
+            f"turn {self.turn}: STT final {ms(self.stt_final_ms)} | LLM TTFB {ms(self.llm_ttfb_ms)} | "
+            f"TTS TTFB {ms(self.tts_ttfb_ms)} | server V2V {ms(self.server_v2v_ms)} | heard {self.user_text!r}"
+        )
+
+
+class TurnLatencyObserver(BaseObserver):
+    """Measures each user turn from VAD stop to the bot's first audio; emits `on_turn_latency`."""
+
+    def __init__(self) -> None:
+        super().__init__(observe_every_push=False)
+        self._turns = 0
+        self._reset()
+        self._register_event_handler("on_turn_latency")
+
+    def _reset(self) -> None:
+        self._vad_stop: float | None = None
+        self._stop_secs = 0.0
+        self._user_text = ""
+        self._stt_final: float | None = None
+        self._llm_ttfb: float | None = None
+        self._tts_ttfb: float | None = None
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        if data.direction != FrameDirection.DOWNSTREAM:
+            return
+        frame = data.frame
+        if isinstance(frame, VADUserStartedSpeakingFrame):
+            self._reset()
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            self._reset()
+            self._vad_stop, self._stop_secs = frame.timestamp, frame.stop_secs
+        elif self._vad_stop is None:
+            return
+        elif isinstance(frame, TranscriptionFrame) and frame.finalized:
+            self._user_text = f"{self._user_text} {frame.text}".strip()
+            self._stt_final = time.time() - self._vad_stop
+        elif isinstance(frame, MetricsFrame):
+            self._take_ttfb(data, frame)
+        elif isinstance(frame, BotStartedSpeakingFrame):
+            await self._report(time.time())
+
+    def _take_ttfb(self, data: FramePushed, frame: MetricsFrame) -> None:
+        for metric in frame.data:
+            if not isinstance(metric, TTFBMetricsData) or metric.value <= 0:
+                continue
+            if isinstance(data.source, LLMService) and self._llm_ttfb is None:
+                self._llm_ttfb = metric.value
+            elif isinstance(data.source, TTSService) and self._tts_ttfb is None:
+                self._tts_ttfb = metric.value
+
+    async def _report(self, bot_started: float) -> None:
+        assert self._vad_stop is not None
+        self._turns += 1
+
+        def ms(seconds: float | None) -> float | None:
+            return None if seconds is None else round(seconds * 1000, 1)
+
+        latency = TurnLatencyMetricsData(
+            processor="TurnLatency",
+            turn=self._turns,
+            user_text=self._user_text,
+            stt_final_ms=ms(self._stt_final),
+            llm_ttfb_ms=ms(self._llm_ttfb),
+            tts_ttfb_ms=ms(self._tts_ttfb),
+            server_v2v_ms=round((bot_started - self._vad_stop + self._stop_secs) * 1000, 1),
+        )
+        self._reset()
+        logger.info(latency.log_line())
+        await self._call_event_handler("on_turn_latency", latency)
