@@ -30,6 +30,9 @@ TAIL_S = 1.0
 """Decode window: the utterance plus TAIL_S of silence, at least MIN_WINDOW_S (see `_transcribe`)."""
 STILL_SPEAKING = 3 * WINDOW
 """Interims start only within 90 ms of speech: one running as the user stops would slow the final."""
+PRE_SPEECH = SAMPLE_RATE // 2
+"""Silence kept before the first speech of an utterance: seconds of leading silence make Whisper
+repeat the utterance ("What is X? What is X?")."""
 MAX_TOKENS_PER_S = 8
 """Token budget per second of audio: fast speech is ≈5; the bound stops Whisper's repetition loops."""
 
@@ -193,7 +196,10 @@ class WhisperStream(ASRStream):
     async def feed(self, samples: np.ndarray) -> None:
         self._audio.append(samples)
         self._detect_speech()
-        if self._audio.size > self.engine.max_utterance:
+        if not self._speech_end and self._audio.size > PRE_SPEECH:
+            self._drop_oldest(self._audio.size - PRE_SPEECH)
+        elif self._audio.size > self.engine.max_utterance:
+            logger.warning(f"utterance longer than {self.engine.max_utterance / SAMPLE_RATE:.0f} s: dropping its start")
             self._drop_oldest(self._audio.size - self.engine.max_utterance)
         silence = self._audio.size - self._speech_end
         if self._speech_end and silence >= self.engine.endpoint_silence:
@@ -210,7 +216,6 @@ class WhisperStream(ASRStream):
         self._analyzed = end
 
     def _drop_oldest(self, excess: int) -> None:
-        logger.warning(f"utterance longer than {self.engine.max_utterance / SAMPLE_RATE:.0f} s: dropping its start")
         self._audio.drop_first(excess)
         self._analyzed = max(0, self._analyzed - excess)
         self._speech_end = max(0, self._speech_end - excess)
