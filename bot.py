@@ -62,19 +62,31 @@ def make_llm(config: BotConfig, turn_taking: TurnTaking | None) -> LLMService:
         return OpenAILLMService(
             api_key=config.llm_api_key,
             base_url=config.llm_url,
-            settings=OpenAILLMService.Settings(model=config.llm_model, max_completion_tokens=config.max_tokens),
+            settings=OpenAILLMService.Settings(
+                model=config.llm_model,
+                system_instruction=config.system_prompt,
+                max_completion_tokens=config.max_tokens,
+                temperature=config.temperature,
+            ),
         )
     return LlamaServerLLMService(
-        base_url=config.llm_url, turn_taking=turn_taking, settings=LLMSettings(max_tokens=config.max_tokens)
+        base_url=config.llm_url,
+        turn_taking=turn_taking,
+        settings=LLMSettings(
+            system_instruction=config.system_prompt, max_tokens=config.max_tokens, temperature=config.temperature
+        ),
     )
 
 
 def user_turn_params(config: BotConfig) -> LLMUserAggregatorParams:
-    """Silero VAD ends speech after `vad_stop_secs`; the turn ends when Smart Turn says it is complete
-    or the final transcript ends a sentence, else after `turn_fallback_secs` of silence."""
+    """Silero VAD starts speech (and interrupts the bot) after `vad_start_secs` of it and ends it after
+    `vad_stop_secs` of silence; the turn ends when Smart Turn says it is complete or the final
+    transcript ends a sentence, else after `turn_fallback_secs` of silence."""
     smart_turn = LocalSmartTurnAnalyzerV3(params=SmartTurnParams(stop_secs=config.turn_fallback_secs))
     return LLMUserAggregatorParams(
-        vad_analyzer=SileroVADAnalyzer(params=VADParams(stop_secs=config.vad_stop_secs)),
+        vad_analyzer=SileroVADAnalyzer(
+            params=VADParams(start_secs=config.vad_start_secs, stop_secs=config.vad_stop_secs)
+        ),
         user_turn_strategies=UserTurnStrategies(
             stop=[TurnAnalyzerUserTurnStopStrategy(turn_analyzer=smart_turn), SentenceEndUserTurnStopStrategy()]
         ),
@@ -86,8 +98,7 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
     stt = ASRServerSTTService(url=config.asr_url)
     llm = make_llm(config, turn_taking)
     tts = TTSServerTTSService(url=config.tts_url, voice=config.voice, language=config.language, turn_taking=turn_taking)
-    context = LLMContext(messages=[{"role": "system", "content": config.system_prompt}])
-    user_aggregator, assistant_aggregator = LLMContextAggregatorPair(context, user_params=user_turn_params(config))
+    user_aggregator, assistant_aggregator = LLMContextAggregatorPair(LLMContext(), user_params=user_turn_params(config))
 
     pipeline = Pipeline(
         [transport.input(), stt, user_aggregator, llm, tts, transport.output(), assistant_aggregator]

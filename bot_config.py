@@ -41,6 +41,8 @@ class BotConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     interleave: bool = False
     max_tokens: int = 200
+    temperature: float = 0.7
+    vad_start_secs: float = 0.15
     vad_stop_secs: float = 0.2
     turn_fallback_secs: float = 1.0
 
@@ -85,6 +87,11 @@ def add_bot_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         choices=["on", "off"],
     )
     add_flag(group, "--max-tokens", "BOT_MAX_TOKENS", d.max_tokens, "longest reply in tokens")
+    add_flag(group, "--temperature", "BOT_TEMPERATURE", d.temperature, "LLM sampling temperature (0: greedy)")
+    add_flag(
+        group, "--vad-start-secs", "BOT_VAD_START_SECS", d.vad_start_secs,
+        "speech that starts a turn (Silero VAD); over the bot's voice it interrupts, so short = prompt barge-in",
+    )
     add_flag(group, "--vad-stop-secs", "BOT_VAD_STOP_SECS", d.vad_stop_secs, "silence that ends speech (Silero VAD)")
     add_flag(
         group, "--turn-fallback-secs", "BOT_TURN_FALLBACK_SECS", d.turn_fallback_secs,

@@ -43,9 +43,11 @@ def chunks(audio: np.ndarray, chunk_ms: int = 20, sample_rate: int = 16_000) -> 
     return [audio[i : i + step].tobytes() for i in range(0, len(audio), step)]
 
 
-def speech_end_s(audio: np.ndarray, sample_rate: int = 16_000, threshold: float = 300.0) -> float:
-    """Where the last 30 ms window louder than `threshold` (int16 RMS) ends, in seconds."""
+def speech_bounds(audio: np.ndarray, sample_rate: int = 16_000, threshold: float = 300.0) -> tuple[float, float]:
+    """(start, end) in seconds of the 30 ms windows louder than `threshold` (int16 RMS); (0, 0) if none."""
     window = sample_rate * 30 // 1000
     frames = audio[: len(audio) // window * window].astype(np.float64).reshape(-1, window)
     voiced = np.flatnonzero(np.sqrt(np.mean(frames * frames, axis=1)) > threshold)
-    return (int(voiced[-1]) + 1) * window / sample_rate if len(voiced) else 0.0
+    if not len(voiced):
+        return 0.0, 0.0
+    return int(voiced[0]) * window / sample_rate, (int(voiced[-1]) + 1) * window / sample_rate

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.audio import read_wav, speak, speech_end_s
+from benchmarks.audio import read_wav, speak, speech_bounds
 from benchmarks.stats import fmt, summary
 from benchmarks.webrtc_client import WebRTCVoiceClient
 
@@ -67,7 +67,7 @@ async def converse(
     try:
         for i, (name, audio) in enumerate(clips, 1):
             sent = await client.say(audio)
-            speech_end = sent - (len(audio) / 16_000 - speech_end_s(audio))
+            speech_end = sent - (len(audio) / 16_000 - speech_bounds(audio)[1])
             reply = await client.wait_for_reply(speech_end, timeout=turn_timeout)
             latency = await client.wait_for_message("turn_latency", speech_end, timeout=2.0 if reply else 0.1) or {}
             replies.append(client.audio.between(reply[0] - 0.1, reply[1] + 0.1) if reply else np.zeros(0, np.int16))
@@ -98,7 +98,7 @@ async def transcribe_replies(replies: list[np.ndarray]) -> list[str]:
 def load_clips(paths: list[str], folder: Path) -> list[tuple[str, np.ndarray]]:
     """WAVs from files and folders (sorted), or the generated questions when none are given."""
     if not paths:
-        return [(q, read_wav(speak(q, folder / f"q{i:02d}.wav"))) for i, q in enumerate(QUESTIONS)]
+        return [(q, read_wav(speak(q, folder / f"q{i:02d}.wav", "en-us+m3", 150))) for i, q in enumerate(QUESTIONS)]
     files: list[Path] = []
     for p in map(Path, paths):
         files.extend(sorted(p.glob("*.wav")) if p.is_dir() else [p])

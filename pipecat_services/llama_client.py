@@ -3,8 +3,9 @@
 - `/apply-template`: the model's own chat template (from the GGUF, `--jinja`), so one code path
   serves Nemotron and the embedded Qwen alike.
 - `/tokenize`: text → token ids, special tokens parsed.
-- `/completion` with a token-id prompt, `cache_prompt` and a fixed slot, streamed (SSE) with the
-  ids of every generated token. Closing the stream stops generation on the server.
+- `/completion` with a token-id prompt, `cache_prompt` and a slot (-1: the server picks the one
+  whose cache matches best), streamed (SSE) with the ids of every generated token. Closing the
+  stream stops generation on the server.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class LlamaServerError(RuntimeError):
 
 
 class LlamaServerClient:
-    def __init__(self, base_url: str, slot: int = 0) -> None:
+    def __init__(self, base_url: str, slot: int = -1) -> None:
         self.base_url = base_url.rstrip("/")
         self.slot = slot
         self._session: aiohttp.ClientSession | None = None

@@ -88,13 +88,27 @@ class LlamaServerLLMService(LLMService):
         turn_taking: TurnTaking | None = None,
         segment_tokens: int = 32,
         max_segment_tokens: int = 96,
-        slot: int = 0,
+        slot: int = -1,
         settings: LLMSettings | None = None,
         **kwargs: Any,
     ) -> None:
         """`turn_taking`: interleave with the TTS (None streams freely). Later segments end at the first
-        sentence end after `segment_tokens` tokens, and at `max_segment_tokens` at the latest."""
-        defaults = LLMSettings(model="llama-server", temperature=0.7, max_tokens=400, seed=None)
+        sentence end after `segment_tokens` tokens, and at `max_segment_tokens` at the latest. `slot`:
+        llama-server's slot; -1 lets it pick the one whose cache matches best, so with `--parallel N`
+        each conversation keeps its own slot."""
+        defaults = LLMSettings(
+            model="llama-server",
+            system_instruction=None,
+            temperature=0.7,
+            max_tokens=400,
+            top_p=None,
+            top_k=None,
+            frequency_penalty=None,
+            presence_penalty=None,
+            seed=None,
+            filter_incomplete_user_turns=False,
+            user_turn_completion_config=None,
+        )
         if settings is not None:
             defaults.apply_update(settings)
         super().__init__(settings=defaults, **kwargs)

@@ -30,9 +30,11 @@ SENTENCES = [
 class ServerProcess:
     """A model server started as its own process, the way users run it."""
 
-    def __init__(self, module: str, args: list[str], log: Path) -> None:
+    def __init__(
+        self, module: str, args: list[str], log: Path, health: str = "/health", env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
-        self.module, self.args, self.log = module, args, log
+        self.module, self.args, self.log, self.health, self.env = module, args, log, health, env or {}
         self.process: subprocess.Popen | None = None
 
     @property
@@ -45,9 +47,9 @@ class ServerProcess:
 
     def start(self) -> None:
         cmd = [sys.executable, "-m", self.module, "--port", str(self.port), *self.args]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log.open("a"), stderr=subprocess.STDOUT)
-        wait_healthy(f"http://127.0.0.1:{self.port}/health", self.process)
+        wait_healthy(f"http://127.0.0.1:{self.port}{self.health}", self.process)
 
     async def crash_and_restart(self, after: asyncio.Event) -> None:
         """Once `after` is set, kill the server (no clean close), then start it again on the same port."""
@@ -68,8 +70,10 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, np.ndarr
     return [(text, read_wav(speak(text, folder / f"{i}.wav"))) for i, text in enumerate(SENTENCES)]
 
 
-def serve_for_session(factory: pytest.TempPathFactory, module: str, args: list[str]) -> Iterator[ServerProcess]:
-    server = ServerProcess(module, args, factory.mktemp("logs") / f"{module}.log")
+def serve_for_session(
+    factory: pytest.TempPathFactory, module: str, args: list[str], **kwargs
+) -> Iterator[ServerProcess]:
+    server = ServerProcess(module, args, factory.mktemp("logs") / f"{module}.log", **kwargs)
     server.start()
     yield server
     server.stop()
@@ -89,6 +93,22 @@ def tts_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
 def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """llama-server with SmolLM2-135M from its package: small enough for CI, real enough for the protocol."""
     yield from serve_for_session(tmp_path_factory, "servers.llm", ["--model", "smollm2-135m"])
+
+
+@pytest.fixture(scope="session")
+def bot_server(
+    tmp_path_factory: pytest.TempPathFactory, asr_server: ServerProcess, tts_server: ServerProcess, llm_server: ServerProcess
+) -> Iterator[ServerProcess]:
+    """The bot on Pipecat's runner (Playground, /api/offer), wired to the session's model servers."""
+    env = {
+        "BOT_ASR_URL": asr_server.url,
+        "BOT_TTS_URL": tts_server.url,
+        "BOT_LLM_URL": llm_server.http_url,
+        "BOT_TEMPERATURE": "0",
+    }
+    yield from serve_for_session(
+        tmp_path_factory, "bot", ["-t", "webrtc", "--host", "127.0.0.1"], health="/status", env=env
+    )
 
 
 @pytest.fixture(scope="session")

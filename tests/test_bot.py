@@ -1,0 +1,112 @@
+"""The whole agent end to end: real model servers, the bot on Pipecat's runner, a WebRTC client.
+
+The client (benchmarks/webrtc_client.py) is an aiortc peer that connects through /api/offer the
+way the Playground does, speaks espeak-ng audio in real time and records the bot's audio, which
+the embedded Whisper transcribes. The LLM is SmolLM2-135M at temperature 0 (CI-sized).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from benchmarks.audio import read_wav, speak, speech_bounds
+from benchmarks.webrtc_client import WebRTCVoiceClient
+
+pytestmark = pytest.mark.timeout(300)
+VOICE = "en-us+m3"
+"""The espeak-ng voice Whisper tiny.en hears best ("of France", not "and friends")."""
+
+
+@pytest.fixture(scope="module")
+def say_wav(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("bot_speech")
+
+    def make(text: str) -> np.ndarray:
+        return read_wav(speak(text, folder / f"{abs(hash(text))}.wav", voice=VOICE, words_per_minute=150))
+
+    return make
+
+
+async def ask(client: WebRTCVoiceClient, audio: np.ndarray) -> tuple[float, tuple[float, float] | None]:
+    """Speak a question; returns when the speech ended and the reply's (first, last) voiced audio."""
+    sent = await client.say(audio)
+    speech_end = sent - (len(audio) / 16_000 - speech_bounds(audio)[1])
+    return speech_end, await client.wait_for_reply(speech_end, timeout=60)
+
+
+async def heard(whisper, audio: np.ndarray) -> str:
+    return (await whisper.transcribe(audio.astype(np.float32) / 32768)).lower()
+
+
+async def test_spoken_question_gets_a_spoken_answer(bot_server, whisper, say_wav):
+    client = WebRTCVoiceClient(bot_server.http_url)
+    await client.connect()
+    try:
+        speech_end, reply = await ask(client, say_wav("What is the capital of France?"))
+        assert reply is not None, "the bot never answered"
+        said = await heard(whisper, client.audio.between(reply[0] - 0.1, reply[1] + 0.1))
+        latency = await client.wait_for_message("turn_latency", speech_end, timeout=5)
+    finally:
+        await client.close()
+    assert "paris" in said, said
+    assert latency is not None and "capital" in latency["user_text"].lower(), latency
+    for stage in ("stt_final_ms", "llm_ttfb_ms", "tts_ttfb_ms", "server_v2v_ms"):
+        assert latency[stage] is not None and 0 < latency[stage] < 20_000, (stage, latency)
+    print(f"\nclient V2V {1000 * (reply[0] - speech_end):.0f} ms; bot: {latency}")
+
+
+async def test_barge_in_stops_the_bot_and_keeps_only_what_was_heard(bot_server, whisper, say_wav):
+    client = WebRTCVoiceClient(bot_server.http_url)
+    await client.connect()
+    try:
+        await client.say(say_wav("Tell me a long story about a dragon and a brave knight."))
+        voiced: list[float] = []
+        while not voiced:
+            await asyncio.sleep(0.05)
+            voiced = client.audio.voiced_times(time.monotonic() - 1)
+        await asyncio.sleep(2.0)
+
+        interruption = say_wav("Stop. What is two plus two?")
+        started = time.monotonic() + speech_bounds(interruption)[0]
+        await client.say(interruption)
+        stored = await client.wait_for_message("assistant_turn", started - 3, timeout=10)
+        await asyncio.sleep(1.0)
+    finally:
+        await client.close()
+
+    after = client.audio.voiced_times(started)
+    gaps = [b - a for a, b in zip(after, after[1:])]
+    last = next((t for t, gap in zip(after, gaps) if gap > 0.25), after[-1] if after else started)
+    stop_ms = 1000 * max(0.0, last - started)
+    spoken_s = started - voiced[0]
+    print(f"\nbot audio stopped {stop_ms:.0f} ms after the user started speaking; stored {stored}")
+    assert stop_ms <= 300, stop_ms
+    assert stored is not None and stored["interrupted"], stored
+    words = stored["text"].split()
+    assert 0 < len(words) <= 3.5 * spoken_s + 4, (spoken_s, stored)
+
+
+async def test_two_sessions_each_get_their_own_answer(bot_server, whisper, say_wav):
+    questions = {"What is the capital of France?": "paris", "How many legs does a spider have?": ("eight", "8")}
+
+    async def session(question: str) -> tuple[str, str]:
+        client = WebRTCVoiceClient(bot_server.http_url)
+        await client.connect()
+        try:
+            speech_end, reply = await ask(client, say_wav(question))
+            assert reply is not None, f"no answer to {question!r}"
+            latency = await client.wait_for_message("turn_latency", speech_end, timeout=5) or {}
+            said = await heard(whisper, client.audio.between(reply[0] - 0.1, reply[1] + 0.1))
+        finally:
+            await client.close()
+        return latency.get("user_text", "").lower(), said
+
+    (heard_a, said_a), (heard_b, said_b) = await asyncio.gather(*(session(q) for q in questions))
+    assert "france" in heard_a and "spider" not in heard_a, heard_a
+    assert "spider" in heard_b and "france" not in heard_b, heard_b
+    assert "paris" in said_a and "spider" not in said_a, said_a
+    assert any(w in said_b for w in ("eight", "8")) and "paris" not in said_b, said_b
