@@ -34,6 +34,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
 from pipecat.processors.frameworks.rtvi.frames import RTVIServerMessageFrame
 from pipecat.runner.types import RunnerArguments
 from pipecat.runner.utils import create_transport
+from pipecat.serializers.protobuf import ProtobufFrameSerializer
 from pipecat.services.llm_service import LLMService
 from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.services.settings import LLMSettings
@@ -53,8 +54,15 @@ from pipecat_services.turn_taking import TurnTaking
 
 TRANSPORTS = {
     "webrtc": lambda: TransportParams(audio_in_enabled=True, audio_out_enabled=True),
-    "websocket": lambda: FastAPIWebsocketParams(audio_in_enabled=True, audio_out_enabled=True),
+    "websocket": lambda: FastAPIWebsocketParams(
+        audio_in_enabled=True, audio_out_enabled=True, serializer=ProtobufFrameSerializer()
+    ),
 }
+"""SmallWebRTC (the Playground, POST /api/offer) and Pipecat's protobuf WebSocket (/ws-client)."""
+
+VAD_MIN_VOLUME = 0.3
+"""Pipecat's 0.6 smooths the volume in slowly and adds ~80 ms before a barge-in is noticed; Silero's
+confidence (0.7) still decides what is speech."""
 
 
 def make_llm(config: BotConfig, turn_taking: TurnTaking | None) -> LLMService:
@@ -85,7 +93,9 @@ def user_turn_params(config: BotConfig) -> LLMUserAggregatorParams:
     smart_turn = LocalSmartTurnAnalyzerV3(params=SmartTurnParams(stop_secs=config.turn_fallback_secs))
     return LLMUserAggregatorParams(
         vad_analyzer=SileroVADAnalyzer(
-            params=VADParams(start_secs=config.vad_start_secs, stop_secs=config.vad_stop_secs)
+            params=VADParams(
+                start_secs=config.vad_start_secs, stop_secs=config.vad_stop_secs, min_volume=VAD_MIN_VOLUME
+            )
         ),
         user_turn_strategies=UserTurnStrategies(
             stop=[TurnAnalyzerUserTurnStopStrategy(turn_analyzer=smart_turn), SentenceEndUserTurnStopStrategy()]

@@ -42,7 +42,7 @@ class BotConfig:
     interleave: bool = False
     max_tokens: int = 200
     temperature: float = 0.7
-    vad_start_secs: float = 0.15
+    vad_start_secs: float = 0.1
     vad_stop_secs: float = 0.2
     turn_fallback_secs: float = 1.0
 

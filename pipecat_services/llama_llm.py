@@ -18,6 +18,7 @@ that point and drops the rest.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from pipecat.frames.frames import (
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     MetricsFrame,
+    StartFrame,
 )
 from pipecat.metrics.metrics import LLMTokenUsage, MetricsData
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -118,9 +120,26 @@ class LlamaServerLLMService(LLMService):
         self.segment_tokens = segment_tokens
         self.max_segment_tokens = max_segment_tokens
         self.last_turn: dict[str, Any] = {}
+        self._history_lock = asyncio.Lock()
 
     def can_generate_metrics(self) -> bool:
         return True
+
+    async def start(self, frame: StartFrame) -> None:
+        await super().start(frame)
+        self.create_task(self._warm_up(), "warm_up")
+
+    async def _warm_up(self) -> None:
+        """Prefill the system prompt while the user is still speaking, so turn 1 finds it cached."""
+        try:
+            async with self._history_lock:
+                if self.history.blocks:
+                    return
+                rendered = await self.client.apply_template(await self._messages(LLMContext()))
+                prompt, _ = await self.history.prompt(rendered, self.client.tokenize)
+                await self.client.prefill(prompt)
+        except Exception as e:
+            logger.warning(f"{self}: warm-up failed ({e}); the first turn will prefill the system prompt")
 
     async def cleanup(self) -> None:
         await super().cleanup()
@@ -157,6 +176,10 @@ class LlamaServerLLMService(LLMService):
         return params["messages"]
 
     async def respond(self, context: LLMContext) -> None:
+        async with self._history_lock:
+            await self._respond(context)
+
+    async def _respond(self, context: LLMContext) -> None:
         await self.start_ttfb_metrics()
         rendered = await self.client.apply_template(await self._messages(context))
         prompt, reused = await self.history.prompt(rendered, self.client.tokenize)

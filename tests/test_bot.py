@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import soxr
 
 from benchmarks.audio import read_wav, speak, speech_bounds
 from benchmarks.webrtc_client import WebRTCVoiceClient
@@ -110,3 +111,35 @@ async def test_two_sessions_each_get_their_own_answer(bot_server, whisper, say_w
     assert "spider" in heard_b and "france" not in heard_b, heard_b
     assert "paris" in said_a and "spider" not in said_a, said_a
     assert any(w in said_b for w in ("eight", "8")) and "paris" not in said_b, said_b
+
+
+async def test_protobuf_websocket_client_gets_a_spoken_answer(bot_server, whisper, say_wav):
+    """The runner's /ws-client (Pipecat's protobuf frames) reaches the same bot as WebRTC does."""
+    import websockets
+    from pipecat.frames.protobufs import frames_pb2
+
+    audio = np.concatenate([say_wav("What is the capital of France?"), np.zeros(16_000 * 12, dtype=np.int16)])
+    received: list[np.ndarray] = []
+    url = bot_server.http_url.replace("http", "ws") + "/ws-client"
+    async with websockets.connect(url) as ws:
+
+        async def play() -> None:
+            """The question, then silence, in real-time 20 ms frames."""
+            for i in range(0, len(audio), 320):
+                frame = frames_pb2.Frame()
+                frame.audio.audio, frame.audio.sample_rate, frame.audio.num_channels = audio[i : i + 320].tobytes(), 16_000, 1
+                await ws.send(frame.SerializeToString())
+                await asyncio.sleep(0.02)
+
+        async def record() -> None:
+            async for raw in ws:
+                frame = frames_pb2.Frame.FromString(raw)
+                if frame.WhichOneof("frame") == "audio":
+                    pcm = np.frombuffer(frame.audio.audio, dtype=np.int16)
+                    received.append(soxr.resample(pcm, frame.audio.sample_rate, 16_000))
+
+        recorder = asyncio.create_task(record())
+        await play()
+        recorder.cancel()
+    said = await heard(whisper, np.concatenate(received) if received else np.zeros(0, np.int16))
+    assert "paris" in said, said
