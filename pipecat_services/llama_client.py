@@ -81,6 +81,7 @@ class LlamaServerClient:
             "id_slot": self.slot,
             "stream": True,
             "return_tokens": True,
+            "timings_per_token": True,
             **sampling,
         }
         async with self.session.post(self.base_url + "/completion", json=body) as response:

@@ -2,8 +2,9 @@
 
 Every turn: the context's messages go through the model's own chat template (`/apply-template`),
 the rendered prompt becomes tokens through the conversation's `TokenHistory` (exact prefix of
-what the server already holds), a prefill puts it in the slot's KV cache and reports the cache hit,
-and generation streams token ids back into the history.
+what the server already holds), and generation streams token ids back into the history; the first
+token's timings report the cache hit. At pipeline start the system prompt is prefilled, so the
+first turn finds it cached too.
 
 Interleaved (a `TurnTaking` given): the reply is generated in segments. The first ends at the
 first clause or sentence boundary, so the TTS can start on a few words; later ones at the first
@@ -183,38 +184,14 @@ class LlamaServerLLMService(LLMService):
         await self.start_ttfb_metrics()
         rendered = await self.client.apply_template(await self._messages(context))
         prompt, reused = await self.history.prompt(rendered, self.client.tokenize)
-        timings = await self.client.prefill(prompt)
-        cached, evaluated = timings.get("cache_n", 0), timings.get("prompt_n", 0)
-        hit = min(1.0, cached / reused) if reused else 0.0
-        self.last_turn = {
-            "prompt_tokens": len(prompt),
-            "reusable_tokens": reused,
-            "cache_n": cached,
-            "prompt_n": evaluated,
-            "cache_hit_ratio": round(hit, 4),
-            "prompt_cached_share": round(cached / max(1, cached + evaluated), 4),
-        }
-        await self.push_frame(
-            MetricsFrame(
-                data=[
-                    PromptCacheMetricsData(
-                        processor=self.name,
-                        model=self._settings.model,
-                        value=hit,
-                        cached_tokens=cached,
-                        reusable_tokens=reused,
-                        prompt_tokens=len(prompt),
-                    )
-                ]
-            )
-        )
+        self.last_turn = {"prompt_tokens": len(prompt), "reusable_tokens": reused}
         completion = await (self._interleaved() if self.turn_taking else self._streamed())
         await self.start_llm_usage_metrics(
             LLMTokenUsage(
                 prompt_tokens=len(prompt),
                 completion_tokens=completion,
                 total_tokens=len(prompt) + completion,
-                cache_read_input_tokens=cached,
+                cache_read_input_tokens=self.last_turn.get("cache_n", 0),
             )
         )
         logger.debug(f"{self}: turn {self.last_turn}, {completion} tokens generated")
@@ -226,6 +203,8 @@ class LlamaServerLLMService(LLMService):
         """
         text, n_tokens = "", 0
         async for piece in self.client.stream(self.history.tokens, budget, self._sampling()):
+            if "cache_n" not in self.last_turn and piece.timings:
+                await self._report_cache(piece.timings)
             if piece.tokens:
                 self.history.add_generated(piece.text, piece.tokens)
                 n_tokens += len(piece.tokens)
@@ -238,6 +217,27 @@ class LlamaServerLLMService(LLMService):
             if segmenting is not None and segmenting.done(text, n_tokens):
                 return text, n_tokens, False
         return text, n_tokens, True
+
+    async def _report_cache(self, timings: dict[str, Any]) -> None:
+        """The turn's KV-cache reuse, from the timings of its first streamed token."""
+        cached, evaluated = timings.get("cache_n", 0), timings.get("prompt_n", 0)
+        reused = self.last_turn["reusable_tokens"]
+        hit = min(1.0, cached / reused) if reused else 0.0
+        self.last_turn.update(
+            cache_n=cached,
+            prompt_n=evaluated,
+            cache_hit_ratio=round(hit, 4),
+            prompt_cached_share=round(cached / max(1, cached + evaluated), 4),
+        )
+        data = PromptCacheMetricsData(
+            processor=self.name,
+            model=self._settings.model,
+            value=hit,
+            cached_tokens=cached,
+            reusable_tokens=reused,
+            prompt_tokens=self.last_turn["prompt_tokens"],
+        )
+        await self.push_frame(MetricsFrame(data=[data]))
 
     async def _streamed(self) -> int:
         _, n_tokens, _ = await self._generate(self._settings.max_tokens, None)

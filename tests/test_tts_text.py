@@ -32,6 +32,14 @@ def test_first_segment_is_cut_at_the_first_clause_then_sentences() -> None:
     assert s.flush() == []
 
 
+def test_first_segment_can_end_after_a_few_words() -> None:
+    s = Segmenter(first_max_words=3)
+    assert s.add("The Moon is") == []
+    assert s.add(" a natural satellite of Earth") == ["The Moon is"]
+    assert s.add(" and it is far away. Yes") == ["a natural satellite of Earth and it is far away."]
+    assert Segmenter(first_max_words=3).add("Sure, it is") == ["Sure,"]
+
+
 def test_numbers_with_commas_and_decimals_are_not_cut() -> None:
     s = Segmenter()
     assert s.add("We have 1,200 apples and 3.5 pears") == []

@@ -149,7 +149,7 @@ class Session:
         for earlier in self.contexts.values():
             if not earlier.flushed:
                 self.flush(earlier)
-        context = Context(context_id, voice, language)
+        context = Context(context_id, voice, language, Segmenter(self.engine.first_segment_words))
         self.contexts[context_id] = context
         self.order.put_nowait(context)
         return context

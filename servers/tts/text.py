@@ -66,15 +66,20 @@ def normalize(text: str) -> str:
 
 _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s|$)")
 _CLAUSE_END = re.compile(r"[,;:—–]+(?=\s|$)")
+_WORD = re.compile(r"\S+(?=\s)")
 MAX_SEGMENT_CHARS = 300
 
 
 class Segmenter:
-    """Accumulates one reply's text and hands out segments ready to synthesize."""
+    """Accumulates one reply's text and hands out segments ready to synthesize.
 
-    def __init__(self) -> None:
+    The first segment ends at the first clause or sentence end, or after `first_max_words` whole
+    words (0: no limit); later ones at sentence ends."""
+
+    def __init__(self, first_max_words: int = 0) -> None:
         self._buffer = ""
         self._emitted = 0
+        self.first_max_words = first_max_words
 
     @property
     def pending(self) -> int:
@@ -107,6 +112,9 @@ class Segmenter:
         ends = [_SENTENCE_END.search(self._buffer)]
         if self._emitted == 0:
             ends.append(_CLAUSE_END.search(self._buffer))
+            if self.first_max_words:
+                words = _WORD.finditer(self._buffer)
+                ends.append(next((m for i, m in enumerate(words, 1) if i == self.first_max_words), None))
         if found := [m.end() for m in ends if m]:
             return min(found)
         if len(self._buffer) > MAX_SEGMENT_CHARS:

@@ -65,7 +65,7 @@ class WhisperEngine(ASREngine):
         cpu_threads: int = 2,
         compute_type: str = "int8",
         interim_interval_s: float = 1.0,
-        endpoint_silence_s: float = 0.3,
+        endpoint_silence_s: float = 0.12,
         speech_threshold: float = 0.01,
         max_utterance_s: float = 30.0,
     ) -> None:
