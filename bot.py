@@ -80,6 +80,7 @@ def make_llm(config: BotConfig, turn_taking: TurnTaking | None) -> LLMService:
     return LlamaServerLLMService(
         base_url=config.llm_url,
         turn_taking=turn_taking,
+        interleaved_segments=1 if config.interleave == "first" else None,
         settings=LLMSettings(
             system_instruction=config.system_prompt, max_tokens=config.max_tokens, temperature=config.temperature
         ),
@@ -104,7 +105,7 @@ def user_turn_params(config: BotConfig) -> LLMUserAggregatorParams:
 
 
 async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint: bool = False) -> None:
-    turn_taking = TurnTaking() if config.interleave and config.llm_api == "llama-server" else None
+    turn_taking = TurnTaking() if config.interleave != "off" and config.llm_api == "llama-server" else None
     stt = ASRServerSTTService(url=config.asr_url)
     llm = make_llm(config, turn_taking)
     tts = TTSServerTTSService(url=config.tts_url, voice=config.voice, language=config.language, turn_taking=turn_taking)

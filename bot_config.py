@@ -25,7 +25,8 @@ DEFAULT_SYSTEM_PROMPT = (
     "no lists, no markdown, no emoji."
 )
 
-SESSION_KEYS = {"interleave": bool, "system_prompt": str, "voice": str}
+SESSION_KEYS = {"interleave": str, "system_prompt": str, "voice": str}
+INTERLEAVE_MODES = ("all", "first", "off")
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class BotConfig:
     voice: str | None = None
     language: str = "en"
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    interleave: bool = False
+    interleave: str = "first"
     max_tokens: int = 200
     temperature: float = 0.7
     vad_start_secs: float = 0.1
@@ -51,9 +52,7 @@ class BotConfig:
         """The config from parsed flags (None: environment and defaults only, e.g. in tests)."""
         if args is None:
             args = add_bot_flags(argparse.ArgumentParser()).parse_args([])
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
-        values["interleave"] = values["interleave"] == "on"
-        return cls(**values)
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
     def for_session(self, body: Any) -> BotConfig:
         """This config with the session overrides a client sent in its request body."""
@@ -62,10 +61,12 @@ class BotConfig:
         overrides = {}
         for key, value in body.items():
             kind = SESSION_KEYS.get(key)
-            if kind is not None and isinstance(value, kind):
+            if kind is None:
+                continue
+            if isinstance(value, kind) and (key != "interleave" or value in INTERLEAVE_MODES):
                 overrides[key] = value
-            elif key in SESSION_KEYS:
-                logger.warning(f"ignoring session setting {key}={value!r}: expected {kind.__name__}")
+            else:
+                logger.warning(f"ignoring session setting {key}={value!r}")
         return dataclasses.replace(self, **overrides)
 
 
@@ -82,9 +83,10 @@ def add_bot_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_flag(group, "--language", "BOT_LANGUAGE", d.language, "TTS language")
     add_flag(group, "--system-prompt", "BOT_SYSTEM_PROMPT", d.system_prompt, "system prompt")
     add_flag(
-        group, "--interleave", "BOT_INTERLEAVE", "off",
-        "LLM and TTS take turns (on: for one GPU shared by both; off: free streaming, best on CPU)",
-        choices=["on", "off"],
+        group, "--interleave", "BOT_INTERLEAVE", d.interleave,
+        "LLM and TTS take turns: all (one GPU shared by both), first (only the reply's first words; a "
+        "few CPU cores), off (both stream at once)",
+        choices=INTERLEAVE_MODES,
     )
     add_flag(group, "--max-tokens", "BOT_MAX_TOKENS", d.max_tokens, "longest reply in tokens")
     add_flag(group, "--temperature", "BOT_TEMPERATURE", d.temperature, "LLM sampling temperature (0: greedy)")

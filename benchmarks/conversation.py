@@ -107,7 +107,7 @@ def load_clips(paths: list[str], folder: Path) -> list[tuple[str, np.ndarray]]:
     return [(str(f), read_wav(f)) for f in files]
 
 
-def report(results: list[TurnResult], as_json: bool, interleave: bool | None) -> None:
+def report(results: list[TurnResult], as_json: bool, interleave: str | None) -> None:
     for r in results:
         print(json.dumps(asdict(r)), flush=True)
     stats = {k: summary(v) for k in STAGES if (v := [getattr(r, k) for r in results if getattr(r, k) is not None])}
@@ -115,8 +115,7 @@ def report(results: list[TurnResult], as_json: bool, interleave: bool | None) ->
     if as_json:
         print(json.dumps({"summary": stats, "turns": len(results), "answered": answered, "interleave": interleave}))
         return
-    mode = {True: "on", False: "off", None: "as the bot is configured"}[interleave]
-    print(f"\n{answered}/{len(results)} turns answered, interleave {mode}")
+    print(f"\n{answered}/{len(results)} turns answered, interleave {interleave or 'as the bot is configured'}")
     for k in STAGES:
         values = [getattr(r, k) for r in results if getattr(r, k) is not None]
         if values:
@@ -128,11 +127,14 @@ async def main() -> None:
     parser.add_argument("audio", nargs="*", help="WAV files or folders of WAVs (default: generated questions)")
     parser.add_argument("--url", default="http://localhost:7860", help="the bot's runner (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="JSON summary line instead of the table")
-    parser.add_argument("--no-interleave", action="store_true", help="ask the bot to stream freely")
-    parser.add_argument("--interleave", action="store_true", help="ask the bot to interleave LLM and TTS")
+    parser.add_argument(
+        "--interleave", choices=["all", "first", "off"], help="ask the bot for this LLM/TTS turn-taking (default: its own)"
+    )
+    parser.add_argument("--no-interleave", action="store_true", help="the same as --interleave off")
     parser.add_argument("--turn-timeout", type=float, default=30.0, help="seconds to wait for a reply")
     args = parser.parse_args()
-    body = {"interleave": True} if args.interleave else {"interleave": False} if args.no_interleave else {}
+    mode = "off" if args.no_interleave else args.interleave
+    body = {"interleave": mode} if mode else {}
     with tempfile.TemporaryDirectory() as tmp:
         clips = load_clips(args.audio, Path(tmp))
     results, replies = await converse(args.url, clips, body, args.turn_timeout)

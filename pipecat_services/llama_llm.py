@@ -67,18 +67,31 @@ class PromptCacheMetricsData(MetricsData):
 
 @dataclass
 class Segmenting:
-    """When a segment ends: `first` segments at any clause, later ones at a sentence after `min_tokens`."""
+    """When a segment ends: the first at any clause or once `first_words` words are complete (0: no
+    word limit), later ones at a sentence end after `min_tokens`; any at `max_tokens`."""
 
     first: bool
     min_tokens: int
     max_tokens: int
+    first_words: int = 0
 
     def done(self, text: str, n_tokens: int) -> bool:
         if n_tokens >= self.max_tokens:
             return True
         if self.first:
+            if self.first_words and len(text.split()) > self.first_words:
+                return True
             return n_tokens >= 2 and bool(SENTENCE_END.search(text) or CLAUSE_END.search(text))
         return n_tokens >= self.min_tokens and bool(SENTENCE_END.search(text))
+
+
+def split_unfinished_word(text: str) -> tuple[str, str]:
+    """(text to speak now, the last word to hold back) when a segment ended mid-sentence: its last
+    word may still be growing ("Par" + "is"); text that ends a clause or sentence is kept whole."""
+    if SENTENCE_END.search(text) or CLAUSE_END.search(text):
+        return text, ""
+    cut = text.rstrip().rfind(" ")
+    return (text[:cut], text[cut:]) if cut > 0 else (text, "")
 
 
 class LlamaServerLLMService(LLMService):
@@ -91,12 +104,16 @@ class LlamaServerLLMService(LLMService):
         turn_taking: TurnTaking | None = None,
         segment_tokens: int = 32,
         max_segment_tokens: int = 96,
+        first_segment_words: int = 5,
+        interleaved_segments: int | None = None,
         slot: int = -1,
         settings: LLMSettings | None = None,
         **kwargs: Any,
     ) -> None:
         """`turn_taking`: interleave with the TTS (None streams freely). Later segments end at the first
-        sentence end after `segment_tokens` tokens, and at `max_segment_tokens` at the latest. `slot`:
+        sentence end after `segment_tokens` tokens, and at `max_segment_tokens` at the latest; the first
+        after `first_segment_words` words at the latest. `interleaved_segments`: how many segments wait
+        for the TTS (None: all; 1: only the first, then the reply streams). `slot`:
         llama-server's slot; -1 lets it pick the one whose cache matches best, so with `--parallel N`
         each conversation keeps its own slot."""
         defaults = LLMSettings(
@@ -120,6 +137,8 @@ class LlamaServerLLMService(LLMService):
         self.turn_taking = turn_taking
         self.segment_tokens = segment_tokens
         self.max_segment_tokens = max_segment_tokens
+        self.first_segment_words = first_segment_words
+        self.interleaved_segments = interleaved_segments
         self.last_turn: dict[str, Any] = {}
         self._history_lock = asyncio.Lock()
 
@@ -245,21 +264,30 @@ class LlamaServerLLMService(LLMService):
 
     async def _interleaved(self) -> int:
         assert self.turn_taking is not None
-        total, first = 0, True
+        total, segments, carry = 0, 0, ""
         while total < self._settings.max_tokens:
+            if segments == self.interleaved_segments:
+                if carry:
+                    await self._push_llm_text(carry)
+                return total + (await self._generate(self._settings.max_tokens - total, None))[1]
             started = time.perf_counter()
-            segmenting = Segmenting(first, self.segment_tokens, self.max_segment_tokens)
+            segmenting = Segmenting(
+                segments == 0, self.segment_tokens, self.max_segment_tokens, self.first_segment_words
+            )
             text, n_tokens, finished = await self._generate(self._settings.max_tokens - total, segmenting)
             self.turn_taking.llm_busy(started, time.perf_counter())
             total += n_tokens
-            if text:
+            spoken, carry = (carry + text, "") if finished else split_unfinished_word(carry + text)
+            if spoken:
                 await self.stop_ttfb_metrics()
-                await self._push_llm_text(text)
+                await self._push_llm_text(spoken)
             if finished:
                 break
             mark = self.turn_taking.new_mark()
             await self.push_frame(mark)
             if not await self.turn_taking.wait(mark):
                 logger.warning(f"{self}: the TTS did not answer mark {mark.mark_id}; going on")
-            first = False
+            segments += 1
+        if carry:
+            await self._push_llm_text(carry)
         return total

@@ -9,13 +9,16 @@ python="${PYTHON:-python3}"
 
 need_apt=()
 command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
+# The Playground browser test drives Debian's chromium (Playwright never downloads a browser here).
+if [[ ",$extras," == *",dev,"* ]]; then command -v chromium >/dev/null || need_apt+=(chromium); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else sudo="none"; fi
   if [ "$sudo" = none ]; then
     echo "setup: please install ${need_apt[*]} (Debian/Ubuntu: apt-get install ${need_apt[*]})" >&2
   else
     echo "setup: installing ${need_apt[*]}"
-    $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    $sudo apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   fi
 fi
 

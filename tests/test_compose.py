@@ -133,7 +133,7 @@ def test_only_the_bot_is_published_and_only_on_loopback(services):
 
 
 def test_bot_talks_to_its_own_profile(services):
-    for profile, interleave in (("cpu", "off"), ("gpu", "on")):
+    for profile, interleave in (("cpu", "first"), ("gpu", "all")):
         env = {k: resolve(v) for k, v in services[f"bot-{profile}"]["environment"].items()}
         assert env["BOT_ASR_URL"] == f"ws://asr-{profile}:{PORTS['asr']}"
         assert env["BOT_TTS_URL"] == f"ws://tts-{profile}:{PORTS['tts']}"

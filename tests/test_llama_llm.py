@@ -55,6 +55,23 @@ async def test_interleaved_segments_give_the_same_text_as_one_free_stream(llm_se
     assert len([b for b in turn_taking.busy if b.who == "llm"]) == len(segments)
 
 
+async def test_only_the_first_segment_waits_and_it_ends_on_a_whole_word(llm_server):
+    free = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY)
+    free_text = reply_text(await one_turn(free, new_context(QUESTIONS[1])))
+    turn_taking = TurnTaking()
+    first_only = LlamaServerLLMService(
+        base_url=llm_server.http_url, settings=GREEDY, turn_taking=turn_taking, first_segment_words=3,
+        interleaved_segments=1,
+    )
+    frames = await one_turn(first_only, new_context(QUESTIONS[1]), AnswerMarks(turn_taking))
+    texts = [f.text for f in frames if isinstance(f, LLMTextFrame)]
+    assert "".join(texts) == free_text
+    assert len([b for b in turn_taking.busy if b.who == "llm"]) == 1, "more than the first segment waited"
+    first = texts[0]
+    assert len(first.split()) <= 3 and free_text.startswith(first), (first, free_text)
+    assert free_text[len(first)] in " ,.;:!?", "the first segment cut a word in two"
+
+
 async def test_cache_hit_ratio_from_the_second_turn_on(llm_server):
     llm = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY)
     context = new_context(QUESTIONS[0])

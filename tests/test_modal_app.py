@@ -128,8 +128,8 @@ def test_bot_settings_come_from_the_deploying_environment(deployed, monkeypatch)
     assert settings["BOT_LLM_API"] == "openai" and "OTHER_SETTING" not in settings
     assert settings["BOT_INTERLEAVE"] == "off"  # a GPU each: the LLM need not take turns with the TTS
     assert settings["PIPECAT_ICE_SERVERS"].startswith("stun:")
-    monkeypatch.setenv("BOT_INTERLEAVE", "on")
-    assert deployed.module.deploy_settings(("BOT_",), deployed.module.BOT_DEFAULTS)["BOT_INTERLEAVE"] == "on"
+    monkeypatch.setenv("BOT_INTERLEAVE", "all")
+    assert deployed.module.deploy_settings(("BOT_",), deployed.module.BOT_DEFAULTS)["BOT_INTERLEAVE"] == "all"
 
 
 def test_bot_finds_model_servers_through_modal(deployed, monkeypatch):
