@@ -10,7 +10,7 @@ container and committed for the next ones. The bot is Pipecat's runner (Playgrou
 WebRTC offer at /api/offer); it finds the model servers when its container starts, never at import.
 
 Settings come from the deploying machine's environment: HF_TOKEN, and BOT_* / PIPECAT_ICE_SERVERS
-for the bot (e.g. BOT_LLM_API=openai BOT_LLM_URL=... to use another LLM). docker/DEPLOY.md has the
+for the bot (e.g. BOT_LLM_API=openai BOT_LLM_URL=... to use another LLM). README.md (Deploy on Modal) has the
 commands.
 """
 

@@ -141,7 +141,7 @@ class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
         start = self._spoken_s.get(segment.context_id, 0.0)
         duration = segment.audio_ms / 1000
         self._spoken_s[segment.context_id] = start + duration
-        words = segment.text.split()
+        words = (segment.written or segment.text).split()  # the LLM's own words: Pipecat matches them
         total = sum(len(w) + 1 for w in words)
         times, before = [], 0
         for word in words:

@@ -96,6 +96,7 @@ async def test_round_trip_is_intelligible_and_plausibly_timed(tts_server, whispe
 async def test_text_is_normalised_before_synthesis(tts_server, whisper):
     reply, rate = await speak(tts_server.url, "It costs $20 🎉.")
     assert reply.segments[0].text == "It costs twenty dollars."
+    assert reply.segments[0].written == "It costs $20 🎉."
     heard = (await transcribe(whisper, reply.audio, rate)).lower()
     assert "twenty" in heard or "20" in heard, heard
 

@@ -12,7 +12,8 @@ client → server (JSON text frames)
 server → client
   {"type": "ready", "protocol": 1, "engine": "piper", "sample_rate": 22050, "voices": [...], "languages": [...]}
   binary frames: audio, see `pack_audio` (context id + PCM s16le mono at `sample_rate`)
-  {"type": "segment_done", "context_id": "c1", "index": 0, "text": "Hello there.", "audio_ms": 812.0}
+  {"type": "segment_done", "context_id": "c1", "index": 0, "text": "It costs twenty dollars.",
+   "written": "It costs $20.", "audio_ms": 812.0}    text as spoken, and as the client wrote it
   {"type": "mark", "context_id": "c1", "id": "m1"}   everything sent before m1 is synthesized
   {"type": "done", "context_id": "c1", "audio_ms": 2310.0, "cancelled": false}
   {"type": "error", "code": "unknown_context", "message": "...", "context_id": "c1"}   session stays open
@@ -106,6 +107,7 @@ class SegmentDone(Message):
     index: int
     text: str
     audio_ms: float
+    written: str = ""
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,8 @@ class Session:
             samples = await self.synthesize(context, text, first=index == 0)
             if context.cancelled:
                 return
-            await self.send(protocol.SegmentDone(context.id, index, text, round(samples * 1000 / self.engine.sample_rate, 1)))
+            audio_ms = round(samples * 1000 / self.engine.sample_rate, 1)
+            await self.send(protocol.SegmentDone(context.id, index, text, audio_ms, written=segment))
             index += 1
         if not context.cancelled:
             self.contexts.pop(context.id, None)
