@@ -75,7 +75,7 @@ def add_bot_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group = parser.add_argument_group("voice agent (env BOT_*)")
     add_flag(group, "--asr-url", "BOT_ASR_URL", d.asr_url, "ASR server WebSocket")
     add_flag(group, "--tts-url", "BOT_TTS_URL", d.tts_url, "TTS server WebSocket")
-    add_flag(group, "--llm-url", "BOT_LLM_URL", d.llm_url, "LLM: llama-server base URL, or an OpenAI-compatible /v1 URL")
+    add_flag(group, "--llm-url", "BOT_LLM_URL", d.llm_url, "llama-server base URL, or an OpenAI-compatible /v1 URL")
     add_flag(group, "--llm-api", "BOT_LLM_API", d.llm_api, "LLM protocol", choices=["llama-server", "openai"])
     add_flag(group, "--llm-model", "BOT_LLM_MODEL", d.llm_model, "model name sent to an OpenAI-compatible server")
     add_flag(group, "--llm-api-key", "BOT_LLM_API_KEY", d.llm_api_key, "API key for an OpenAI-compatible server")

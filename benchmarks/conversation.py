@@ -128,7 +128,7 @@ async def main() -> None:
     parser.add_argument("--url", default="http://localhost:7860", help="the bot's runner (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="JSON summary line instead of the table")
     parser.add_argument(
-        "--interleave", choices=["all", "first", "off"], help="ask the bot for this LLM/TTS turn-taking (default: its own)"
+        "--interleave", choices=["all", "first", "off"], help="the bot's LLM/TTS turn-taking (default: its own)"
     )
     parser.add_argument("--no-interleave", action="store_true", help="the same as --interleave off")
     parser.add_argument("--turn-timeout", type=float, default=30.0, help="seconds to wait for a reply")

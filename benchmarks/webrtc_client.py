@@ -143,7 +143,9 @@ class WebRTCVoiceClient:
             await asyncio.sleep(0.05)
         return None
 
-    async def wait_for_reply(self, since: float, timeout: float = 30.0, quiet: float = 1.5) -> tuple[float, float] | None:
+    async def wait_for_reply(
+        self, since: float, timeout: float = 30.0, quiet: float = 1.5
+    ) -> tuple[float, float] | None:
         """Wait until the bot has spoken after `since` and then been quiet for `quiet` s.
 
         Returns the arrival times of the reply's first and last voiced audio, or None on timeout."""

@@ -85,7 +85,8 @@ def wait_healthy(service: Service, process: subprocess.Popen, timeout: float = 6
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{service.name} exited (code {process.returncode}):\n{tail(LOGS / f'{service.name}.log')}")
+            log = tail(LOGS / f"{service.name}.log")
+            raise RuntimeError(f"{service.name} exited (code {process.returncode}):\n{log}")
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:

@@ -97,7 +97,10 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
 
 @pytest.fixture(scope="session")
 def bot_server(
-    tmp_path_factory: pytest.TempPathFactory, asr_server: ServerProcess, tts_server: ServerProcess, llm_server: ServerProcess
+    tmp_path_factory: pytest.TempPathFactory,
+    asr_server: ServerProcess,
+    tts_server: ServerProcess,
+    llm_server: ServerProcess,
 ) -> Iterator[ServerProcess]:
     """The bot on Pipecat's runner (Playground, /api/offer), wired to the session's model servers."""
     env = {

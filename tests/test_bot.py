@@ -127,7 +127,8 @@ async def test_protobuf_websocket_client_gets_a_spoken_answer(bot_server, whispe
             """The question, then silence, in real-time 20 ms frames."""
             for i in range(0, len(audio), 320):
                 frame = frames_pb2.Frame()
-                frame.audio.audio, frame.audio.sample_rate, frame.audio.num_channels = audio[i : i + 320].tobytes(), 16_000, 1
+                frame.audio.audio = audio[i : i + 320].tobytes()
+                frame.audio.sample_rate, frame.audio.num_channels = 16_000, 1
                 await ws.send(frame.SerializeToString())
                 await asyncio.sleep(0.02)
 

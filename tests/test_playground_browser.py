@@ -129,10 +129,12 @@ def conversation(playground_url: str, question_wav: Path) -> Conversation:
             page.on("pageerror", lambda error: page_errors.append(str(error)))
             page.add_init_script(path=ASSETS / "probe.js")
             stubbed: list[str] = []
-            page.route(
-                "**/assets/daily-esm-*.js",
-                lambda route: stubbed.append(route.request.url) or route.fulfill(body=stub, content_type="text/javascript"),
-            )
+
+            def serve_stub(route) -> None:
+                stubbed.append(route.request.url)
+                route.fulfill(body=stub, content_type="text/javascript")
+
+            page.route("**/assets/daily-esm-*.js", serve_stub)
             page.goto(playground_url)
             # As a user would: a click while the page is still opening the microphone is dropped.
             try:
