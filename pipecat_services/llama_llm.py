@@ -45,6 +45,7 @@ from pipecat.utils.types import is_given
 from pipecat_services.llama_client import LlamaServerClient
 from pipecat_services.token_history import TokenHistory
 from pipecat_services.turn_taking import TurnTaking
+from servers.tts.text import phrase_cut
 
 SENTENCE_END = re.compile(r"[.!?…][\"')\]]*\s*$|\n\s*$")
 CLAUSE_END = re.compile(r"[,;:—–]\s*$")
@@ -67,31 +68,32 @@ class PromptCacheMetricsData(MetricsData):
 
 @dataclass
 class Segmenting:
-    """When a segment ends: the first at any clause or once `first_words` words are complete (0: no
-    word limit), later ones at a sentence end after `min_tokens`; any at `max_tokens`."""
+    """When a segment ends: the first at any clause or, with `first_words`, at a phrase boundary
+    (`phrase_cut`); later ones at a sentence end after `min_tokens`; any at `max_tokens`."""
 
     first: bool
     min_tokens: int
     max_tokens: int
-    first_words: int = 0
+    first_words: tuple[int, int] | None = None
 
     def done(self, text: str, n_tokens: int) -> bool:
         if n_tokens >= self.max_tokens:
             return True
         if self.first:
-            if self.first_words and len(text.split()) > self.first_words:
+            if self.first_words and phrase_cut(text, *self.first_words) is not None:
                 return True
             return n_tokens >= 2 and bool(SENTENCE_END.search(text) or CLAUSE_END.search(text))
         return n_tokens >= self.min_tokens and bool(SENTENCE_END.search(text))
 
-
-def split_unfinished_word(text: str) -> tuple[str, str]:
-    """(text to speak now, the last word to hold back) when a segment ended mid-sentence: its last
-    word may still be growing ("Par" + "is"); text that ends a clause or sentence is kept whole."""
-    if SENTENCE_END.search(text) or CLAUSE_END.search(text):
-        return text, ""
-    cut = text.rstrip().rfind(" ")
-    return (text[:cut], text[cut:]) if cut > 0 else (text, "")
+    def split(self, text: str) -> tuple[str, str]:
+        """(text to speak now, text held back for the next segment) of a segment that ended
+        mid-sentence: the words after the phrase cut, or a last word that may still be growing."""
+        if SENTENCE_END.search(text) or CLAUSE_END.search(text):
+            return text, ""
+        cut = phrase_cut(text, *self.first_words) if self.first and self.first_words else None
+        if cut is None:
+            cut = text.rstrip().rfind(" ")
+        return (text[:cut], text[cut:]) if cut and cut > 0 else (text, "")
 
 
 class LlamaServerLLMService(LLMService):
@@ -104,16 +106,16 @@ class LlamaServerLLMService(LLMService):
         turn_taking: TurnTaking | None = None,
         segment_tokens: int = 32,
         max_segment_tokens: int = 96,
-        first_segment_words: int = 5,
+        first_segment_words: tuple[int, int] | None = (3, 6),
         interleaved_segments: int | None = None,
         slot: int = -1,
         settings: LLMSettings | None = None,
         **kwargs: Any,
     ) -> None:
         """`turn_taking`: interleave with the TTS (None streams freely). Later segments end at the first
-        sentence end after `segment_tokens` tokens, and at `max_segment_tokens` at the latest; the first
-        after `first_segment_words` words at the latest. `interleaved_segments`: how many segments wait
-        for the TTS (None: all; 1: only the first, then the reply streams). `slot`:
+        sentence end after `segment_tokens` tokens, and at `max_segment_tokens` at the latest; the
+        first at a phrase boundary after `first_segment_words` = (min, max) words. `interleaved_segments`:
+        how many segments wait for the TTS (None: all; 1: only the first, then the reply streams). `slot`:
         llama-server's slot; -1 lets it pick the one whose cache matches best, so with `--parallel N`
         each conversation keeps its own slot."""
         defaults = LLMSettings(
@@ -277,7 +279,7 @@ class LlamaServerLLMService(LLMService):
             text, n_tokens, finished = await self._generate(self._settings.max_tokens - total, segmenting)
             self.turn_taking.llm_busy(started, time.perf_counter())
             total += n_tokens
-            spoken, carry = (carry + text, "") if finished else split_unfinished_word(carry + text)
+            spoken, carry = (carry + text, "") if finished else segmenting.split(carry + text)
             if spoken:
                 await self.stop_ttfb_metrics()
                 await self._push_llm_text(spoken)

@@ -60,7 +60,7 @@ async def test_only_the_first_segment_waits_and_it_ends_on_a_whole_word(llm_serv
     free_text = reply_text(await one_turn(free, new_context(QUESTIONS[1])))
     turn_taking = TurnTaking()
     first_only = LlamaServerLLMService(
-        base_url=llm_server.http_url, settings=GREEDY, turn_taking=turn_taking, first_segment_words=3,
+        base_url=llm_server.http_url, settings=GREEDY, turn_taking=turn_taking, first_segment_words=(2, 3),
         interleaved_segments=1,
     )
     frames = await one_turn(first_only, new_context(QUESTIONS[1]), AnswerMarks(turn_taking))
@@ -68,8 +68,8 @@ async def test_only_the_first_segment_waits_and_it_ends_on_a_whole_word(llm_serv
     assert "".join(texts) == free_text
     assert len([b for b in turn_taking.busy if b.who == "llm"]) == 1, "more than the first segment waited"
     first = texts[0]
-    assert len(first.split()) <= 3 and free_text.startswith(first), (first, free_text)
-    assert free_text[len(first)] in " ,.;:!?", "the first segment cut a word in two"
+    assert len(first.split()) <= 4 and free_text.startswith(first), (first, free_text)
+    assert first[-1].isspace() or free_text[len(first)] in " ,.;:!?", "the first segment cut a word in two"
 
 
 async def test_cache_hit_ratio_from_the_second_turn_on(llm_server):

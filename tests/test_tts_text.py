@@ -32,12 +32,15 @@ def test_first_segment_is_cut_at_the_first_clause_then_sentences() -> None:
     assert s.flush() == []
 
 
-def test_first_segment_can_end_after_a_few_words() -> None:
-    s = Segmenter(first_max_words=3)
-    assert s.add("The Moon is") == []
-    assert s.add(" a natural satellite of Earth") == ["The Moon is"]
-    assert s.add(" and it is far away. Yes") == ["a natural satellite of Earth and it is far away."]
-    assert Segmenter(first_max_words=3).add("Sure, it is") == ["Sure,"]
+def test_first_segment_can_end_at_a_phrase_boundary() -> None:
+    s = Segmenter(first_words=(3, 6))
+    assert s.add("The capital of France") == []
+    assert s.add(" is") == ["The capital of France"]
+    assert s.add(" Paris. It is") == ["is Paris."]
+    assert Segmenter(first_words=(3, 6)).add("Sure, it is") == ["Sure,"]
+    assert Segmenter(first_words=(3, 6)).add("Seven green parrots sang loudly today every") == [
+        "Seven green parrots sang loudly today"
+    ]
 
 
 def test_numbers_with_commas_and_decimals_are_not_cut() -> None:

@@ -66,20 +66,36 @@ def normalize(text: str) -> str:
 
 _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s|$)")
 _CLAUSE_END = re.compile(r"[,;:—–]+(?=\s|$)")
-_WORD = re.compile(r"\S+(?=\s)")
+_WORD = re.compile(r"\S+")
+PHRASE_STARTS = frozenset(
+    "a an the and or but so because that which who when where while if than as of to in on at for with "
+    "from by about into is are was were be been has have had will would can could should may might do does "
+    "did it its this these those there".split()
+)
+
+
+def phrase_cut(text: str, min_words: int, max_words: int) -> int | None:
+    """Where to end a reply's first segment early: before the first function word ("is", "the",
+    "of", ...) that follows `min_words` words, or before word `max_words + 1` at the latest; None
+    while neither has arrived. A cut at a phrase boundary keeps Piper's prosody and the next word
+    whole ("The capital of France | is Paris.", not "... is | Paris.", which Whisper hears as "Aris")."""
+    for i, word in enumerate(_WORD.finditer(text)):
+        if i >= max_words or (i >= min_words and word[0].lower().strip("\"'(") in PHRASE_STARTS):
+            return word.start()
+    return None
 MAX_SEGMENT_CHARS = 300
 
 
 class Segmenter:
     """Accumulates one reply's text and hands out segments ready to synthesize.
 
-    The first segment ends at the first clause or sentence end, or after `first_max_words` whole
-    words (0: no limit); later ones at sentence ends."""
+    The first segment ends at the first clause or sentence end, or with `first_words` = (min, max)
+    at a phrase boundary (`phrase_cut`); later ones at sentence ends."""
 
-    def __init__(self, first_max_words: int = 0) -> None:
+    def __init__(self, first_words: tuple[int, int] | None = None) -> None:
         self._buffer = ""
         self._emitted = 0
-        self.first_max_words = first_max_words
+        self.first_words = first_words
 
     @property
     def pending(self) -> int:
@@ -112,10 +128,10 @@ class Segmenter:
         ends = [_SENTENCE_END.search(self._buffer)]
         if self._emitted == 0:
             ends.append(_CLAUSE_END.search(self._buffer))
-            if self.first_max_words:
-                words = _WORD.finditer(self._buffer)
-                ends.append(next((m for i, m in enumerate(words, 1) if i == self.first_max_words), None))
-        if found := [m.end() for m in ends if m]:
+        found = [m.end() for m in ends if m]
+        if self._emitted == 0 and self.first_words and (cut := phrase_cut(self._buffer, *self.first_words)):
+            found.append(cut)
+        if found:
             return min(found)
         if len(self._buffer) > MAX_SEGMENT_CHARS:
             space = self._buffer.rfind(" ", 0, MAX_SEGMENT_CHARS)

@@ -25,9 +25,9 @@ class TTSEngine(ABC):
     sample_rate: int = 22_050
     voices: tuple[str, ...] = ()
     languages: tuple[str, ...] = ("en",)
-    first_segment_words: int = 0
-    """Cut a reply's first segment after this many words even without punctuation (0: never), for
-    engines whose first audio waits for a whole segment: the LLM need not finish a clause first."""
+    first_segment_words: tuple[int, int] | None = None
+    """(min, max) words after which a reply's first segment may end at a phrase boundary without
+    punctuation (`text.phrase_cut`), for engines whose first audio waits for a whole segment."""
 
     @abstractmethod
     def load(self) -> None:

@@ -22,7 +22,7 @@ CHUNK_S = 0.5
 class PiperEngine(TTSEngine):
     name = "piper"
     languages = ("en",)
-    first_segment_words = 5
+    first_segment_words = (3, 6)
 
     def __init__(self, model_path: str | None = None, config_path: str | None = None) -> None:
         self.model_path = model_path
