@@ -1,0 +1,51 @@
+"""The sentence-end stop strategy: which finals end a turn, and only once the user is silent."""
+
+from __future__ import annotations
+
+import pytest
+from pipecat.frames.frames import TranscriptionFrame, VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
+
+from pipecat_services.turn_end import SentenceEndUserTurnStopStrategy, ends_sentence
+
+
+@pytest.mark.parametrize(
+    ("text", "ends"),
+    [
+        ("What time is it?", True),
+        ("Hello there.", True),
+        ("Stop!", True),
+        ('He said "yes."', True),
+        ("I'd like to order a", False),
+        ("So I was thinking...", False),
+        ("Well, you know,", False),
+        ("", False),
+    ],
+)
+def test_ends_sentence(text: str, ends: bool) -> None:
+    assert ends_sentence(text) is ends
+
+
+def final(text: str) -> TranscriptionFrame:
+    return TranscriptionFrame(text, "user", "2026-11-21T00:00:00Z", finalized=True)
+
+
+async def test_fires_on_a_finished_sentence_after_speech_stops_only() -> None:
+    strategy = SentenceEndUserTurnStopStrategy()
+    fired: list[bool] = []
+
+    async def on_stopped(*_) -> None:
+        fired.append(True)
+
+    async def on_inference(*_) -> None:
+        pass
+
+    strategy.add_event_handler("on_user_turn_stopped", on_stopped)
+    strategy.add_event_handler("on_user_turn_inference_triggered", on_inference)
+    await strategy.process_frame(VADUserStartedSpeakingFrame())
+    await strategy.process_frame(final("What time is it?"))
+    assert not fired, "the user was still speaking"
+    await strategy.process_frame(VADUserStoppedSpeakingFrame())
+    await strategy.process_frame(final("What time is"))
+    assert not fired, "an unfinished sentence"
+    await strategy.process_frame(final("What time is it?"))
+    assert fired == [True]
