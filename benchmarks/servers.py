@@ -6,11 +6,11 @@ import asyncio
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+
+from servers.common import wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,22 +19,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_healthy(health_url: str, process: subprocess.Popen | None = None, timeout: float = 300.0) -> None:
-    """Poll GET /health until it answers 200; fail early if the process died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(health_url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{health_url} not healthy after {timeout:.0f} s")
 
 
 @asynccontextmanager

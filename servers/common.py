@@ -9,8 +9,10 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -106,6 +108,29 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+class ServerExited(RuntimeError):
+    """The process we were waiting for ended before it became healthy."""
+
+
+def wait_healthy(
+    url: str, process: subprocess.Popen | None = None, timeout: float = 300.0, interval: float = 0.2
+) -> None:
+    """Poll `url` (a /health) until it answers 200 (503 while loading); ServerExited if `process`
+    ends first, TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ServerExited(f"exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(interval)
+    raise TimeoutError(f"{url} not healthy after {timeout:.0f} s")
 
 
 class ModelServer:

@@ -14,11 +14,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from servers.common import port_is_free
+from servers.common import ServerExited, port_is_free, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / "logs"
@@ -34,6 +33,8 @@ class Service:
     scheme: str = "ws"
     health_path: str = "/health"
     nice: int = 0
+    address_flags: bool = False
+    """Pass --host/--port: Pipecat's runner takes its address as flags only (the servers read env)."""
 
     @property
     def host(self) -> str:
@@ -43,6 +44,9 @@ class Service:
     def port(self) -> int:
         return int(os.environ.get(self.port_env, self.default_port))
 
+    def flags(self) -> list[str]:
+        return ["--host", self.host, "--port", str(self.port)] if self.address_flags else []
+
 
 MODEL_SERVERS = [
     Service("asr", ("-m", "servers.asr"), "ASR_PORT", 8080, "ASR_HOST"),
@@ -51,16 +55,14 @@ MODEL_SERVERS = [
     # LLM streams far ahead of speech (measured on 2 cores: server V2V p50 -100 ms).
     Service("llm", ("-m", "servers.llm"), "LLM_PORT", 8002, "LLM_HOST", scheme="http", nice=10),
 ]
-BOT = Service("bot", ("bot.py", "-t", "webrtc"), "BOT_PORT", 7860, "BOT_HOST", scheme="http", health_path="/status")
+BOT = Service(
+    "bot", ("bot.py", "-t", "webrtc"), "BOT_PORT", 7860, "BOT_HOST", scheme="http", health_path="/status",
+    address_flags=True,
+)
 
 
 def tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def bot_flags(service: Service) -> list[str]:
-    """Pipecat's runner takes its address as flags only."""
-    return ["--host", service.host, "--port", str(service.port)] if service is BOT else []
 
 
 def start(service: Service) -> subprocess.Popen:
@@ -72,7 +74,7 @@ def start(service: Service) -> subprocess.Popen:
     log = LOGS / f"{service.name}.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, *service.command, *bot_flags(service)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, *service.command, *service.flags()], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
             preexec_fn=(lambda: os.nice(service.nice)) if service.nice else None,
         )
@@ -80,22 +82,14 @@ def start(service: Service) -> subprocess.Popen:
     return process
 
 
-def wait_healthy(service: Service, process: subprocess.Popen, timeout: float = 600.0) -> None:
-    url = f"http://{service.host}:{service.port}{service.health_path}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log = tail(LOGS / f"{service.name}.log")
-            raise RuntimeError(f"{service.name} exited (code {process.returncode}):\n{log}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    print(f"{service.name}: ready at {service.scheme}://{service.host}:{service.port}", flush=True)
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{service.name} not healthy after {timeout:.0f} s; see logs/{service.name}.log")
+def wait_ready(service: Service, process: subprocess.Popen, timeout: float = 600.0) -> None:
+    try:
+        wait_healthy(f"http://{service.host}:{service.port}{service.health_path}", process, timeout, interval=0.3)
+    except ServerExited as e:
+        raise RuntimeError(f"{service.name} {e}:\n{tail(LOGS / f'{service.name}.log')}") from None
+    except TimeoutError:
+        raise RuntimeError(f"{service.name} not healthy after {timeout:.0f} s; see logs/{service.name}.log") from None
+    print(f"{service.name}: ready at {service.scheme}://{service.host}:{service.port}", flush=True)
 
 
 def stop(processes: list[subprocess.Popen]) -> None:
@@ -119,7 +113,7 @@ def main() -> None:
         for service in services:
             processes.append(start(service))
         for service, process in zip(services, processes):
-            wait_healthy(service, process)
+            wait_ready(service, process)
         if BOT in services:
             print(f"\nTalk to the agent: http://localhost:{BOT.port}/client  (Pipecat Playground)", flush=True)
         print("all services ready; Ctrl-C stops everything", flush=True)

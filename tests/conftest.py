@@ -15,7 +15,8 @@ from pipecat.frames.frames import Frame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from benchmarks.audio import read_wav, speak
-from benchmarks.servers import ROOT, free_port, wait_healthy
+from benchmarks.servers import ROOT, free_port
+from servers.common import wait_healthy
 
 SENTENCES = [
     "What is the capital of France?",

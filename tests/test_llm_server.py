@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.servers import ROOT, free_port, wait_healthy
+from benchmarks.servers import ROOT, free_port
+from servers.common import wait_healthy
 from servers.llm import binary
 from servers.llm.models import MODELS, ModelError, PackagedModel, Part, assemble
 

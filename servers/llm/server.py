@@ -20,12 +20,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from loguru import logger
 
-from servers.common import DEFAULT_HOST, add_flag, port_is_free, setup_logging
+from servers.common import DEFAULT_HOST, ServerExited, add_flag, port_is_free, setup_logging, wait_healthy
 from servers.llm.binary import BinaryError, add_binary_flags, ensure
 from servers.llm.models import DEFAULT_MODEL, MODELS, ModelError, resolve
 
@@ -108,18 +107,6 @@ def _forward_output(process: subprocess.Popen) -> None:
             logger.info(f"llama-server: {line.rstrip()}")
 
 
-def _wait_ready(process: subprocess.Popen, url: str, started: float) -> None:
-    while process.poll() is None:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    logger.info(f"ready in {time.perf_counter() - started:.1f} s: {url.removesuffix('/health')}")
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-
-
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     """Start llama-server, log until it exits, and return its exit code."""
     if not port_is_free(args.host, args.port):
@@ -139,7 +126,12 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         signal.signal(sig, lambda signum, _: process.send_signal(signum))
     reader = threading.Thread(target=_forward_output, args=(process,), daemon=True)
     reader.start()
-    _wait_ready(process, f"http://{args.host}:{args.port}/health", started)
+    url = f"http://{args.host}:{args.port}"
+    try:
+        wait_healthy(f"{url}/health", process, timeout=float("inf"))
+        logger.info(f"ready in {time.perf_counter() - started:.1f} s: {url}")
+    except ServerExited:
+        pass  # its exit code is reported below
     code = process.wait()
     reader.join(timeout=5)
     if code != 0:
