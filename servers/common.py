@@ -110,6 +110,14 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+def load_nemo_model(model_class: Any, name: str, device: Any) -> Any:
+    """A NeMo model from a local `.nemo` file, or by its Hugging Face name (downloaded once, cached)."""
+    logger.info(f"loading {name} on {device}")
+    if name.endswith(".nemo"):
+        return model_class.restore_from(name, map_location=device)
+    return model_class.from_pretrained(model_name=name, map_location=device)
+
+
 class ServerExited(RuntimeError):
     """The process we were waiting for ended before it became healthy."""
 

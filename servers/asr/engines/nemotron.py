@@ -38,6 +38,7 @@ from torch import Tensor
 
 from servers.asr.engines.base import ASREngine, ASRStream, InterimCallback
 from servers.asr.engines.nemotron_features import IncrementalFeaturizer, MelTail
+from servers.common import load_nemo_model
 
 if TYPE_CHECKING:
     from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
@@ -152,12 +153,7 @@ class NemotronEngine(ASREngine):
     def load(self) -> None:
         from nemo.collections.asr.models import ASRModel
 
-        logger.info(f"loading {self.model_name} on {self.device}")
-        if self.model_name.endswith(".nemo"):
-            asr_model = ASRModel.restore_from(self.model_name, map_location=self.device)
-        else:
-            asr_model = ASRModel.from_pretrained(model_name=self.model_name, map_location=self.device)
-        self._setup(asr_model)
+        self._setup(load_nemo_model(ASRModel, self.model_name, self.device))
 
     def _setup(self, asr_model: Any) -> None:
         """Put the model in streaming inference mode and start the batching worker."""

@@ -31,6 +31,7 @@ import torch
 from loguru import logger
 from torch import Tensor
 
+from servers.common import load_nemo_model
 from servers.tts.engines.base import TTSEngine
 from servers.tts.engines.codec_stream import CodecStream, measure_context
 
@@ -119,12 +120,7 @@ class MagpieEngine(TTSEngine):
     def load(self) -> None:
         from nemo.collections.tts.models import MagpieTTSModel
 
-        logger.info(f"loading {self.model_name} on {self.device}")
-        if self.model_name.endswith(".nemo"):
-            tts_model = MagpieTTSModel.restore_from(self.model_name, map_location=self.device)
-        else:
-            tts_model = MagpieTTSModel.from_pretrained(model_name=self.model_name, map_location=self.device)
-        self._setup(tts_model)
+        self._setup(load_nemo_model(MagpieTTSModel, self.model_name, self.device))
 
     def _setup(self, tts_model: Any) -> None:
         """Inference mode, deterministic tokenizers, names, and the codec's streaming geometry."""
