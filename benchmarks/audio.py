@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import soxr
 
+from servers.asr.engines.whisper import WINDOW, window_rms
+
 
 def read_wav(path: str | Path, sample_rate: int = 16_000) -> np.ndarray:
     """Read a PCM WAV of any rate and channel count as mono int16 at `sample_rate`."""
@@ -43,11 +45,10 @@ def chunks(audio: np.ndarray, chunk_ms: int = 20, sample_rate: int = 16_000) -> 
     return [audio[i : i + step].tobytes() for i in range(0, len(audio), step)]
 
 
-def speech_bounds(audio: np.ndarray, sample_rate: int = 16_000, threshold: float = 300.0) -> tuple[float, float]:
-    """(start, end) in seconds of the 30 ms windows louder than `threshold` (int16 RMS); (0, 0) if none."""
-    window = sample_rate * 30 // 1000
-    frames = audio[: len(audio) // window * window].astype(np.float64).reshape(-1, window)
-    voiced = np.flatnonzero(np.sqrt(np.mean(frames * frames, axis=1)) > threshold)
+def speech_bounds(audio: np.ndarray, threshold: float = 0.01) -> tuple[float, float]:
+    """(start, end) in seconds of the 30 ms windows of 16 kHz int16 `audio` louder than `threshold`
+    (RMS, full scale 1; the embedded ASR's speech detector); (0, 0) if none."""
+    voiced = np.flatnonzero(window_rms(audio.astype(np.float32) / 32768) > threshold)
     if not len(voiced):
         return 0.0, 0.0
-    return int(voiced[0]) * window / sample_rate, (int(voiced[-1]) + 1) * window / sample_rate
+    return int(voiced[0]) * WINDOW / 16_000, (int(voiced[-1]) + 1) * WINDOW / 16_000

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.audio import read_wav, speak, speech_bounds
+from benchmarks.audio import read_wav, speak
 from benchmarks.stats import fmt, summary
 from benchmarks.webrtc_client import WebRTCVoiceClient
 
@@ -66,8 +66,7 @@ async def converse(
     results, replies = [], []
     try:
         for i, (name, audio) in enumerate(clips, 1):
-            sent = await client.say(audio)
-            speech_end = sent - (len(audio) / 16_000 - speech_bounds(audio)[1])
+            speech_end = await client.say(audio)
             reply = await client.wait_for_reply(speech_end, timeout=turn_timeout)
             latency = await client.wait_for_message("turn_latency", speech_end, timeout=2.0 if reply else 0.1) or {}
             replies.append(client.audio.between(reply[0] - 0.1, reply[1] + 0.1) if reply else np.zeros(0, np.int16))

@@ -9,6 +9,7 @@ Used by the conversation benchmark and the end-to-end tests.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import fractions
 import json
 import time
@@ -22,6 +23,8 @@ import soxr
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
+
+from benchmarks.audio import speech_bounds
 
 RATE = 48_000
 FRAME = RATE // 50  # 20 ms
@@ -75,9 +78,16 @@ class MicrophoneTrack(MediaStreamTrack):
 
 @dataclass
 class BotAudio:
-    """The bot's audio as 20 ms-ish chunks of 16 kHz int16, each with its arrival time."""
+    """The bot's audio as 20 ms-ish chunks of 16 kHz int16, each with its arrival time, and the
+    arrival times of the non-silent ones (judged once, as they arrive: callers poll these)."""
 
     chunks: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    voiced: list[float] = field(default_factory=list)
+
+    def add(self, at: float, chunk: np.ndarray) -> None:
+        self.chunks.append((at, chunk))
+        if rms(chunk) > SILENT_RMS:
+            self.voiced.append(at)
 
     def between(self, start: float, end: float) -> np.ndarray:
         parts = [c for t, c in self.chunks if start <= t < end]
@@ -85,7 +95,7 @@ class BotAudio:
 
     def voiced_times(self, start: float, end: float = float("inf")) -> list[float]:
         """Arrival times of the non-silent chunks in [start, end)."""
-        return [t for t, c in self.chunks if start <= t < end and rms(c) > SILENT_RMS]
+        return [t for t in self.voiced[bisect.bisect_left(self.voiced, start) :] if t < end]
 
 
 def rms(chunk: np.ndarray) -> float:
@@ -124,9 +134,10 @@ class WebRTCVoiceClient:
         self._send({"label": "rtvi-ai", "type": "client-ready", "id": uuid.uuid4().hex, "data": {"version": "1.0.0"}})
 
     async def say(self, audio_16k: np.ndarray) -> float:
-        """Speak in real time; returns the monotonic time the last sample was sent."""
+        """Speak in real time; returns the monotonic time the speech in it ended (its last voiced
+        window was sent), where client-side voice-to-voice starts."""
         await self.mic.play(audio_16k).wait()
-        return self.mic.last_sent_at
+        return self.mic.last_sent_at - (len(audio_16k) / 16_000 - speech_bounds(audio_16k)[1])
 
     def server_messages(self, kind: str, since: float = 0.0) -> list[dict[str, Any]]:
         """The bot's `server-message` payloads of type `kind` received after `since`."""
@@ -189,7 +200,8 @@ class WebRTCVoiceClient:
             if resampler is None:
                 resampler = soxr.ResampleStream(frame.sample_rate, 16_000, 1, dtype="float32")
             mono = resampler.resample_chunk(samples.astype(np.float32) / 32768)
-            self.audio.chunks.append((time.monotonic(), (mono * 32767).astype(np.int16)))
+            if len(mono):
+                self.audio.add(time.monotonic(), (mono * 32767).astype(np.int16))
 
     async def _keep_alive(self) -> None:
         """The server counts the session alive while pings arrive (the browser client sends them too)."""
