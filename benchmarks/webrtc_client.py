@@ -98,6 +98,25 @@ class BotAudio:
         return [t for t in self.voiced[bisect.bisect_left(self.voiced, start) :] if t < end]
 
 
+@dataclass
+class BargeIn:
+    """One reply interrupted by the user, as seen from the client."""
+
+    round_trip_ms: float
+    """The WebRTC path both ways: the interrupted turn's client V2V less the bot's own server V2V."""
+    heard_ms: float
+    """Start of the interrupting speech at this client → the bot's last audio arriving here."""
+    played_s: float
+    """How long the reply had been playing at this client when the interruption began."""
+    stored: dict[str, Any] | None
+    """The bot's `assistant_turn` message for the interrupted reply: what went into its context."""
+
+    @property
+    def stop_ms(self) -> float:
+        """Interrupting speech reaching the bot → its last audio leaving it."""
+        return self.heard_ms - self.round_trip_ms
+
+
 def rms(chunk: np.ndarray) -> float:
     return float(np.sqrt(np.mean(chunk.astype(np.float64) ** 2))) if len(chunk) else 0.0
 
@@ -167,6 +186,30 @@ class WebRTCVoiceClient:
                 return voiced[0], voiced[-1]
             await asyncio.sleep(0.05)
         return None
+
+    async def barge_in(self, request: np.ndarray, interruption: np.ndarray, after_s: float = 2.0) -> BargeIn:
+        """Ask for a long reply, speak `interruption` `after_s` into it, measure how soon the bot stops."""
+        speech_end = await self.say(request)
+        deadline = time.monotonic() + 60
+        while not (voiced := self.audio.voiced_times(speech_end)):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the bot never started its reply")
+            await asyncio.sleep(0.05)
+        latency = await self.wait_for_message("turn_latency", speech_end, timeout=5) or {}
+        await asyncio.sleep(after_s)
+        started = time.monotonic() + speech_bounds(interruption)[0]
+        await self.say(interruption)
+        stored = await self.wait_for_message("assistant_turn", started - 3, timeout=10)
+        await asyncio.sleep(1.0)
+        after = self.audio.voiced_times(started)
+        gaps = [b - a for a, b in zip(after, after[1:])]
+        last = next((t for t, gap in zip(after, gaps) if gap > 0.25), after[-1] if after else started)
+        return BargeIn(
+            round_trip_ms=1000 * (voiced[0] - speech_end) - latency.get("server_v2v_ms", 0.0),
+            heard_ms=1000 * max(0.0, last - started),
+            played_s=started - voiced[0],
+            stored=stored,
+        )
 
     async def close(self) -> None:
         for task in self._tasks:

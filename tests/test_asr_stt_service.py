@@ -14,14 +14,13 @@ from pipecat.frames.frames import (
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
-from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams
-from pipecat.tests.utils import SleepFrame, run_test
+from pipecat.tests.utils import SleepFrame
 
 from benchmarks.audio import chunks
 from benchmarks.scoring import wer
 from pipecat_services.asr_stt import ASRServerSTTService
-from tests.conftest import OnFrame, ServerProcess
+from tests.conftest import Count, ServerProcess, Watch, run_script
 
 
 def utterance_frames(audio: np.ndarray, sample_rate: int = 16000) -> list:
@@ -39,11 +38,16 @@ def finals(frames) -> list[TranscriptionFrame]:
 
 async def test_final_transcript_is_finalized_and_follows_vad_stop(asr_server, speech):
     (text1, audio1), (text2, audio2) = speech[0], speech[5]
-    stt = ASRServerSTTService(url=asr_server.url)
-    down, _ = await run_test(
-        stt,
-        frames_to_send=[*utterance_frames(audio1), SleepFrame(1.5), *utterance_frames(audio2), SleepFrame(1.5)],
-        start_timeout=10,
+    transcripts = Watch(TranscriptionFrame)
+    down = await run_script(
+        ASRServerSTTService(url=asr_server.url),
+        transcripts,
+        steps=[
+            *utterance_frames(audio1),
+            lambda: transcripts.reached(1),
+            *utterance_frames(audio2),
+            lambda: transcripts.reached(2),
+        ],
     )
     results = finals(down)
     assert [r.finalized for r in results] == [True, True]
@@ -58,12 +62,12 @@ async def test_final_transcript_is_finalized_and_follows_vad_stop(asr_server, sp
 async def test_resamples_pipeline_audio_to_16k(asr_server, speech):
     text, audio = speech[1]
     audio_24k = (soxr.resample(audio.astype(np.float32) / 32768, 16000, 24000) * 32767).astype(np.int16)
-    stt = ASRServerSTTService(url=asr_server.url)
-    down, _ = await run_test(
-        stt,
-        frames_to_send=[*utterance_frames(audio_24k, sample_rate=24000), SleepFrame(1.5)],
+    transcripts = Watch(TranscriptionFrame)
+    down = await run_script(
+        ASRServerSTTService(url=asr_server.url),
+        transcripts,
+        steps=[*utterance_frames(audio_24k, sample_rate=24000), lambda: transcripts.reached(1)],
         pipeline_params=PipelineParams(audio_in_sample_rate=24000),
-        start_timeout=10,
     )
     assert wer([text], [r.text for r in finals(down)]) <= 0.2
 
@@ -72,18 +76,26 @@ async def test_reconnects_after_server_crash(tmp_path, speech):
     (text1, audio1), (text2, audio2) = speech[2], speech[3]
     server = ServerProcess("servers.asr", ["--engine", "whisper"], tmp_path / "asr.log")
     server.start()
-
-    first_final = asyncio.Event()
-
-    restart = asyncio.create_task(server.crash_and_restart(after=first_final))
+    stt = ASRServerSTTService(url=server.url)
+    connections = Count()
+    stt.add_event_handler("on_connected", connections.add)
+    transcripts = Watch(TranscriptionFrame)
+    restart = asyncio.create_task(server.crash_and_restart(after=transcripts.reached(1)))
     try:
-        down, _ = await run_test(
-            Pipeline([ASRServerSTTService(url=server.url), OnFrame(TranscriptionFrame, first_final.set)]),
-            frames_to_send=[*utterance_frames(audio1), SleepFrame(12.0), *utterance_frames(audio2), SleepFrame(2.0)],
-            start_timeout=10,
+        down = await run_script(
+            stt,
+            transcripts,
+            steps=[
+                *utterance_frames(audio1),
+                lambda: restart,
+                lambda: connections.reached(2),
+                *utterance_frames(audio2),
+                lambda: transcripts.reached(2),
+            ],
         )
         await restart
     finally:
+        restart.cancel()
         server.stop()
     texts = [r.text for r in finals(down)]
     assert len(texts) == 2 and wer([text1, text2], texts) <= 0.2, texts

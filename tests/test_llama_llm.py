@@ -13,12 +13,13 @@ from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMAssistantAggregator
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.settings import LLMSettings
-from pipecat.tests.utils import SleepFrame, run_test
+from pipecat.tests.utils import run_test
 
 from benchmarks.llm import AnswerMarks
 from pipecat_services.llama_llm import LlamaServerLLMService
 from pipecat_services.tts import TTSServerTTSService
 from pipecat_services.turn_taking import TurnTaking
+from tests.conftest import Watch, run_script
 
 SYSTEM = "You are a helpful voice assistant. Answer in two or three short sentences."
 QUESTIONS = [
@@ -89,11 +90,8 @@ async def test_cache_hit_ratio_from_the_second_turn_on(llm_server):
 async def test_an_interruption_truncates_the_history_to_what_was_spoken(llm_server):
     llm = LlamaServerLLMService(base_url=llm_server.http_url, settings=LLMSettings(temperature=0.0, seed=1, max_tokens=300))
     context = new_context("Tell me a long story about a dragon.")
-    down, _ = await run_test(
-        Pipeline([llm]),
-        frames_to_send=[LLMContextFrame(context), SleepFrame(1.0), InterruptionFrame(), SleepFrame(0.5)],
-        start_timeout=10,
-    )
+    pieces = Watch(LLMTextFrame)
+    down = await run_script(llm, pieces, steps=[LLMContextFrame(context), lambda: pieces.reached(16), InterruptionFrame()])
     generated = reply_text(down)
     seen_by_server = len(llm.history.tokens)
     words = generated.split(" ")
@@ -115,9 +113,8 @@ async def test_llm_and_tts_never_run_at_once(llm_server, tts_server):
     turn_taking = TurnTaking()
     llm = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY, turn_taking=turn_taking, segment_tokens=8)
     tts = TTSServerTTSService(url=tts_server.url, turn_taking=turn_taking)
-    await run_test(
-        Pipeline([llm, tts]), frames_to_send=[LLMContextFrame(new_context(QUESTIONS[1])), SleepFrame(3.0)], start_timeout=10
-    )
+    # The EndFrame after the context waits for the whole reply: generated, then played.
+    await run_test(Pipeline([llm, tts]), frames_to_send=[LLMContextFrame(new_context(QUESTIONS[1]))], start_timeout=10)
     llm_busy = [b for b in turn_taking.busy if b.who == "llm"]
     tts_busy = [b for b in turn_taking.busy if b.who == "tts"]
     assert len(llm_busy) >= 2 and len(tts_busy) >= 1, turn_taking.busy

@@ -223,9 +223,9 @@ class Session:
                     if context.cancelled:
                         break
                     piece = chunk[i : i + step]
-                    await self.send(protocol.pack_audio(context.id, piece.astype("<i2").tobytes()))
                     samples += len(piece)
-                    context.samples += len(piece)
+                    context.samples += len(piece)  # before the send: a cancel's `done` counts every piece sent
+                    await self.send(protocol.pack_audio(context.id, piece.astype("<i2").tobytes()))
         finally:
             await self.server.run_on_worker(chunks.close)
         return samples
