@@ -188,7 +188,9 @@ class WebRTCVoiceClient:
         return None
 
     async def barge_in(self, request: np.ndarray, interruption: np.ndarray, after_s: float = 2.0) -> BargeIn:
-        """Ask for a long reply, speak `interruption` `after_s` into it, measure how soon the bot stops."""
+        """Ask for a long reply, speak `interruption` `after_s` into it, measure how soon the bot stops.
+
+        `interruption` must have no pause inside: the bot's audio until it ends counts as the old reply."""
         speech_end = await self.say(request)
         deadline = time.monotonic() + 60
         while not (voiced := self.audio.voiced_times(speech_end)):
@@ -197,13 +199,14 @@ class WebRTCVoiceClient:
             await asyncio.sleep(0.05)
         latency = await self.wait_for_message("turn_latency", speech_end, timeout=5) or {}
         await asyncio.sleep(after_s)
+        while time.monotonic() - self.audio.voiced[-1] > 0.04 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)  # interrupt a word, not a pause between two
         started = time.monotonic() + speech_bounds(interruption)[0]
-        await self.say(interruption)
+        ended = await self.say(interruption)
         stored = await self.wait_for_message("assistant_turn", started - 3, timeout=10)
-        await asyncio.sleep(1.0)
-        after = self.audio.voiced_times(started)
-        gaps = [b - a for a, b in zip(after, after[1:])]
-        last = next((t for t, gap in zip(after, gaps) if gap > 0.25), after[-1] if after else started)
+        # Audio before the interruption ended is the old reply: no answer to it can start earlier.
+        talked_over = self.audio.voiced_times(started, ended)
+        last = talked_over[-1] if talked_over else started
         return BargeIn(
             round_trip_ms=1000 * (voiced[0] - speech_end) - latency.get("server_v2v_ms", 0.0),
             heard_ms=1000 * max(0.0, last - started),

@@ -68,13 +68,13 @@ async def test_barge_in_stops_the_bot_and_keeps_only_what_was_heard(bot_server, 
     await client.connect()
     try:
         result = await client.barge_in(
-            say_wav("Tell me a long story about a dragon and a brave knight."), say_wav("Stop. What is two plus two?")
+            say_wav("Tell me a long story about a dragon and a brave knight."), say_wav("Hold on what is two plus two")
         )
     finally:
         await client.close()
     print(f"\nbot audio stopped {result.heard_ms:.0f} ms after the interruption began at the client, WebRTC round "
           f"trip {result.round_trip_ms:.0f} ms: {result.stop_ms:.0f} ms at the bot; stored {result.stored}")
-    assert result.stop_ms <= 1500, result
+    assert result.stop_ms <= 1000, result
     assert result.stored is not None and result.stored["interrupted"], result
     words = result.stored["text"].split()
     assert 0 < len(words) <= 3.5 * result.played_s + 4, result
