@@ -45,6 +45,7 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.workers.runner import WorkerRunner
 
 from bot_config import BotConfig, add_bot_flags
+from bot_tools import bot_tools
 from pipecat_services.asr_stt import ASRServerSTTService
 from pipecat_services.llama_llm import LlamaServerLLMService
 from pipecat_services.tts import TTSServerTTSService
@@ -65,14 +66,14 @@ VAD_MIN_VOLUME = 0.3
 confidence (0.7) still decides what is speech."""
 
 
-def make_llm(config: BotConfig, turn_taking: TurnTaking | None) -> LLMService:
+def make_llm(config: BotConfig, turn_taking: TurnTaking | None, context: LLMContext) -> LLMService:
     if config.llm_api == "openai":
         return OpenAILLMService(
             api_key=config.llm_api_key,
             base_url=config.llm_url,
             settings=OpenAILLMService.Settings(
                 model=config.llm_model,
-                system_instruction=config.system_prompt,
+                system_instruction=config.full_system_prompt,
                 max_completion_tokens=config.max_tokens,
                 temperature=config.temperature,
             ),
@@ -81,8 +82,9 @@ def make_llm(config: BotConfig, turn_taking: TurnTaking | None) -> LLMService:
         base_url=config.llm_url,
         turn_taking=turn_taking,
         interleaved_segments=1 if config.interleave == "first" else None,
+        warm_context=context,
         settings=LLMSettings(
-            system_instruction=config.system_prompt, max_tokens=config.max_tokens, temperature=config.temperature
+            system_instruction=config.full_system_prompt, max_tokens=config.max_tokens, temperature=config.temperature
         ),
     )
 
@@ -106,10 +108,12 @@ def user_turn_params(config: BotConfig) -> LLMUserAggregatorParams:
 
 async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint: bool = False) -> None:
     turn_taking = TurnTaking() if config.interleave != "off" and config.llm_api == "llama-server" else None
+    tools = bot_tools(config.tool_names)
+    context = LLMContext(tools=tools) if tools else LLMContext()
     stt = ASRServerSTTService(url=config.asr_url)
-    llm = make_llm(config, turn_taking)
+    llm = make_llm(config, turn_taking, context)
     tts = TTSServerTTSService(url=config.tts_url, voice=config.voice, language=config.language, turn_taking=turn_taking)
-    user_aggregator, assistant_aggregator = LLMContextAggregatorPair(LLMContext(), user_params=user_turn_params(config))
+    user_aggregator, assistant_aggregator = LLMContextAggregatorPair(context, user_params=user_turn_params(config))
 
     pipeline = Pipeline(
         [transport.input(), stt, user_aggregator, llm, tts, transport.output(), assistant_aggregator]

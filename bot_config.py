@@ -25,6 +25,14 @@ DEFAULT_SYSTEM_PROMPT = (
     "no lists, no markdown, no emoji."
 )
 
+TOOL_PROMPT = (
+    "Use a tool only when the user asks for live information or an action that it provides, and never "
+    "talk about your tools."
+)
+"""Appended to the system prompt when the bot has tools. Whether a reply is a call is decided by the
+model's first token (`LlamaServerLLMService.call_threshold`); this keeps chit-chat away from tools
+(`python -m benchmarks.tools --tool-prompt ...` measures a variant)."""
+
 SESSION_KEYS = {"interleave": str, "system_prompt": str, "voice": str}
 INTERLEAVE_MODES = ("all", "first", "off")
 
@@ -40,12 +48,21 @@ class BotConfig:
     voice: str | None = None
     language: str = "en"
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    tools: str = "time,end_call"
     interleave: str = "first"
     max_tokens: int = 200
     temperature: float = 0.7
     vad_start_secs: float = 0.1
     vad_stop_secs: float = 0.2
     turn_fallback_secs: float = 1.0
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [] if self.tools.strip() in ("", "none") else [t.strip() for t in self.tools.split(",")]
+
+    @property
+    def full_system_prompt(self) -> str:
+        return f"{self.system_prompt} {TOOL_PROMPT}" if self.tool_names else self.system_prompt
 
     @classmethod
     def from_args(cls, args: argparse.Namespace | None) -> BotConfig:
@@ -82,6 +99,7 @@ def add_bot_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_flag(group, "--voice", "BOT_VOICE", d.voice, "TTS voice (default: the server's first)", type=str)
     add_flag(group, "--language", "BOT_LANGUAGE", d.language, "TTS language")
     add_flag(group, "--system-prompt", "BOT_SYSTEM_PROMPT", d.system_prompt, "system prompt")
+    add_flag(group, "--tools", "BOT_TOOLS", d.tools, "tools the agent may call (bot_tools.py), comma-separated, or none")
     add_flag(
         group, "--interleave", "BOT_INTERLEAVE", d.interleave,
         "LLM and TTS take turns: all (one GPU shared by both), first (only the reply's first words; a "

@@ -3,6 +3,8 @@
 - `/apply-template`: the model's own chat template (from the GGUF, `--jinja`), so one code path
   serves Nemotron and the embedded Qwen alike.
 - `/tokenize`: text → token ids, special tokens parsed.
+- `/completion` with `n_probs` and one token: the model's next-token distribution (does the reply
+  begin with a tool call?).
 - `/completion` with a token-id prompt, `cache_prompt` and a slot (-1: the server picks the one
   whose cache matches best), streamed (SSE) with the ids of every generated token. Closing the
   stream stops generation on the server.
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,8 +63,13 @@ class LlamaServerClient:
                 raise LlamaServerError(f"{path}: HTTP {response.status}: {(await response.text())[:300]}")
             return await response.json()
 
-    async def apply_template(self, messages: list[dict[str, Any]]) -> str:
-        return (await self._post("/apply-template", {"messages": messages}))["prompt"]
+    async def apply_template(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        """The prompt for `messages` (OpenAI format, tool calls and results included), with `tools`
+        rendered the way the model was trained to see them."""
+        body: dict[str, Any] = {"messages": messages}
+        if tools:
+            body["tools"] = tools
+        return (await self._post("/apply-template", body))["prompt"]
 
     async def tokenize(self, text: str) -> list[int]:
         body = {"content": text, "add_special": False, "parse_special": True}
@@ -72,8 +80,17 @@ class LlamaServerClient:
         body = {"prompt": tokens, "n_predict": 0, "cache_prompt": True, "id_slot": self.slot}
         return (await self._post("/completion", body)).get("timings", {})
 
+    async def next_token(self, tokens: list[int], top: int = 10) -> tuple[list[tuple[str, float]], dict[str, Any]]:
+        """The model's `top` most likely next tokens after `tokens` as (text, probability), and the
+        request's timings. Evaluates the prompt into the slot's cache, so what follows starts there."""
+        body = {"prompt": tokens, "n_predict": 1, "n_probs": top, "cache_prompt": True, "id_slot": self.slot}
+        reply = await self._post("/completion", body)
+        probabilities = reply["completion_probabilities"][0]["top_logprobs"]
+        return [(p["token"], math.exp(p["logprob"])) for p in probabilities], reply.get("timings", {})
+
     async def stream(self, tokens: list[int], n_predict: int, sampling: dict[str, Any]) -> AsyncIterator[Piece]:
-        """Continue `tokens`; yields pieces until the server stops or the caller stops iterating."""
+        """Continue `tokens`; yields pieces until the server stops or the caller stops iterating.
+        `sampling`: more `/completion` fields (temperature, seed, grammar, ...)."""
         body = {
             "prompt": tokens,
             "n_predict": n_predict,

@@ -15,6 +15,14 @@ never run at the same time. Without a `TurnTaking` the reply streams token by to
 On an interruption Pipecat cancels the turn: the open stream closes (the server stops), and the
 next prompt, rendered from a context that keeps only what was spoken, reuses the history up to
 that point and drops the rest.
+
+Tools: the context's tools are rendered by the model's own template; while generating, text that
+may start a call is held back from the TTS and a lazy grammar keeps a call well formed
+(`tool_calls.py`); at the end of the reply the calls are checked against their schemas and run
+through Pipecat's function-calling machinery, exactly as `OpenAILLMService` does, so the assistant
+aggregator records call and result and asks for the next reply. A call that cannot run goes back
+to the model as an error result. One user turn gets one call that succeeds (after its result the
+model must answer in words: small models otherwise call on and on) and one retry after a failure.
 """
 
 from __future__ import annotations
@@ -22,12 +30,17 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
 from pipecat.frames.frames import (
     Frame,
+    FunctionCallFromLLM,
+    FunctionCallInProgressFrame,
+    FunctionCallResultFrame,
+    FunctionCallsStartedFrame,
     InterruptionFrame,
     LLMContextFrame,
     LLMFullResponseEndFrame,
@@ -42,6 +55,7 @@ from pipecat.services.llm_service import LLMService
 from pipecat.services.settings import LLMSettings
 from pipecat.utils.types import is_given
 
+from pipecat_services import tool_calls
 from pipecat_services.llama_client import LlamaServerClient
 from pipecat_services.token_history import TokenHistory
 from pipecat_services.turn_taking import TurnTaking
@@ -49,6 +63,13 @@ from servers.tts.text import phrase_cut
 
 SENTENCE_END = re.compile(r"[.!?…][\"')\]]*\s*$|\n\s*$")
 CLAUSE_END = re.compile(r"[,;:—–]\s*$")
+MAX_FAILED_CALLS = 2
+"""Failed tool calls one user turn may make (a call and one retry); then the model must speak."""
+CALL_THRESHOLD = 0.2
+"""Measured on the packaged Qwen2.5 1.5B (`benchmarks.tools`): requests for a tool put 0.2-0.8 of the
+first token's probability on opening a call, other questions 0-0.19, whatever the prompt says."""
+SPEECH_ONLY_GRAMMAR = 'root ::= [^<`{_]*'
+"""When calls are off: no character that could start one, nor a function's snake_case name."""
 
 
 class PromptCacheMetricsData(MetricsData):
@@ -64,6 +85,16 @@ class PromptCacheMetricsData(MetricsData):
     cached_tokens: int
     reusable_tokens: int
     prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What one request generated: the speech, and what was held back from it as a possible call."""
+
+    speech: str
+    held: str
+    tokens: int
+    finished: bool
 
 
 @dataclass
@@ -99,6 +130,10 @@ class Segmenting:
 class LlamaServerLLMService(LLMService):
     """Chat with llama-server, reusing its KV cache exactly; interleaves with our TTS if asked."""
 
+    # Failures reach the model as {"error": ...}, like our own rejections (`tool_calls.is_error`).
+    FUNCTION_CALL_ERROR_MESSAGE_TEMPLATE = '{{"error": "the function {function_name} failed and returned no result"}}'
+    MISSING_FUNCTION_CALL_MESSAGE_TEMPLATE = '{{"error": "the function {function_name} is not available"}}'
+
     def __init__(
         self,
         *,
@@ -109,6 +144,8 @@ class LlamaServerLLMService(LLMService):
         first_segment_words: tuple[int, int] | None = (3, 6),
         interleaved_segments: int | None = None,
         slot: int = -1,
+        warm_context: LLMContext | None = None,
+        call_threshold: float | None = CALL_THRESHOLD,
         settings: LLMSettings | None = None,
         **kwargs: Any,
     ) -> None:
@@ -117,7 +154,10 @@ class LlamaServerLLMService(LLMService):
         first at a phrase boundary after `first_segment_words` = (min, max) words. `interleaved_segments`:
         how many segments wait for the TTS (None: all; 1: only the first, then the reply streams). `slot`:
         llama-server's slot; -1 lets it pick the one whose cache matches best, so with `--parallel N`
-        each conversation keeps its own slot."""
+        each conversation keeps its own slot. `warm_context`: the conversation's context, whose system
+        prompt and tools are prefilled at pipeline start (default: the system instruction alone).
+        `call_threshold`: how likely the model's first tokens must open a tool call for the reply to
+        be one (see `_tool_fields`; measure with `python -m benchmarks.tools`)."""
         defaults = LLMSettings(
             model="llama-server",
             system_instruction=None,
@@ -143,6 +183,8 @@ class LlamaServerLLMService(LLMService):
         self.interleaved_segments = interleaved_segments
         self.last_turn: dict[str, Any] = {}
         self._history_lock = asyncio.Lock()
+        self._warm_context = warm_context
+        self.call_threshold = call_threshold
 
     def can_generate_metrics(self) -> bool:
         return True
@@ -152,12 +194,13 @@ class LlamaServerLLMService(LLMService):
         self.create_task(self._warm_up(), "warm_up")
 
     async def _warm_up(self) -> None:
-        """Prefill the system prompt while the user is still speaking, so turn 1 finds it cached."""
+        """Prefill the system prompt and tools while the user is still speaking, so turn 1 finds them cached."""
         try:
             async with self._history_lock:
                 if self.history.blocks:
                     return
-                rendered = await self.client.apply_template(await self._messages(LLMContext()))
+                messages, tools, _ = await self._invocation(self._warm_context or LLMContext())
+                rendered = await self.client.apply_template(messages, tools)
                 prompt, _ = await self.history.prompt(rendered, self.client.tokenize)
                 await self.client.prefill(prompt)
         except Exception as e:
@@ -191,11 +234,13 @@ class LlamaServerLLMService(LLMService):
         values = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "seed": s.seed}
         return {k: v for k, v in values.items() if is_given(v) and v is not None}
 
-    async def _messages(self, context: LLMContext) -> list[dict[str, Any]]:
+    async def _invocation(self, context: LLMContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, Any]:
+        """(messages, tools, tool_choice) in OpenAI's format, as the template renders them."""
         params = await self.get_llm_adapter().get_llm_invocation_params(
             context, system_instruction=self._settings.system_instruction, convert_developer_to_user=True
         )
-        return params["messages"]
+        tools = params.get("tools")
+        return params["messages"], (tools if is_given(tools) and tools else None), params.get("tool_choice")
 
     async def respond(self, context: LLMContext) -> None:
         async with self._history_lock:
@@ -203,10 +248,14 @@ class LlamaServerLLMService(LLMService):
 
     async def _respond(self, context: LLMContext) -> None:
         await self.start_ttfb_metrics()
-        rendered = await self.client.apply_template(await self._messages(context))
+        messages, tools, tool_choice = await self._invocation(context)
+        rendered = await self.client.apply_template(messages, tools)
         prompt, reused = await self.history.prompt(rendered, self.client.tokenize)
         self.last_turn = {"prompt_tokens": len(prompt), "reusable_tokens": reused}
-        completion = await (self._interleaved() if self.turn_taking else self._streamed())
+        fields = self._sampling()
+        if tools:
+            fields |= await self._tool_fields(prompt, tools, self._calls_allowed(messages, tool_choice))
+        completion, held = await (self._interleaved(fields) if self.turn_taking else self._streamed(fields))
         await self.start_llm_usage_metrics(
             LLMTokenUsage(
                 prompt_tokens=len(prompt),
@@ -216,28 +265,92 @@ class LlamaServerLLMService(LLMService):
             )
         )
         logger.debug(f"{self}: turn {self.last_turn}, {completion} tokens generated")
+        if held:
+            await self._end_reply(held, context, tools or [])
 
-    async def _generate(self, budget: int, segmenting: Segmenting | None) -> tuple[str, int, bool]:
-        """Stream from the history's end; stop at the segment boundary. Returns (text, tokens, finished).
+    @staticmethod
+    def _calls_allowed(messages: list[dict[str, Any]], tool_choice: Any) -> bool:
+        """No call once one of this user turn has succeeded, after `MAX_FAILED_CALLS` failures, or
+        with `tool_choice: none`."""
+        since_user = next((i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "user"), -1)
+        results = [m.get("content") for m in messages[since_user + 1 :] if m["role"] == "tool"]
+        failed = sum(tool_calls.is_error(r) for r in results)
+        return tool_choice != "none" and len(results) == failed and failed < MAX_FAILED_CALLS
 
-        Without `segmenting` every piece is pushed as it arrives (free streaming).
-        """
-        text, n_tokens = "", 0
-        async for piece in self.client.stream(self.history.tokens, budget, self._sampling()):
+    async def _tool_fields(self, prompt: list[int], tools: list[dict[str, Any]], calls_allowed: bool) -> dict:
+        """The grammar of this reply: speech only, or decided by the model's first token: a call
+        when the tokens that open one are at least `call_threshold` likely (None: the model may
+        speak and then call, with a lazy grammar)."""
+        if not calls_allowed:
+            return {"grammar": SPEECH_ONLY_GRAMMAR}
+        grammar = tool_calls.CallGrammar(tuple(t["function"]["name"] for t in tools))
+        if self.call_threshold is None:
+            return grammar.lazy_fields()
+        next_tokens, timings = await self.client.next_token(prompt)
+        await self._report_cache(timings)
+        self.last_turn["call_probability"] = round(tool_calls.call_probability(next_tokens), 3)
+        if self.last_turn["call_probability"] >= self.call_threshold:
+            return grammar.forced_fields()
+        return {"grammar": SPEECH_ONLY_GRAMMAR}
+
+    async def _end_reply(self, held: str, context: LLMContext, tools: list[dict[str, Any]]) -> None:
+        """The text held back as a possible call: run the calls in it, or speak it if it was none.
+        A tool's name never reaches the TTS (a small model sometimes describes a call in words)."""
+        _, calls = tool_calls.parse(held)
+        if not calls:
+            if any(t["function"]["name"] in held for t in tools):
+                logger.warning(f"{self}: dropped a reply that talks about a tool instead of calling it: {held!r}")
+            else:
+                await self._push_llm_text(held)
+            return
+        declared = {t["function"]["name"]: t["function"] for t in tools}
+        checked = [tool_calls.check(call, declared) for call in calls]
+        as_pipecat = [
+            FunctionCallFromLLM(function_name=c.name, tool_call_id=f"call_{uuid.uuid4().hex[:12]}", arguments=c.arguments,
+                                context=context)
+            for c in checked
+        ]
+        if any(c.error for c in checked):
+            await self._reject_calls(as_pipecat, [c.error for c in checked])
+        else:
+            await self.run_function_calls(as_pipecat)
+
+    async def _reject_calls(self, calls: list[FunctionCallFromLLM], errors: list[str | None]) -> None:
+        """Settle calls that cannot run with an error result, as Pipecat settles a handler that
+        raised: the aggregator records each call and its result, and the model answers again."""
+        await self.broadcast_frame(FunctionCallsStartedFrame, function_calls=calls)
+        for i, (call, error) in enumerate(zip(calls, errors)):
+            reason = error or "not run: another call of the same reply was invalid"
+            logger.warning(f"{self}: rejected call {call.function_name}({call.arguments}): {reason}")
+            common = {"function_name": call.function_name, "tool_call_id": call.tool_call_id, "arguments": call.arguments}
+            await self.broadcast_frame(FunctionCallInProgressFrame, **common, cancel_on_interruption=True)
+            await self.broadcast_frame(
+                FunctionCallResultFrame, **common, result={"error": reason}, run_llm=i == len(calls) - 1, error=reason
+            )
+
+    async def _generate(self, budget: int, segmenting: Segmenting | None, fields: dict[str, Any]) -> Generated:
+        """Stream from the history's end; stop at the segment boundary, never inside a possible call.
+
+        Without `segmenting` the speech is pushed as it arrives (free streaming)."""
+        text, n_tokens, pushed, speech_end = "", 0, 0, 0
+        watch_calls = "grammar" in fields
+        async for piece in self.client.stream(self.history.tokens, budget, fields):
             if "cache_n" not in self.last_turn and piece.timings:
                 await self._report_cache(piece.timings)
             if piece.tokens:
                 self.history.add_generated(piece.text, piece.tokens)
                 n_tokens += len(piece.tokens)
                 text += piece.text
-                if segmenting is None and piece.text:
-                    await self.stop_ttfb_metrics()
-                    await self._push_llm_text(piece.text)
+            speech_end = tool_calls.call_start(text) if watch_calls else len(text)
+            if segmenting is None and speech_end > pushed:
+                await self.stop_ttfb_metrics()
+                await self._push_llm_text(text[pushed:speech_end])
+                pushed = speech_end
             if piece.stop:
-                return text, n_tokens, True
-            if segmenting is not None and segmenting.done(text, n_tokens):
-                return text, n_tokens, False
-        return text, n_tokens, True
+                break
+            if segmenting is not None and speech_end == len(text) and segmenting.done(text, n_tokens):
+                return Generated(text, "", n_tokens, False)
+        return Generated(text[:speech_end], text[speech_end:], n_tokens, True)
 
     async def _report_cache(self, timings: dict[str, Any]) -> None:
         """The turn's KV-cache reuse, from the timings of its first streamed token."""
@@ -260,31 +373,34 @@ class LlamaServerLLMService(LLMService):
         )
         await self.push_frame(MetricsFrame(data=[data]))
 
-    async def _streamed(self) -> int:
-        _, n_tokens, _ = await self._generate(self._settings.max_tokens, None)
-        return n_tokens
+    async def _streamed(self, fields: dict[str, Any]) -> tuple[int, str]:
+        generated = await self._generate(self._settings.max_tokens, None, fields)
+        return generated.tokens, generated.held
 
-    async def _interleaved(self) -> int:
+    async def _interleaved(self, fields: dict[str, Any]) -> tuple[int, str]:
+        """Returns (tokens generated, text held back as a possible call)."""
         assert self.turn_taking is not None
         total, segments, carry = 0, 0, ""
         while total < self._settings.max_tokens:
             if segments == self.interleaved_segments:
                 if carry:
                     await self._push_llm_text(carry)
-                return total + (await self._generate(self._settings.max_tokens - total, None))[1]
+                generated = await self._generate(self._settings.max_tokens - total, None, fields)
+                return total + generated.tokens, generated.held
             started = time.perf_counter()
             segmenting = Segmenting(
                 segments == 0, self.segment_tokens, self.max_segment_tokens, self.first_segment_words
             )
-            text, n_tokens, finished = await self._generate(self._settings.max_tokens - total, segmenting)
+            generated = await self._generate(self._settings.max_tokens - total, segmenting, fields)
             self.turn_taking.llm_busy(started, time.perf_counter())
-            total += n_tokens
-            spoken, carry = (carry + text, "") if finished else segmenting.split(carry + text)
+            total += generated.tokens
+            text = carry + generated.speech
+            spoken, carry = (text, "") if generated.finished else segmenting.split(text)
             if spoken:
                 await self.stop_ttfb_metrics()
                 await self._push_llm_text(spoken)
-            if finished:
-                break
+            if generated.finished:
+                return total, generated.held
             mark = self.turn_taking.new_mark()
             await self.push_frame(mark)
             if not await self.turn_taking.wait(mark):
@@ -292,4 +408,4 @@ class LlamaServerLLMService(LLMService):
             segments += 1
         if carry:
             await self._push_llm_text(carry)
-        return total
+        return total, ""

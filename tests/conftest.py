@@ -6,15 +6,11 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from pipecat.frames.frames import EndWorkerFrame, Frame, StartFrame
-from pipecat.pipeline.pipeline import Pipeline
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-from pipecat.tests.utils import SleepFrame, run_test
 
 from benchmarks.audio import read_wav, speak
 from benchmarks.servers import ROOT, free_port
@@ -99,6 +95,13 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
 
 
 @pytest.fixture(scope="session")
+def tool_llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """llama-server with the packaged Qwen2.5 1.5B, the embedded default: the 0.5B calls tools but
+    rarely speaks their results."""
+    yield from serve_for_session(tmp_path_factory, "servers.llm", ["--model", "qwen2.5-1.5b"])
+
+
+@pytest.fixture(scope="session")
 def bot_server(
     tmp_path_factory: pytest.TempPathFactory,
     asr_server: ServerProcess,
@@ -125,87 +128,3 @@ def whisper():
     engine = WhisperEngine()
     engine.load()
     return engine
-
-
-STEP_TIMEOUT_S = 60.0
-"""How long a test waits for something it observes; only a broken feature takes this long."""
-
-
-class Count:
-    """A number of events a test can wait for."""
-
-    def __init__(self) -> None:
-        self.value = 0
-        self._changed = asyncio.Condition()
-
-    async def add(self, *_: object) -> None:
-        """Count one (usable directly as a Pipecat event handler)."""
-        async with self._changed:
-            self.value += 1
-            self._changed.notify_all()
-
-    async def reached(self, count: int) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.value >= count)
-
-
-class Watch(FrameProcessor):
-    """Passes every frame on and counts those of type `kind`, so a test can wait for them."""
-
-    def __init__(self, kind: type[Frame]) -> None:
-        super().__init__()
-        self.kind = kind
-        self.count = Count()
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if isinstance(frame, self.kind):
-            await self.count.add()
-        await self.push_frame(frame, direction)
-
-    async def reached(self, count: int) -> None:
-        await self.count.reached(count)
-
-
-Step = Frame | Callable[[], Awaitable]
-
-
-class Script(FrameProcessor):
-    """Plays test input downstream, then ends the pipeline: each step is a frame to push, a
-    `SleepFrame` (real-time pacing of audio), or a callable to await (something the test
-    observes, e.g. `lambda: watch.reached(1)`). Tests act on events, never on a guess at how
-    long the machine takes."""
-
-    def __init__(self, *steps: Step) -> None:
-        super().__init__()
-        self._steps = steps
-        self._task: asyncio.Task | None = None
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        await self.push_frame(frame, direction)
-        if isinstance(frame, StartFrame):
-            self._task = self.create_task(self._play())
-
-    async def _play(self) -> None:
-        for step in self._steps:
-            if isinstance(step, SleepFrame):
-                await asyncio.sleep(step.sleep)
-            elif isinstance(step, Frame):
-                await self.push_frame(step)
-            else:
-                await asyncio.wait_for(step(), STEP_TIMEOUT_S)
-        await self.push_frame(EndWorkerFrame(), FrameDirection.UPSTREAM)
-
-    async def cleanup(self) -> None:
-        if self._task is not None:
-            await self.cancel_task(self._task)
-        await super().cleanup()
-
-
-async def run_script(*processors: FrameProcessor, steps: list[Step], **kwargs) -> list[Frame]:
-    """Run `Script(*steps)` into `processors`; returns the frames that came out downstream."""
-    down, _ = await run_test(
-        Pipeline([Script(*steps), *processors]), frames_to_send=[], send_end_frame=False, start_timeout=10, **kwargs
-    )
-    return down

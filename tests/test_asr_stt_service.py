@@ -20,7 +20,8 @@ from pipecat.tests.utils import SleepFrame
 from benchmarks.audio import chunks
 from benchmarks.scoring import wer
 from pipecat_services.asr_stt import ASRServerSTTService
-from tests.conftest import Count, ServerProcess, Watch, run_script
+from benchmarks.scripted import Count, Watch, run_script
+from tests.conftest import ServerProcess
 
 
 def utterance_frames(audio: np.ndarray, sample_rate: int = 16000) -> list:

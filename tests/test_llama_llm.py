@@ -19,7 +19,7 @@ from benchmarks.llm import AnswerMarks
 from pipecat_services.llama_llm import LlamaServerLLMService
 from pipecat_services.tts import TTSServerTTSService
 from pipecat_services.turn_taking import TurnTaking
-from tests.conftest import Watch, run_script
+from benchmarks.scripted import Watch, run_script
 
 SYSTEM = "You are a helpful voice assistant. Answer in two or three short sentences."
 QUESTIONS = [
@@ -101,7 +101,7 @@ async def test_an_interruption_truncates_the_history_to_what_was_spoken(llm_serv
     context.add_message({"role": "user", "content": "Stop. What is the capital of France?"})
     await run_test(Pipeline([llm]), frames_to_send=[LLMContextFrame(context)], start_timeout=10)
     turn = llm.last_turn
-    rendered = await llm.client.apply_template(await llm._messages(context))
+    rendered = await llm.client.apply_template((await llm._invocation(context))[0])
     assert llm.history.text.startswith(rendered), "the history must follow the context, not what was generated"
     assert spoken in rendered and generated not in llm.history.text
     assert turn["reusable_tokens"] < seen_by_server

@@ -24,7 +24,8 @@ from pipecat.tests.utils import run_test
 from benchmarks.scoring import wer
 from pipecat_services.tts import TTSServerTTSService
 from servers.tts import protocol
-from tests.conftest import Count, ServerProcess, Watch, run_script
+from benchmarks.scripted import Count, Watch, run_script
+from tests.conftest import ServerProcess
 
 REPLY = ["Sure, the capital of France ", "is Paris. ", "It is famous for the Eiffel Tower."]
 LONG_REPLY = ["Let me tell you a long story. "] + ["Once upon a time there was a very patient robot. "] * 40

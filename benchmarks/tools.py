@@ -1,0 +1,238 @@
+"""Tool-calling benchmark: does the LLM call the right function with the right arguments, and
+only when it should?
+
+    python -m benchmarks.tools                         # starts llama-server with the embedded 1.5B
+    python -m benchmarks.tools --model qwen2.5-0.5b
+    python -m benchmarks.tools --url http://HOST:8002 --json
+
+Each request is one fresh conversation (the bot's system prompt and tools, one user turn) through
+`LlamaServerLLMService` and Pipecat's assistant aggregator, as in the bot: a call runs its handler
+(canned results here), the aggregator records it, and the model answers from the result. Per
+request, one line: the call made, whether function and arguments are right, the reply's first
+words, and the time from the context to the first spoken text. Then: right function + arguments
+over the tool requests, false calls over the no-tool requests, and first-speech time p50/p90 of
+tool turns vs no-tool turns (their difference is a tool turn's extra latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
+from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
+from pipecat.frames.frames import (
+    Frame,
+    FunctionCallInProgressFrame,
+    FunctionCallsStartedFrame,
+    LLMContextFrame,
+    LLMFullResponseEndFrame,
+    LLMTextFrame,
+)
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMAssistantAggregator
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.services.llm_service import FunctionCallParams
+from pipecat.services.settings import LLMSettings
+
+from benchmarks.scripted import run_script
+from benchmarks.servers import running_server
+from benchmarks.stats import fmt
+from bot_config import TOOL_PROMPT, BotConfig
+from bot_tools import TOOLS
+from pipecat_services.llama_llm import LlamaServerLLMService
+
+
+async def canned(params: FunctionCallParams) -> None:
+    """What a real backend would answer, so the model has something to say."""
+    results = {
+        "get_weather": {"city": params.arguments.get("city"), "temperature_c": 18, "conditions": "light rain"},
+        "get_stock_price": {"symbol": params.arguments.get("symbol"), "price": 181.25, "currency": "USD"},
+        "set_timer": {"ok": True, "minutes": params.arguments.get("minutes")},
+        "book_table": {"confirmed": True, "reference": "A12"},
+    }
+    await params.result_callback(results.get(params.function_name, {"ok": True}))
+
+
+def schema(name: str, description: str, properties: dict[str, Any], required: list[str]) -> FunctionSchema:
+    return FunctionSchema(name=name, description=description, properties=properties, required=required, handler=canned)
+
+
+BENCH_TOOLS = [
+    TOOLS["time"],
+    FunctionSchema(name="end_call", description=TOOLS["end_call"].description, properties={}, required=[],
+                   handler=canned),
+    schema("get_weather", "Get the current weather in a city.", {"city": {"type": "string", "description": "city name"}},
+           ["city"]),
+    schema("get_stock_price", "Get the current stock price of a company.",
+           {"symbol": {"type": "string", "description": "stock ticker symbol, e.g. AAPL"}}, ["symbol"]),
+    schema("set_timer", "Start a countdown timer.",
+           {"minutes": {"type": "integer", "description": "length in minutes"},
+            "label": {"type": "string", "description": "what the timer is for"}}, ["minutes"]),
+    schema("book_table", "Book a table at a restaurant.",
+           {"restaurant": {"type": "string"}, "people": {"type": "integer", "description": "number of guests"},
+            "time": {"type": "string", "description": "when, as the user said it"}}, ["restaurant", "people", "time"]),
+]
+
+NO_CALL = None
+REQUESTS: list[tuple[str, str | None, dict[str, Any]]] = [
+    ("What's Nvidia's stock at?", "get_stock_price", {"symbol": "NVDA"}),
+    ("How is Apple's stock doing today?", "get_stock_price", {"symbol": "AAPL"}),
+    ("What is Microsoft trading at?", "get_stock_price", {"symbol": "MSFT"}),
+    ("Tesla share price, please.", "get_stock_price", {"symbol": "TSLA"}),
+    ("What's the weather like in Paris?", "get_weather", {"city": "paris"}),
+    ("Is it going to be cold in Berlin today?", "get_weather", {"city": "berlin"}),
+    ("Do I need an umbrella in London?", "get_weather", {"city": "london"}),
+    ("How warm is it in Tokyo right now?", "get_weather", {"city": "tokyo"}),
+    ("What time is it?", "get_current_time", {}),
+    ("What's today's date?", "get_current_time", {}),
+    ("What day of the week is it?", "get_current_time", {}),
+    ("Set a timer for ten minutes.", "set_timer", {"minutes": 10}),
+    ("Start a five minute timer for the eggs.", "set_timer", {"minutes": 5}),
+    ("Remind me in twenty minutes to check the oven.", "set_timer", {"minutes": 20}),
+    ("Book a table for two at Luigi's at seven pm.", "book_table",
+     {"restaurant": "luigi", "people": 2, "time": ("7", "seven")}),
+    ("Reserve a table for four at the Golden Dragon at eight thirty tonight.", "book_table",
+     {"restaurant": "golden dragon", "people": 4, "time": ("8", "eight")}),
+    ("Can you book Chez Marie for six people at 8 pm?", "book_table",
+     {"restaurant": "chez marie", "people": 6, "time": ("8", "eight")}),
+    ("Goodbye, that's all for today.", "end_call", {}),
+    ("Thanks, bye!", "end_call", {}),
+    ("Okay, I'm done, you can hang up now.", "end_call", {}),
+    ("Hi, how are you?", NO_CALL, {}),
+    ("What is the capital of France?", NO_CALL, {}),
+    ("Tell me a joke.", NO_CALL, {}),
+    ("How many legs does a spider have?", NO_CALL, {}),
+    ("What is two plus two?", NO_CALL, {}),
+    ("Who wrote Romeo and Juliet?", NO_CALL, {}),
+    ("Can you recommend a good book?", NO_CALL, {}),
+    ("Why is the sky blue?", NO_CALL, {}),
+    ("What's a good name for a dog?", NO_CALL, {}),
+    ("How do I boil an egg?", NO_CALL, {}),
+]
+
+
+def arguments_match(expected: dict[str, Any], actual: dict[str, Any]) -> bool:
+    """Every expected argument present: numbers equal, strings (or one of a tuple of them) contained,
+    case-insensitive."""
+    for key, want in expected.items():
+        got = actual.get(key)
+        if isinstance(want, (str, tuple)):
+            wanted = want if isinstance(want, tuple) else (want,)
+            if not isinstance(got, str) or not any(w.lower() in got.lower() for w in wanted):
+                return False
+        elif got != want:
+            return False
+    return True
+
+
+class TurnRecorder(FrameProcessor):
+    """Records the first call and the reply's text; `done` once a reply ends without a call."""
+
+    def __init__(self, llm: LlamaServerLLMService) -> None:
+        super().__init__()
+        self.llm = llm
+        self.call_probability: float | None = None
+        self.call: tuple[str, dict[str, Any]] | None = None
+        self.text = ""
+        self.first_text_at: float | None = None
+        self.done = asyncio.Event()
+        self._called = False
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if direction == FrameDirection.DOWNSTREAM:
+            if isinstance(frame, (FunctionCallsStartedFrame, LLMFullResponseEndFrame)) and self.call_probability is None:
+                self.call_probability = self.llm.last_turn.get("call_probability")
+            if isinstance(frame, FunctionCallsStartedFrame):
+                self._called = True
+            elif isinstance(frame, FunctionCallInProgressFrame) and self.call is None:
+                self.call = (frame.function_name, dict(frame.arguments))
+            elif isinstance(frame, LLMTextFrame):
+                self.text += frame.text
+                self.first_text_at = self.first_text_at or time.perf_counter()
+            elif isinstance(frame, LLMFullResponseEndFrame):
+                if not self._called:
+                    self.done.set()
+                self._called = False
+        await self.push_frame(frame, direction)
+
+
+@dataclass
+class RequestResult:
+    request: str
+    expected: str | None
+    call: str | None
+    arguments: dict[str, Any] = field(default_factory=dict)
+    right: bool = False
+    call_probability: float | None = None
+    first_speech_ms: float | None = None
+    reply: str = ""
+
+
+async def ask(url: str, request: str, expected: str | None, args: dict[str, Any], system: str) -> RequestResult:
+    context = LLMContext(messages=[{"role": "user", "content": request}], tools=ToolsSchema(standard_tools=BENCH_TOOLS))
+    llm = LlamaServerLLMService(
+        base_url=url, warm_context=context, settings=LLMSettings(system_instruction=system, temperature=0.0, max_tokens=80)
+    )
+    recorder = TurnRecorder(llm)
+    started = time.perf_counter()
+    await run_script(llm, recorder, LLMAssistantAggregator(context),
+                     steps=[LLMContextFrame(context), recorder.done.wait])
+    await llm.client.close()
+    name, arguments = recorder.call or (None, {})
+    right = name == expected and (expected is None or arguments_match(args, arguments))
+    first = None if recorder.first_text_at is None else round((recorder.first_text_at - started) * 1000, 1)
+    return RequestResult(request, expected, name, arguments, right, recorder.call_probability, first, recorder.text.strip())
+
+
+def report(model: str, results: list[RequestResult], as_json: bool) -> None:
+    tool_turns = [r for r in results if r.expected]
+    plain = [r for r in results if not r.expected]
+    right = sum(r.right for r in tool_turns)
+    false_calls = sum(r.call is not None for r in plain)
+    summary = {"model": model, "right": right, "tool_requests": len(tool_turns), "false_calls": false_calls,
+               "no_tool_requests": len(plain)}
+    if as_json:
+        print(json.dumps(summary))
+        return
+    print(f"\n{model}: right function and arguments {right}/{len(tool_turns)} "
+          f"({100 * right / len(tool_turns):.0f} %), false calls {false_calls}/{len(plain)}")
+    for name, group in (("first speech, tool turns", tool_turns), ("first speech, no-tool turns", plain)):
+        values = [r.first_speech_ms for r in group if r.first_speech_ms is not None]
+        if values:
+            print(fmt(name, values))
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        async with running_server("servers.llm", args.url, ["--model", args.model], Path(tmp) / "llm.log") as url:
+            url = url.replace("ws://", "http://")
+            for request, expected, arguments in REQUESTS:
+                result = await ask(url, request, expected, arguments, f"{args.system_prompt} {args.tool_prompt}")
+                results.append(result)
+                print(json.dumps(asdict(result)) if args.json else
+                      f"{'ok ' if result.right else 'BAD'} {request!r}: {result.call} {result.arguments} "
+                      f"p(call) {result.call_probability} {result.first_speech_ms} ms -> {result.reply[:70]!r}", flush=True)
+    report(args.url or args.model, results, args.json)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="llama-server to measure (default: start one with --model)")
+    parser.add_argument("--model", default="qwen2.5-1.5b", help="packaged model name or .gguf path")
+    parser.add_argument("--system-prompt", default=BotConfig().system_prompt, help="default: the bot's")
+    parser.add_argument("--tool-prompt", default=TOOL_PROMPT, help="appended to it (default: the bot's)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per request, then a summary")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Tool calling on the llama-server path: the reading and checking of calls (unit), then Pipecat's
+function-calling API through `LlamaServerLLMService` against a real llama-server running the
+packaged Qwen2.5 1.5B."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import pytest
+from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
+from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
+from pipecat.frames.frames import (
+    FunctionCallCancelFrame,
+    FunctionCallInProgressFrame,
+    InterruptionFrame,
+    LLMContextFrame,
+    LLMTextFrame,
+)
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMAssistantAggregator
+from pipecat.services.llm_service import FunctionCallParams
+from pipecat.services.settings import LLMSettings
+
+from benchmarks.llm import AnswerMarks
+from benchmarks.scripted import Watch, run_script
+from benchmarks.tools import TurnRecorder
+from bot_config import BotConfig
+from pipecat_services import tool_calls
+from pipecat_services.llama_llm import LlamaServerLLMService
+from pipecat_services.turn_taking import TurnTaking
+
+TIMER = {"name": "set_timer", "description": "Start a countdown timer.",
+         "parameters": {"type": "object", "properties": {"minutes": {"type": "integer"}}, "required": ["minutes"]}}
+MARKUP = re.compile(r"[<>{}`]|tool_call|set_timer|get_weather|\w+_\w+")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<tool_call>\n{"name": "set_timer", "arguments": {"minutes": 10}}\n</tool_call>',
+        '{{"name": "set_timer", "arguments": {"minutes": 10}}}',
+        '```json\n{\n  "name": "set_timer",\n  "arguments": {\n    "minutes": 10\n  }\n}\n```',
+        '<tool_call>\n<function=set_timer>\n<parameter=minutes>\n10\n</parameter>\n</function>\n</tool_call>',
+        '<tool_call><function=set_timer><parameter=minutes>10</function></tool_call>',
+        '{"name": "set_timer", "arguments": "{\\"minutes\\": 10}"}',
+    ],
+)
+def test_reads_every_form_small_models_write(text):
+    speech, calls = tool_calls.parse(text)
+    assert speech == "" and calls == [tool_calls.ParsedCall("set_timer", {"minutes": 10})]
+
+
+def test_speech_before_a_call_stays_and_text_that_only_looks_like_one_is_speech():
+    speech, calls = tool_calls.parse('Sure, one moment. <tool_call>{"name": "set_timer", "arguments": {}}</tool_call>')
+    assert speech == "Sure, one moment. " and [c.name for c in calls] == ["set_timer"]
+    assert tool_calls.parse("Use {curly} braces, or <angle> ones.") == ("Use {curly} braces, or <angle> ones.", [])
+    assert tool_calls.call_start("It is 5 o'clock") == len("It is 5 o'clock")
+    assert tool_calls.call_start("Okay. get_weather") == len("Okay. ")
+
+
+def test_calls_are_checked_against_their_schemas():
+    declared = {"set_timer": TIMER}
+    assert tool_calls.check(tool_calls.ParsedCall("ring_bell", {}), declared).error
+    assert "minutes" in tool_calls.check(tool_calls.ParsedCall("set_timer", {"minutes": "ten"}), declared).error
+    assert tool_calls.check(tool_calls.ParsedCall("set_timer", {}), declared).error
+    copied_schema = {"minutes": 10, "type": "object", "properties": {}}
+    assert tool_calls.check(tool_calls.ParsedCall("set_timer", copied_schema), declared) == tool_calls.ParsedCall(
+        "set_timer", {"minutes": 10}
+    )
+    assert tool_calls.parse('{"name": "set_timer", "arguments": "{not json"}')[1][0].error
+
+
+def test_first_token_probability_of_a_call_and_error_results():
+    assert tool_calls.call_probability([("<", 0.3), ("{{", 0.2), ("The", 0.4), (" `", 0.05)]) == pytest.approx(0.55)
+    assert tool_calls.is_error('{"error": "no such city"}') and not tool_calls.is_error('{"ok": true}')
+    assert tool_calls.is_error('"{\\"error\\": \\"down\\"}"')
+    assert not tool_calls.is_error("Done.")
+
+
+class Tools:
+    """Handlers that record what they were called with."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.cancelled = asyncio.Event()
+
+    async def weather(self, params: FunctionCallParams) -> None:
+        self.calls.append((params.function_name, dict(params.arguments)))
+        await params.result_callback({"city": params.arguments.get("city"), "temperature_c": 23, "sky": "clear"})
+
+    async def timer(self, params: FunctionCallParams) -> None:
+        self.calls.append((params.function_name, dict(params.arguments)))
+        await params.result_callback({"ok": True, "minutes": params.arguments["minutes"]})
+
+    async def broken(self, params: FunctionCallParams) -> None:
+        self.calls.append((params.function_name, dict(params.arguments)))
+        raise RuntimeError("the timer service is down")
+
+    async def hang(self, params: FunctionCallParams) -> None:
+        self.calls.append((params.function_name, dict(params.arguments)))
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+def weather_schema(handler) -> FunctionSchema:
+    return FunctionSchema(name="get_weather", description="Get the current weather in a city.",
+                          properties={"city": {"type": "string"}}, required=["city"], handler=handler)
+
+
+def timer_schema(handler, maximum: int | None = None) -> FunctionSchema:
+    minutes: dict[str, Any] = {"type": "integer", "description": "length in minutes"}
+    if maximum is not None:
+        minutes["maximum"] = maximum
+    return FunctionSchema(name="set_timer", description="Start a countdown timer.", properties={"minutes": minutes},
+                          required=["minutes"], handler=handler)
+
+
+async def converse(url: str, request: str, *schemas: FunctionSchema, interleave: str = "off", context=None):
+    """One user turn through the LLM service and Pipecat's assistant aggregator; returns the
+    recorder (call, spoken text), every frame that came out, the context and the service."""
+    context = context or LLMContext(tools=ToolsSchema(standard_tools=list(schemas)))
+    context.add_message({"role": "user", "content": request})
+    turn_taking = TurnTaking() if interleave != "off" else None
+    llm = LlamaServerLLMService(
+        base_url=url, turn_taking=turn_taking, interleaved_segments=1 if interleave == "first" else None,
+        warm_context=context,
+        settings=LLMSettings(system_instruction=BotConfig().full_system_prompt, temperature=0.0, max_tokens=60),
+    )
+    recorder = TurnRecorder(llm)
+    marks = [AnswerMarks(turn_taking)] if turn_taking else []
+    down = await run_script(llm, *marks, recorder, LLMAssistantAggregator(context),
+                            steps=[LLMContextFrame(context), recorder.done.wait])
+    await llm.client.close()
+    return recorder, down, context, llm
+
+
+def spoken(down) -> list[str]:
+    return [f.text for f in down if isinstance(f, LLMTextFrame)]
+
+
+@pytest.mark.parametrize("interleave", ["off", "first", "all"])
+async def test_a_tool_is_called_and_its_result_is_spoken(tool_llm_server, interleave):
+    tools = Tools()
+    recorder, down, _, _ = await converse(tool_llm_server.http_url, "What's the weather like in Paris?",
+                                          weather_schema(tools.weather), timer_schema(tools.timer), interleave=interleave)
+    assert tools.calls == [("get_weather", {"city": "Paris"})]
+    assert re.search(r"\b23\b|twenty-three", recorder.text), recorder.text
+    assert not [t for t in spoken(down) if MARKUP.search(t)], spoken(down)
+
+
+async def test_questions_without_a_tool_make_no_call(tool_llm_server):
+    tools = Tools()
+    for question in ("Why is the sky blue?", "Who wrote Romeo and Juliet?"):
+        recorder, down, _, _ = await converse(tool_llm_server.http_url, question, weather_schema(tools.weather),
+                                              timer_schema(tools.timer))
+        assert recorder.call is None and recorder.text, (question, recorder.text)
+        assert not [t for t in spoken(down) if MARKUP.search(t)], spoken(down)
+    assert tools.calls == []
+
+
+async def test_the_cache_is_reused_on_the_turn_after_a_call(tool_llm_server):
+    tools = Tools()
+    _, _, context, _ = await converse(tool_llm_server.http_url, "Set a timer for ten minutes.", timer_schema(tools.timer))
+    recorder, _, _, llm = await converse(tool_llm_server.http_url, "Thanks! Why is the sky blue?", context=context)
+    assert tools.calls == [("set_timer", {"minutes": 10})] and recorder.call is None
+    assert llm.last_turn["cache_hit_ratio"] >= 0.95, llm.last_turn
+
+
+@pytest.mark.parametrize("failure", ["bad_arguments", "raising_handler", "no_handler"])
+async def test_a_call_that_fails_ends_in_words_not_a_crash(tool_llm_server, failure):
+    tools = Tools()
+    schema = {
+        "bad_arguments": timer_schema(tools.timer, maximum=5),
+        "raising_handler": timer_schema(tools.broken),
+        "no_handler": timer_schema(None),
+    }[failure]
+    recorder, down, context, _ = await converse(tool_llm_server.http_url, "Set a timer for ten minutes.", schema)
+    results = [m["content"] for m in context.messages if m["role"] == "tool"]
+    assert results and all(tool_calls.is_error(r) for r in results), results
+    assert recorder.text and not [t for t in spoken(down) if MARKUP.search(t)], spoken(down)
+    if failure == "bad_arguments":
+        assert tools.calls == [], "a handler ran with arguments that break its schema"
+    assert len(results) <= 2, "more than one retry"
+
+
+async def test_an_interruption_cancels_a_running_call(tool_llm_server):
+    tools = Tools()
+    context = LLMContext(tools=ToolsSchema(standard_tools=[timer_schema(tools.hang)]))
+    context.add_message({"role": "user", "content": "Set a timer for ten minutes."})
+    llm = LlamaServerLLMService(base_url=tool_llm_server.http_url, warm_context=context,
+                                settings=LLMSettings(temperature=0.0, max_tokens=60))
+    running, cancels = Watch(FunctionCallInProgressFrame), Watch(FunctionCallCancelFrame)
+    await run_script(llm, running, cancels, LLMAssistantAggregator(context),
+                            steps=[LLMContextFrame(context), lambda: running.reached(1), InterruptionFrame(),
+                                   lambda: asyncio.wait_for(tools.cancelled.wait(), 10)])
+    await llm.client.close()
+    assert tools.calls and tools.cancelled.is_set()
+    assert cancels.count.value == 1
