@@ -1,4 +1,5 @@
-"""LLM benchmark: first-segment latency and KV-cache reuse over a scripted 10-turn conversation.
+"""LLM benchmark: first-segment latency and KV-cache reuse over a scripted 11-turn conversation,
+one turn of which calls the bot's time tool (a reply with the call, then one with the answer).
 
     python -m benchmarks.llm                          # starts llama-server with the embedded 1.5B
     python -m benchmarks.llm --model qwen2.5-0.5b --no-interleave
@@ -19,24 +20,27 @@ import json
 import tempfile
 from pathlib import Path
 
+from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.frames.frames import Frame, LLMContextFrame, LLMTextFrame, MetricsFrame
 from pipecat.metrics.metrics import TTFBMetricsData
-from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMAssistantAggregator
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.settings import LLMSettings
-from pipecat.tests.utils import run_test
 
+from benchmarks.scripted import TurnRecorder, run_script
 from benchmarks.servers import running_server
 from benchmarks.stats import fmt
+from bot_config import BotConfig
+from bot_tools import TOOLS
 from pipecat_services.llama_llm import LlamaServerLLMService
 from pipecat_services.turn_taking import TTSMarkFrame, TurnTaking
 
-SYSTEM = "You are a friendly voice assistant. Answer briefly, in one to three spoken sentences, without lists."
+SYSTEM = BotConfig().full_system_prompt
 SCRIPT = [
-    "Hi! What is the capital of France?",
+    "What time is it?",
+    "Thanks. What is the capital of France?",
     "What is it famous for?",
     "How tall is the Eiffel Tower, roughly?",
     "How many legs does a spider have?",
@@ -79,34 +83,38 @@ class FirstText(FrameProcessor):
 
 
 async def run_conversation(url: str, interleave: bool, temperature: float) -> list[dict]:
+    """One row per LLM reply: a user turn that calls the time tool gets two (the call, then the answer)."""
     turn_taking = TurnTaking() if interleave else None
+    context = LLMContext(tools=ToolsSchema(standard_tools=[TOOLS["time"]]))
     llm = LlamaServerLLMService(
-        base_url=url, turn_taking=turn_taking, settings=LLMSettings(temperature=temperature, seed=7, max_tokens=160)
+        base_url=url, turn_taking=turn_taking, warm_context=context,
+        settings=LLMSettings(system_instruction=SYSTEM, temperature=temperature, seed=7, max_tokens=160),
     )
-    context = LLMContext(messages=[{"role": "system", "content": SYSTEM}])
     results = []
     for i, question in enumerate(SCRIPT, 1):
         context.add_message({"role": "user", "content": question})
-        first = FirstText()
-        stages = [llm, *([AnswerMarks(turn_taking)] if turn_taking else []), first, LLMAssistantAggregator(context)]
-        down, _ = await run_test(
-            Pipeline(stages),
-            frames_to_send=[LLMContextFrame(context)],
+        first, recorder = FirstText(), TurnRecorder(llm)
+        stages = [llm, *([AnswerMarks(turn_taking)] if turn_taking else []), first, recorder]
+        down = await run_script(
+            *stages, LLMAssistantAggregator(context), steps=[LLMContextFrame(context), recorder.done.wait],
             pipeline_params=PipelineParams(enable_metrics=True),
-            start_timeout=30,
         )
         ttfb = [d.value for f in down if isinstance(f, MetricsFrame) for d in f.data if isinstance(d, TTFBMetricsData)]
-        results.append(
-            {
-                "turn": i,
-                "first_segment_ms": round(max(ttfb) * 1000, 1),
-                "cache_hit_ratio": llm.last_turn["cache_hit_ratio"],
-                "prompt_cached_share": llm.last_turn["prompt_cached_share"],
-                "prompt_tokens": llm.last_turn["prompt_tokens"],
-                "first_segment": first.text,
-                "reply": context.messages[-1]["content"],
-            }
-        )
+        for j, reply in enumerate(recorder.replies):
+            results.append(
+                {
+                    "turn": i,
+                    "after_call": j > 0,
+                    "first_segment_ms": round(max(ttfb) * 1000, 1) if ttfb and j == 0 else None,
+                    "cache_hit_ratio": reply["cache_hit_ratio"],
+                    "prompt_cached_share": reply["prompt_cached_share"],
+                    "prompt_tokens": reply["prompt_tokens"],
+                    "call": recorder.call[0] if recorder.call and j == 0 else None,
+                    "call_probability": reply.get("call_probability"),
+                    "first_segment": first.text,
+                    "reply": recorder.text,
+                }
+            )
     await llm.client.close()
     return results
 
@@ -118,18 +126,20 @@ async def main_async(args: argparse.Namespace) -> None:
             await run_conversation(url, args.interleave, args.temperature)
             results = await run_conversation(url, args.interleave, args.temperature)
     for r in results:
+        label = "after call" if r["after_call"] else f"{r['first_segment_ms'] or 0:7.1f} ms"
         print(
             json.dumps(r)
             if args.json
-            else f"turn {r['turn']:>2}  {r['first_segment_ms']:7.1f} ms  cache hit {r['cache_hit_ratio']:.3f}"
-            f"  of prompt {r['prompt_cached_share']:.3f}"
-            f"  prompt {r['prompt_tokens']:>4}  {r['first_segment']!r}"
+            else f"turn {r['turn']:>2}  {label:>10}  cache hit {r['cache_hit_ratio']:.3f}"
+            f"  of prompt {r['prompt_cached_share']:.3f}  prompt {r['prompt_tokens']:>4}"
+            f"  {('call ' + r['call']) if r['call'] else repr(r['first_segment'])}"
         )
     mode = "interleaved" if args.interleave else "free streaming"
-    print(f"\nmodel {args.model if not args.url else args.url}, {mode}, {len(SCRIPT)} turns")
-    print(fmt("first segment (TTFB)", [r["first_segment_ms"] for r in results]))
-    print(fmt("cache hit ratio, turns 2+", [r["cache_hit_ratio"] for r in results[1:]], unit="", decimals=3))
-    print(fmt("cached share of prompt, turns 2+", [r["prompt_cached_share"] for r in results[1:]], unit="", decimals=3))
+    later = results[1:]
+    print(f"\nmodel {args.model if not args.url else args.url}, {mode}, {len(SCRIPT)} turns (one calls a tool)")
+    print(fmt("first segment (TTFB)", [r["first_segment_ms"] for r in results if r["first_segment_ms"] and not r["call"]]))
+    print(fmt("cache hit ratio, replies 2+", [r["cache_hit_ratio"] for r in later], unit="", decimals=3))
+    print(fmt("cached share of prompt, replies 2+", [r["prompt_cached_share"] for r in later], unit="", decimals=3))
 
 
 def main() -> None:

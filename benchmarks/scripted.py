@@ -8,9 +8,19 @@ e.g. interrupt at the first audio, speak again once the client has reconnected.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from pipecat.frames.frames import EndWorkerFrame, Frame, StartFrame
+from pipecat.frames.frames import (
+    EndWorkerFrame,
+    Frame,
+    FunctionCallInProgressFrame,
+    FunctionCallsStartedFrame,
+    LLMFullResponseEndFrame,
+    LLMTextFrame,
+    StartFrame,
+)
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import SleepFrame, run_test
@@ -97,3 +107,37 @@ async def run_script(*processors: FrameProcessor, steps: list[Step], **kwargs) -
         Pipeline([Script(*steps), *processors]), frames_to_send=[], send_end_frame=False, start_timeout=10, **kwargs
     )
     return down
+
+
+class TurnRecorder(FrameProcessor):
+    """After an LLM service in a user turn that may call tools: records the first call, the spoken
+    text and, per reply, the `last_turn` numbers of `llm` (a `LlamaServerLLMService`); `done` is set
+    once a reply ends without a call (the aggregator re-runs the LLM after a call's result)."""
+
+    def __init__(self, llm: Any = None) -> None:
+        super().__init__()
+        self.llm = llm
+        self.call: tuple[str, dict[str, Any]] | None = None
+        self.text = ""
+        self.first_text_at: float | None = None
+        self.replies: list[dict[str, Any]] = []
+        self.done = asyncio.Event()
+        self._called = False
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if direction == FrameDirection.DOWNSTREAM:
+            if isinstance(frame, FunctionCallsStartedFrame):
+                self._called = True
+            elif isinstance(frame, FunctionCallInProgressFrame) and self.call is None:
+                self.call = (frame.function_name, dict(frame.arguments))
+            elif isinstance(frame, LLMTextFrame):
+                self.text += frame.text
+                self.first_text_at = self.first_text_at or time.perf_counter()
+            elif isinstance(frame, LLMFullResponseEndFrame):
+                if self.llm is not None:
+                    self.replies.append(dict(self.llm.last_turn))
+                if not self._called:
+                    self.done.set()
+                self._called = False
+        await self.push_frame(frame, direction)

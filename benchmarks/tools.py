@@ -27,21 +27,13 @@ from typing import Any
 
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
-from pipecat.frames.frames import (
-    Frame,
-    FunctionCallInProgressFrame,
-    FunctionCallsStartedFrame,
-    LLMContextFrame,
-    LLMFullResponseEndFrame,
-    LLMTextFrame,
-)
+from pipecat.frames.frames import LLMContextFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMAssistantAggregator
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.llm_service import FunctionCallParams
 from pipecat.services.settings import LLMSettings
 
-from benchmarks.scripted import run_script
+from benchmarks.scripted import TurnRecorder, run_script
 from benchmarks.servers import running_server
 from benchmarks.stats import fmt
 from bot_config import TOOL_PROMPT, BotConfig
@@ -132,38 +124,6 @@ def arguments_match(expected: dict[str, Any], actual: dict[str, Any]) -> bool:
     return True
 
 
-class TurnRecorder(FrameProcessor):
-    """Records the first call and the reply's text; `done` once a reply ends without a call."""
-
-    def __init__(self, llm: LlamaServerLLMService) -> None:
-        super().__init__()
-        self.llm = llm
-        self.call_probability: float | None = None
-        self.call: tuple[str, dict[str, Any]] | None = None
-        self.text = ""
-        self.first_text_at: float | None = None
-        self.done = asyncio.Event()
-        self._called = False
-
-    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if direction == FrameDirection.DOWNSTREAM:
-            if isinstance(frame, (FunctionCallsStartedFrame, LLMFullResponseEndFrame)) and self.call_probability is None:
-                self.call_probability = self.llm.last_turn.get("call_probability")
-            if isinstance(frame, FunctionCallsStartedFrame):
-                self._called = True
-            elif isinstance(frame, FunctionCallInProgressFrame) and self.call is None:
-                self.call = (frame.function_name, dict(frame.arguments))
-            elif isinstance(frame, LLMTextFrame):
-                self.text += frame.text
-                self.first_text_at = self.first_text_at or time.perf_counter()
-            elif isinstance(frame, LLMFullResponseEndFrame):
-                if not self._called:
-                    self.done.set()
-                self._called = False
-        await self.push_frame(frame, direction)
-
-
 @dataclass
 class RequestResult:
     request: str
@@ -189,7 +149,8 @@ async def ask(url: str, request: str, expected: str | None, args: dict[str, Any]
     name, arguments = recorder.call or (None, {})
     right = name == expected and (expected is None or arguments_match(args, arguments))
     first = None if recorder.first_text_at is None else round((recorder.first_text_at - started) * 1000, 1)
-    return RequestResult(request, expected, name, arguments, right, recorder.call_probability, first, recorder.text.strip())
+    p_call = recorder.replies[0].get("call_probability") if recorder.replies else None
+    return RequestResult(request, expected, name, arguments, right, p_call, first, recorder.text.strip())
 
 
 def report(model: str, results: list[RequestResult], as_json: bool) -> None:

@@ -5,7 +5,9 @@ Watches the pipeline's frames and, when the bot starts speaking after a user tur
 - LLM TTFB: the LLM service's own TTFB (first token, or first whole segment when interleaving);
 - TTS TTFB: the TTS service's own TTFB (first text sent → first audio back);
 - server V2V: VAD stop → BotStartedSpeaking, plus the VAD's stop_secs (the silence it waited out),
-  i.e. from the moment the user really stopped talking, as the reference system reports it.
+  i.e. from the moment the user really stopped talking, as the reference system reports it;
+- tool: in a turn that called tools, the time the calls ran (first call started → last result),
+  which the server V2V includes.
 
 The report goes out through the `on_turn_latency` event; bot.py logs it and queues it as a
 `MetricsFrame` (TurnLatencyMetricsData) and an RTVI server message, so clients see it too.
@@ -18,6 +20,8 @@ import time
 from loguru import logger
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
+    FunctionCallInProgressFrame,
+    FunctionCallResultFrame,
     MetricsFrame,
     TranscriptionFrame,
     VADUserStartedSpeakingFrame,
@@ -39,6 +43,7 @@ class TurnLatencyMetricsData(MetricsData):
     llm_ttfb_ms: float | None
     tts_ttfb_ms: float | None
     server_v2v_ms: float
+    tool_ms: float | None = None
 
     def log_line(self) -> str:
         def ms(value: float | None) -> str:
@@ -46,7 +51,8 @@ class TurnLatencyMetricsData(MetricsData):
 
         return (
             f"turn {self.turn}: STT final {ms(self.stt_final_ms)} | LLM TTFB {ms(self.llm_ttfb_ms)} | "
-            f"TTS TTFB {ms(self.tts_ttfb_ms)} | server V2V {ms(self.server_v2v_ms)} | heard {self.user_text!r}"
+            f"TTS TTFB {ms(self.tts_ttfb_ms)} | server V2V {ms(self.server_v2v_ms)}"
+            f"{f' (tool {ms(self.tool_ms)})' if self.tool_ms is not None else ''} | heard {self.user_text!r}"
         )
 
 
@@ -66,6 +72,8 @@ class TurnLatencyObserver(BaseObserver):
         self._stt_final: float | None = None
         self._llm_ttfb: float | None = None
         self._tts_ttfb: float | None = None
+        self._tool_started: float | None = None
+        self._tool_done: float | None = None
 
     async def on_push_frame(self, data: FramePushed) -> None:
         if data.direction != FrameDirection.DOWNSTREAM:
@@ -83,6 +91,10 @@ class TurnLatencyObserver(BaseObserver):
             self._stt_final = time.time() - self._vad_stop
         elif isinstance(frame, MetricsFrame):
             self._take_ttfb(data, frame)
+        elif isinstance(frame, FunctionCallInProgressFrame):
+            self._tool_started = self._tool_started or time.time()
+        elif isinstance(frame, FunctionCallResultFrame):
+            self._tool_done = time.time()
         elif isinstance(frame, BotStartedSpeakingFrame):
             await self._report(time.time())
 
@@ -110,6 +122,7 @@ class TurnLatencyObserver(BaseObserver):
             llm_ttfb_ms=ms(self._llm_ttfb),
             tts_ttfb_ms=ms(self._tts_ttfb),
             server_v2v_ms=round((bot_started - self._vad_stop + self._stop_secs) * 1000, 1),
+            tool_ms=ms(self._tool_done - self._tool_started) if self._tool_started and self._tool_done else None,
         )
         self._reset()
         logger.info(latency.log_line())

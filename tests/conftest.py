@@ -101,6 +101,14 @@ def tool_llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     yield from serve_for_session(tmp_path_factory, "servers.llm", ["--model", "qwen2.5-1.5b"])
 
 
+def serve_bot(
+    factory: pytest.TempPathFactory, asr: ServerProcess, tts: ServerProcess, llm: ServerProcess
+) -> Iterator[ServerProcess]:
+    """The bot on Pipecat's runner (Playground, /api/offer), wired to these model servers, greedy."""
+    env = {"BOT_ASR_URL": asr.url, "BOT_TTS_URL": tts.url, "BOT_LLM_URL": llm.http_url, "BOT_TEMPERATURE": "0"}
+    yield from serve_for_session(factory, "bot", ["-t", "webrtc", "--host", "127.0.0.1"], health="/status", env=env)
+
+
 @pytest.fixture(scope="session")
 def bot_server(
     tmp_path_factory: pytest.TempPathFactory,
@@ -108,16 +116,19 @@ def bot_server(
     tts_server: ServerProcess,
     llm_server: ServerProcess,
 ) -> Iterator[ServerProcess]:
-    """The bot on Pipecat's runner (Playground, /api/offer), wired to the session's model servers."""
-    env = {
-        "BOT_ASR_URL": asr_server.url,
-        "BOT_TTS_URL": tts_server.url,
-        "BOT_LLM_URL": llm_server.http_url,
-        "BOT_TEMPERATURE": "0",
-    }
-    yield from serve_for_session(
-        tmp_path_factory, "bot", ["-t", "webrtc", "--host", "127.0.0.1"], health="/status", env=env
-    )
+    """The bot on SmolLM2 (CI-sized)."""
+    yield from serve_bot(tmp_path_factory, asr_server, tts_server, llm_server)
+
+
+@pytest.fixture(scope="session")
+def tool_bot_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    asr_server: ServerProcess,
+    tts_server: ServerProcess,
+    tool_llm_server: ServerProcess,
+) -> Iterator[ServerProcess]:
+    """The bot with its default tools on the embedded 1.5B (SmolLM2 cannot call tools)."""
+    yield from serve_bot(tmp_path_factory, asr_server, tts_server, tool_llm_server)
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,13 @@ the embedded Whisper transcribes. The LLM is SmolLM2-135M at temperature 0 (CI-s
 from __future__ import annotations
 
 import asyncio
+import re
+from datetime import datetime
 
 import numpy as np
 import pytest
 import soxr
+from num2words import num2words
 
 from benchmarks.audio import read_wav, speak
 from benchmarks.webrtc_client import WebRTCVoiceClient
@@ -78,6 +81,25 @@ async def test_barge_in_stops_the_bot_and_keeps_only_what_was_heard(bot_server, 
     assert result.stored is not None and result.stored["interrupted"], result
     words = result.stored["text"].split()
     assert 0 < len(words) <= 3.5 * result.played_s + 4, result
+
+
+async def test_what_time_is_it_gets_the_current_time(tool_bot_server, whisper, say_wav):
+    """The default `get_current_time` tool, end to end: the spoken answer has the hour of now."""
+    client = WebRTCVoiceClient(tool_bot_server.http_url)
+    await client.connect()
+    try:
+        speech_end, reply = await ask(client, say_wav("What time is it?"))
+        assert reply is not None, "the bot never answered"
+        said = await heard(whisper, client.audio.between(reply[0] - 0.1, reply[1] + 0.1))
+        latency = await client.wait_for_message("turn_latency", speech_end, timeout=5)
+    finally:
+        await client.close()
+    now = datetime.now()
+    hours = {now.hour, now.hour % 12 or 12, (now.hour + 1) % 24, (now.hour + 1) % 12 or 12}  # a turn at :59
+    spoken_hours = {str(h) for h in hours} | {num2words(h) for h in hours}
+    assert any(re.search(rf"\b{h}(:?\d\d)?\b", said) for h in spoken_hours), (said, spoken_hours)  # "1347" too
+    assert latency is not None and latency["tool_ms"] is not None and latency["tool_ms"] >= 0, latency
+    print(f"\nbot said {said!r}; {latency}")
 
 
 async def test_two_sessions_each_get_their_own_answer(bot_server, whisper, say_wav):

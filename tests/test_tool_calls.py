@@ -24,11 +24,10 @@ from pipecat.services.llm_service import FunctionCallParams
 from pipecat.services.settings import LLMSettings
 
 from benchmarks.llm import AnswerMarks
-from benchmarks.scripted import Watch, run_script
-from benchmarks.tools import TurnRecorder
+from benchmarks.scripted import TurnRecorder, Watch, run_script
 from bot_config import BotConfig
 from pipecat_services import tool_calls
-from pipecat_services.llama_llm import LlamaServerLLMService
+from pipecat_services.llama_llm import LlamaServerLLMService, without_earlier_calls
 from pipecat_services.turn_taking import TurnTaking
 
 TIMER = {"name": "set_timer", "description": "Start a countdown timer.",
@@ -201,3 +200,13 @@ async def test_an_interruption_cancels_a_running_call(tool_llm_server):
     await llm.client.close()
     assert tools.calls and tools.cancelled.is_set()
     assert cancels.count.value == 1
+
+
+def test_calls_of_earlier_turns_leave_the_prompt_but_not_the_current_turns():
+    call = {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+                                                 "function": {"name": "get_current_time", "arguments": "{}"}}]}
+    result = {"role": "tool", "tool_call_id": "c1", "content": '{"time": "13:05"}'}
+    earlier = [{"role": "user", "content": "What time is it?"}, call, result,
+               {"role": "assistant", "content": "It is 13:05."}]
+    current = [{"role": "user", "content": "And the date?"}, call, result]
+    assert without_earlier_calls(earlier + current) == [earlier[0], earlier[3], *current]
