@@ -51,7 +51,7 @@ from pipecat_services.llama_llm import LlamaServerLLMService
 from pipecat_services.tts import TTSServerTTSService
 from pipecat_services.turn_end import SentenceEndUserTurnStopStrategy
 from pipecat_services.turn_metrics import TurnLatencyMetricsData, TurnLatencyObserver
-from pipecat_services.turn_taking import TurnTaking
+from pipecat_services.interleaving import Interleaver
 
 TRANSPORTS = {
     "webrtc": lambda: TransportParams(audio_in_enabled=True, audio_out_enabled=True),
@@ -66,7 +66,7 @@ VAD_MIN_VOLUME = 0.3
 confidence (0.7) still decides what is speech."""
 
 
-def make_llm(config: BotConfig, turn_taking: TurnTaking | None, context: LLMContext) -> LLMService:
+def make_llm(config: BotConfig, interleaver: Interleaver | None, context: LLMContext) -> LLMService:
     if config.llm_api == "openai":
         return OpenAILLMService(
             api_key=config.llm_api_key,
@@ -80,7 +80,7 @@ def make_llm(config: BotConfig, turn_taking: TurnTaking | None, context: LLMCont
         )
     return LlamaServerLLMService(
         base_url=config.llm_url,
-        turn_taking=turn_taking,
+        interleaver=interleaver,
         interleaved_segments=1 if config.interleave == "first" else None,
         warm_context=context,
         settings=LLMSettings(
@@ -107,12 +107,12 @@ def user_turn_params(config: BotConfig) -> LLMUserAggregatorParams:
 
 
 async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint: bool = False) -> None:
-    turn_taking = TurnTaking() if config.interleave != "off" and config.llm_api == "llama-server" else None
+    interleaver = Interleaver() if config.interleave != "off" and config.llm_api == "llama-server" else None
     tools = bot_tools(config.tool_names)
     context = LLMContext(tools=tools) if tools else LLMContext()
     stt = ASRServerSTTService(url=config.asr_url)
-    llm = make_llm(config, turn_taking, context)
-    tts = TTSServerTTSService(url=config.tts_url, voice=config.voice, language=config.language, turn_taking=turn_taking)
+    llm = make_llm(config, interleaver, context)
+    tts = TTSServerTTSService(url=config.tts_url, voice=config.voice, language=config.language, interleaver=interleaver)
     user_aggregator, assistant_aggregator = LLMContextAggregatorPair(context, user_params=user_turn_params(config))
 
     pipeline = Pipeline(

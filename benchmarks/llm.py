@@ -6,7 +6,7 @@ one turn of which calls the bot's time tool (a reply with the call, then one wit
     python -m benchmarks.llm --url http://HOST:8002   # an already running llama-server
 
 Each turn goes through `LlamaServerLLMService` and Pipecat's assistant aggregator, as in the bot.
-Interleaved, the TTS side of the turn-taking answers each mark at once, so this measures the LLM
+Interleaved, the TTS side of the interleaving answers each mark at once, so this measures the LLM
 alone: first_segment_ms is the service's TTFB (context in → first segment out; free streaming:
 first token). cache hit = llama-server's cache_n / the prompt tokens it had already seen in this
 conversation; "of prompt" = cache_n / (cache_n + prompt_n), the share of the whole prompt.
@@ -35,7 +35,7 @@ from benchmarks.stats import fmt
 from bot_config import BotConfig
 from bot_tools import TOOLS
 from pipecat_services.llama_llm import LlamaServerLLMService
-from pipecat_services.turn_taking import TTSMarkFrame, TurnTaking
+from pipecat_services.interleaving import Interleaver, TTSMarkFrame
 
 SYSTEM = BotConfig().full_system_prompt
 SCRIPT = [
@@ -54,16 +54,16 @@ SCRIPT = [
 
 
 class AnswerMarks(FrameProcessor):
-    """The TTS side of turn-taking with no TTS: every mark is answered at once (measures the LLM alone)."""
+    """The TTS side of interleaving with no TTS: every mark is answered at once (measures the LLM alone)."""
 
-    def __init__(self, turn_taking: TurnTaking) -> None:
+    def __init__(self, interleaver: Interleaver) -> None:
         super().__init__()
-        self.turn_taking = turn_taking
+        self.interleaver = interleaver
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, TTSMarkFrame):
-            self.turn_taking.reached(frame.mark_id)
+            self.interleaver.reached(frame.mark_id)
         else:
             await self.push_frame(frame, direction)
 
@@ -84,17 +84,17 @@ class FirstText(FrameProcessor):
 
 async def run_conversation(url: str, interleave: bool, temperature: float) -> list[dict]:
     """One row per LLM reply: a user turn that calls the time tool gets two (the call, then the answer)."""
-    turn_taking = TurnTaking() if interleave else None
+    interleaver = Interleaver() if interleave else None
     context = LLMContext(tools=ToolsSchema(standard_tools=[TOOLS["time"]]))
     llm = LlamaServerLLMService(
-        base_url=url, turn_taking=turn_taking, warm_context=context,
+        base_url=url, interleaver=interleaver, warm_context=context,
         settings=LLMSettings(system_instruction=SYSTEM, temperature=temperature, seed=7, max_tokens=160),
     )
     results = []
     for i, question in enumerate(SCRIPT, 1):
         context.add_message({"role": "user", "content": question})
         first, recorder = FirstText(), TurnRecorder(llm)
-        stages = [llm, *([AnswerMarks(turn_taking)] if turn_taking else []), first, recorder]
+        stages = [llm, *([AnswerMarks(interleaver)] if interleaver else []), first, recorder]
         down = await run_script(
             *stages, LLMAssistantAggregator(context), steps=[LLMContextFrame(context), recorder.done.wait],
             pipeline_params=PipelineParams(enable_metrics=True),
@@ -115,7 +115,7 @@ async def run_conversation(url: str, interleave: bool, temperature: float) -> li
                     "reply": recorder.text,
                 }
             )
-    await llm.client.close()
+    await llm.backend.close()
     return results
 
 

@@ -145,7 +145,7 @@ async def ask(url: str, request: str, expected: str | None, args: dict[str, Any]
     started = time.perf_counter()
     await run_script(llm, recorder, LLMAssistantAggregator(context),
                      steps=[LLMContextFrame(context), recorder.done.wait])
-    await llm.client.close()
+    await llm.backend.close()
     name, arguments = recorder.call or (None, {})
     right = name == expected and (expected is None or arguments_match(args, arguments))
     first = None if recorder.first_text_at is None else round((recorder.first_text_at - started) * 1000, 1)

@@ -121,6 +121,8 @@ def check(call: ParsedCall, tools: dict[str, dict[str, Any]]) -> ParsedCall:
     return ParsedCall(call.name, arguments)
 
 
+SPEECH_ONLY_GBNF = "root ::= [^<`{_]*"
+"""A reply with no character that could start a call, nor a function's snake_case name."""
 TRIGGER_PATTERN = 2
 """llama.cpp's COMMON_GRAMMAR_TRIGGER_TYPE_PATTERN: a regex searched anywhere in the output."""
 def is_error(result: Any) -> bool:

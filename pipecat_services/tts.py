@@ -8,7 +8,7 @@ cancels it on the server, which then sends no more audio for it. Audio that was 
 is dropped by the base class, because the interrupted context no longer exists. Each finished
 segment's words get timestamps spread over its audio, so Pipecat emits the text as it is heard
 and an interrupted reply leaves only its spoken words in the context. TTFB is measured by the base
-class from the first text sent to the first audio appended. With a `TurnTaking`
+class from the first text sent to the first audio appended. With an `Interleaver`
 scheduler, `TTSMarkFrame`s from the LLM are forwarded to the server and their echoes reported back.
 """
 
@@ -23,7 +23,7 @@ from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TextAggregationMode, WebsocketTTSService
 
 from pipecat_services.model_server import ModelServerConnection
-from pipecat_services.turn_taking import TTSMarkFrame, TurnTaking
+from pipecat_services.interleaving import Interleaver, TTSMarkFrame
 from servers.tts import protocol
 
 
@@ -36,7 +36,7 @@ class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
         url: str = "ws://127.0.0.1:8001",
         voice: str | None = None,
         language: str | None = None,
-        turn_taking: TurnTaking | None = None,
+        interleaver: Interleaver | None = None,
         reconnect_backoff_min_wait: float = 0.5,
         reconnect_backoff_max_wait: float = 2.0,
         **kwargs,
@@ -56,7 +56,7 @@ class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
         self._url = url
         self._wire = protocol
         self._started: set[str] = set()
-        self._turn_taking = turn_taking
+        self._interleaver = interleaver
         self._last_context_id: str | None = None
         self._spoken_s: dict[str, float] = {}
 
@@ -93,13 +93,13 @@ class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
         if not isinstance(frame, TTSMarkFrame):
             await super().process_frame(frame, direction)
             return
-        if self._turn_taking is None:
+        if self._interleaver is None:
             return
         if self._last_context_id in self._started and self._is_open():
-            self._turn_taking.tts_started(frame.mark_id)
+            self._interleaver.tts_started(frame.mark_id)
             await self._websocket.send(protocol.Mark(self._last_context_id, frame.mark_id).to_json())
         else:
-            self._turn_taking.reached(frame.mark_id)
+            self._interleaver.reached(frame.mark_id)
 
     async def flush_audio(self, context_id: str | None = None) -> None:
         """The LLM reply is complete: let the server speak what it has queued, then `done`."""
@@ -125,8 +125,8 @@ class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
             message = protocol.parse_server_message(raw)
             if isinstance(message, protocol.SegmentDone):
                 await self._time_words(message)
-            elif isinstance(message, protocol.Mark) and self._turn_taking is not None:
-                self._turn_taking.reached(message.id)
+            elif isinstance(message, protocol.Mark) and self._interleaver is not None:
+                self._interleaver.reached(message.id)
             elif isinstance(message, protocol.Done):
                 await self._finish(message.context_id)
             elif isinstance(message, protocol.Error):

@@ -18,7 +18,7 @@ from pipecat.tests.utils import run_test
 from benchmarks.llm import AnswerMarks
 from pipecat_services.llama_llm import LlamaServerLLMService
 from pipecat_services.tts import TTSServerTTSService
-from pipecat_services.turn_taking import TurnTaking
+from pipecat_services.interleaving import Interleaver
 from benchmarks.scripted import Watch, run_script
 
 SYSTEM = "You are a helpful voice assistant. Answer in two or three short sentences."
@@ -47,27 +47,27 @@ async def one_turn(llm: LlamaServerLLMService, context: LLMContext, *extra: Fram
 async def test_interleaved_segments_give_the_same_text_as_one_free_stream(llm_server):
     free = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY)
     free_text = reply_text(await one_turn(free, new_context(QUESTIONS[1])))
-    turn_taking = TurnTaking()
-    chunked = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY, turn_taking=turn_taking, segment_tokens=8)
-    frames = await one_turn(chunked, new_context(QUESTIONS[1]), AnswerMarks(turn_taking))
+    interleaver = Interleaver()
+    chunked = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY, interleaver=interleaver, segment_tokens=8)
+    frames = await one_turn(chunked, new_context(QUESTIONS[1]), AnswerMarks(interleaver))
     segments = [f.text for f in frames if isinstance(f, LLMTextFrame)]
     assert len(segments) >= 2, segments
     assert "".join(segments) == free_text
-    assert len([b for b in turn_taking.busy if b.who == "llm"]) == len(segments)
+    assert len([b for b in interleaver.busy if b.who == "llm"]) == len(segments)
 
 
 async def test_only_the_first_segment_waits_and_it_ends_on_a_whole_word(llm_server):
     free = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY)
     free_text = reply_text(await one_turn(free, new_context(QUESTIONS[1])))
-    turn_taking = TurnTaking()
+    interleaver = Interleaver()
     first_only = LlamaServerLLMService(
-        base_url=llm_server.http_url, settings=GREEDY, turn_taking=turn_taking, first_segment_words=(2, 3),
+        base_url=llm_server.http_url, settings=GREEDY, interleaver=interleaver, first_segment_words=(2, 3),
         interleaved_segments=1,
     )
-    frames = await one_turn(first_only, new_context(QUESTIONS[1]), AnswerMarks(turn_taking))
+    frames = await one_turn(first_only, new_context(QUESTIONS[1]), AnswerMarks(interleaver))
     texts = [f.text for f in frames if isinstance(f, LLMTextFrame)]
     assert "".join(texts) == free_text
-    assert len([b for b in turn_taking.busy if b.who == "llm"]) == 1, "more than the first segment waited"
+    assert len([b for b in interleaver.busy if b.who == "llm"]) == 1, "more than the first segment waited"
     first = texts[0]
     assert len(first.split()) <= 4 and free_text.startswith(first), (first, free_text)
     assert first[-1].isspace() or free_text[len(first)] in " ,.;:!?", "the first segment cut a word in two"
@@ -101,23 +101,23 @@ async def test_an_interruption_truncates_the_history_to_what_was_spoken(llm_serv
     context.add_message({"role": "user", "content": "Stop. What is the capital of France?"})
     await run_test(Pipeline([llm]), frames_to_send=[LLMContextFrame(context)], start_timeout=10)
     turn = llm.last_turn
-    rendered = await llm.client.apply_template((await llm._invocation(context))[0])
+    rendered = await llm.backend.render((await llm._invocation(context))[0])
     assert llm.history.text.startswith(rendered), "the history must follow the context, not what was generated"
     assert spoken in rendered and generated not in llm.history.text
     assert turn["reusable_tokens"] < seen_by_server
     assert turn["cache_hit_ratio"] >= 0.95, turn
-    await llm.client.close()
+    await llm.backend.close()
 
 
 async def test_llm_and_tts_never_run_at_once(llm_server, tts_server):
-    turn_taking = TurnTaking()
-    llm = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY, turn_taking=turn_taking, segment_tokens=8)
-    tts = TTSServerTTSService(url=tts_server.url, turn_taking=turn_taking)
+    interleaver = Interleaver()
+    llm = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY, interleaver=interleaver, segment_tokens=8)
+    tts = TTSServerTTSService(url=tts_server.url, interleaver=interleaver)
     # The EndFrame after the context waits for the whole reply: generated, then played.
     await run_test(Pipeline([llm, tts]), frames_to_send=[LLMContextFrame(new_context(QUESTIONS[1]))], start_timeout=10)
-    llm_busy = [b for b in turn_taking.busy if b.who == "llm"]
-    tts_busy = [b for b in turn_taking.busy if b.who == "tts"]
-    assert len(llm_busy) >= 2 and len(tts_busy) >= 1, turn_taking.busy
+    llm_busy = [b for b in interleaver.busy if b.who == "llm"]
+    tts_busy = [b for b in interleaver.busy if b.who == "tts"]
+    assert len(llm_busy) >= 2 and len(tts_busy) >= 1, interleaver.busy
     for a in llm_busy:
         for b in tts_busy:
             assert a.end <= b.start or b.end <= a.start, (a, b)
@@ -129,11 +129,11 @@ async def test_reports_ttfb_usage_and_cache_metrics(llm_server, interleave):
     from pipecat.metrics.metrics import LLMUsageMetricsData, TTFBMetricsData
     from pipecat.pipeline.worker import PipelineParams
 
-    from pipecat_services.llama_llm import PromptCacheMetricsData
+    from pipecat_services.token_llm import PromptCacheMetricsData
 
-    turn_taking = TurnTaking() if interleave else None
-    llm = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY, turn_taking=turn_taking)
-    extra = [AnswerMarks(turn_taking)] if turn_taking else []
+    interleaver = Interleaver() if interleave else None
+    llm = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY, interleaver=interleaver)
+    extra = [AnswerMarks(interleaver)] if interleaver else []
     down, _ = await run_test(
         Pipeline([llm, *extra]),
         frames_to_send=[LLMContextFrame(new_context(QUESTIONS[0]))],

@@ -27,8 +27,9 @@ from benchmarks.llm import AnswerMarks
 from benchmarks.scripted import TurnRecorder, Watch, run_script
 from bot_config import BotConfig
 from pipecat_services import tool_calls
-from pipecat_services.llama_llm import LlamaServerLLMService, without_earlier_calls
-from pipecat_services.turn_taking import TurnTaking
+from pipecat_services.llama_llm import LlamaServerLLMService
+from pipecat_services.token_llm import without_earlier_calls
+from pipecat_services.interleaving import Interleaver
 
 TIMER = {"name": "set_timer", "description": "Start a countdown timer.",
          "parameters": {"type": "object", "properties": {"minutes": {"type": "integer"}}, "required": ["minutes"]}}
@@ -124,17 +125,17 @@ async def converse(url: str, request: str, *schemas: FunctionSchema, interleave:
     recorder (call, spoken text), every frame that came out, the context and the service."""
     context = context or LLMContext(tools=ToolsSchema(standard_tools=list(schemas)))
     context.add_message({"role": "user", "content": request})
-    turn_taking = TurnTaking() if interleave != "off" else None
+    interleaver = Interleaver() if interleave != "off" else None
     llm = LlamaServerLLMService(
-        base_url=url, turn_taking=turn_taking, interleaved_segments=1 if interleave == "first" else None,
+        base_url=url, interleaver=interleaver, interleaved_segments=1 if interleave == "first" else None,
         warm_context=context,
         settings=LLMSettings(system_instruction=BotConfig().full_system_prompt, temperature=0.0, max_tokens=60),
     )
     recorder = TurnRecorder(llm)
-    marks = [AnswerMarks(turn_taking)] if turn_taking else []
+    marks = [AnswerMarks(interleaver)] if interleaver else []
     down = await run_script(llm, *marks, recorder, LLMAssistantAggregator(context),
                             steps=[LLMContextFrame(context), recorder.done.wait])
-    await llm.client.close()
+    await llm.backend.close()
     return recorder, down, context, llm
 
 
@@ -197,7 +198,7 @@ async def test_an_interruption_cancels_a_running_call(tool_llm_server):
     await run_script(llm, running, cancels, LLMAssistantAggregator(context),
                             steps=[LLMContextFrame(context), lambda: running.reached(1), InterruptionFrame(),
                                    lambda: asyncio.wait_for(tools.cancelled.wait(), 10)])
-    await llm.client.close()
+    await llm.backend.close()
     assert tools.calls and tools.cancelled.is_set()
     assert cancels.count.value == 1
 

@@ -3,7 +3,8 @@
 LLM text is written to be read; a voice must say it. Every engine gets the same normalised text,
 so no engine mispronounces "$5" or reads an emoji's name. Segmentation decides what to synthesize
 next: whole sentences normally, but the first segment of a reply is cut at the first clause
-boundary so that the first audio starts as early as possible.
+boundary so that the first audio starts as early as possible. The LLM service cuts its interleaved
+segments by the same rules (`ends_sentence`, `ends_clause`, `phrase_cut`, `FIRST_SEGMENT_WORDS`).
 """
 
 from __future__ import annotations
@@ -64,8 +65,25 @@ def normalize(text: str) -> str:
     return _SPACE_BEFORE_PUNCTUATION.sub(r"\1", _SPACE.sub(" ", text)).strip()
 
 
-_SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*(?=\s|$)")
-_CLAUSE_END = re.compile(r"[,;:—–]+(?=\s|$)")
+# Where a reply is cut, for the TTS server's segments and the LLM's interleaved segments alike.
+_SENTENCE = r"[.!?…]+[\"')\]]*"
+_CLAUSE = r"[,;:—–]+"
+_SENTENCE_END = re.compile(rf"{_SENTENCE}(?=\s|$)")
+_CLAUSE_END = re.compile(rf"{_CLAUSE}(?=\s|$)")
+_ENDS_SENTENCE = re.compile(rf"(?:{_SENTENCE}|\n)\s*$")
+_ENDS_CLAUSE = re.compile(rf"{_CLAUSE}\s*$")
+FIRST_SEGMENT_WORDS = (3, 6)
+"""(min, max) words after which a reply's first segment may end at a phrase boundary (`phrase_cut`)."""
+
+
+def ends_sentence(text: str) -> bool:
+    return bool(_ENDS_SENTENCE.search(text))
+
+
+def ends_clause(text: str) -> bool:
+    return bool(_ENDS_CLAUSE.search(text))
+
+
 _WORD = re.compile(r"\S+")
 PHRASE_STARTS = frozenset(
     "a an the and or but so because that which who when where while if than as of to in on at for with "

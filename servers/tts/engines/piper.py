@@ -14,6 +14,7 @@ import numpy as np
 from loguru import logger
 
 from servers.tts.engines.base import TTSEngine
+from servers.tts.text import FIRST_SEGMENT_WORDS
 
 CHUNK_S = 0.5
 """Piper returns a sentence at once; yielding it in slices lets a cancel stop between them."""
@@ -22,7 +23,7 @@ CHUNK_S = 0.5
 class PiperEngine(TTSEngine):
     name = "piper"
     languages = ("en",)
-    first_segment_words = (3, 6)
+    first_segment_words = FIRST_SEGMENT_WORDS
 
     def __init__(self, model_path: str | None = None, config_path: str | None = None) -> None:
         self.model_path = model_path

@@ -1,4 +1,4 @@
-"""LLM and TTS taking turns on one device: the interleaved scheduler.
+"""LLM and TTS interleaved on one device: the `Interleaver` (not the user's turns: see `turn_end.py`).
 
 On one GPU (or two CPU cores) the LLM and the TTS compete for the same compute. The LLM generates
 a short segment, hands it to the TTS, and waits until the TTS server has synthesized everything up
@@ -35,7 +35,7 @@ class Busy:
     end: float
 
 
-class TurnTaking:
+class Interleaver:
     def __init__(self, timeout_s: float = 10.0) -> None:
         """`timeout_s`: how long the LLM waits for a mark before going on (a TTS that never answers)."""
         self.timeout_s = timeout_s

@@ -1,4 +1,4 @@
-"""A small asyncio client for the llama-server endpoints the interleaved LLM service needs.
+"""The llama-server backend of `TokenLLMService` (`llm_backend.py`): its HTTP endpoints.
 
 - `/apply-template`: the model's own chat template (from the GGUF, `--jinja`), so one code path
   serves Nemotron and the embedded Qwen alike.
@@ -7,7 +7,7 @@
   begin with a tool call?).
 - `/completion` with a token-id prompt, `cache_prompt` and a slot (-1: the server picks the one
   whose cache matches best), streamed (SSE) with the ids of every generated token. Closing the
-  stream stops generation on the server.
+  stream stops generation on the server. Constraints are llama.cpp GBNF grammars (`tool_calls.py`).
 """
 
 from __future__ import annotations
@@ -15,32 +15,26 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
-
-@dataclass(frozen=True)
-class Piece:
-    """One streamed event: usually one token."""
-
-    text: str
-    tokens: list[int]
-    stop: bool = False
-    stop_type: str | None = None
-    timings: dict[str, Any] = field(default_factory=dict)
+from pipecat_services.llm_backend import LLMBackend, Piece
+from pipecat_services.tool_calls import SPEECH_ONLY_GBNF, CallGrammar
 
 
 class LlamaServerError(RuntimeError):
     pass
 
 
-class LlamaServerClient:
+class LlamaServerBackend(LLMBackend):
     def __init__(self, base_url: str, slot: int = -1) -> None:
         self.base_url = base_url.rstrip("/")
         self.slot = slot
         self._session: aiohttp.ClientSession | None = None
+
+    def __str__(self) -> str:
+        return f"llama-server at {self.base_url}"
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -63,9 +57,7 @@ class LlamaServerClient:
                 raise LlamaServerError(f"{path}: HTTP {response.status}: {(await response.text())[:300]}")
             return await response.json()
 
-    async def apply_template(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
-        """The prompt for `messages` (OpenAI format, tool calls and results included), with `tools`
-        rendered the way the model was trained to see them."""
+    async def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         body: dict[str, Any] = {"messages": messages}
         if tools:
             body["tools"] = tools
@@ -76,21 +68,17 @@ class LlamaServerClient:
         return (await self._post("/tokenize", body))["tokens"]
 
     async def prefill(self, tokens: list[int]) -> dict[str, Any]:
-        """Evaluate the prompt into the slot's KV cache, generate nothing; returns the timings."""
         body = {"prompt": tokens, "n_predict": 0, "cache_prompt": True, "id_slot": self.slot}
         return (await self._post("/completion", body)).get("timings", {})
 
     async def next_token(self, tokens: list[int], top: int = 10) -> tuple[list[tuple[str, float]], dict[str, Any]]:
-        """The model's `top` most likely next tokens after `tokens` as (text, probability), and the
-        request's timings. Evaluates the prompt into the slot's cache, so what follows starts there."""
+        """Also evaluates the prompt into the slot's cache, so what follows starts there."""
         body = {"prompt": tokens, "n_predict": 1, "n_probs": top, "cache_prompt": True, "id_slot": self.slot}
         reply = await self._post("/completion", body)
         probabilities = reply["completion_probabilities"][0]["top_logprobs"]
         return [(p["token"], math.exp(p["logprob"])) for p in probabilities], reply.get("timings", {})
 
-    async def stream(self, tokens: list[int], n_predict: int, sampling: dict[str, Any]) -> AsyncIterator[Piece]:
-        """Continue `tokens`; yields pieces until the server stops or the caller stops iterating.
-        `sampling`: more `/completion` fields (temperature, seed, grammar, ...)."""
+    async def stream(self, tokens: list[int], n_predict: int, fields: dict[str, Any]) -> AsyncIterator[Piece]:
         body = {
             "prompt": tokens,
             "n_predict": n_predict,
@@ -99,7 +87,7 @@ class LlamaServerClient:
             "stream": True,
             "return_tokens": True,
             "timings_per_token": True,
-            **sampling,
+            **fields,
         }
         async with self.session.post(self.base_url + "/completion", json=body) as response:
             if response.status != 200:
@@ -115,3 +103,10 @@ class LlamaServerClient:
                     stop_type=event.get("stop_type"),
                     timings=event.get("timings", {}),
                 )
+
+    def call_fields(self, names: tuple[str, ...], forced: bool) -> dict[str, Any]:
+        grammar = CallGrammar(names)
+        return grammar.forced_fields() if forced else grammar.lazy_fields()
+
+    def speech_fields(self) -> dict[str, Any]:
+        return {"grammar": SPEECH_ONLY_GBNF}

@@ -1,0 +1,423 @@
+"""Pipecat LLM service with exact cache reuse, optionally interleaved with the TTS, on any
+`LLMBackend` (`llm_backend.py`; llama-server: `llama_llm.py`).
+
+Every turn: the context's messages go through the model's own chat template (`backend.render`),
+the rendered prompt becomes tokens through the conversation's `TokenHistory` (exact prefix of
+what the server already holds), and generation streams token ids back into the history; the first
+response's timings report the cache hit. At pipeline start the system prompt is prefilled, so the
+first turn finds it cached too.
+
+Interleaved (an `Interleaver` given): the reply is generated in segments. The first ends at the
+first clause or sentence boundary, so the TTS can start on a few words; later ones at the first
+sentence end after `segment_tokens`. A segment is pushed whole, followed by a mark, and the next
+one starts only when the TTS has synthesized it: exactly one wait per segment, so LLM and TTS
+never run at the same time. Without an `Interleaver` the reply streams token by token.
+
+On an interruption Pipecat cancels the turn: the open stream closes (the server stops), and the
+next prompt, rendered from a context that keeps only what was spoken, reuses the history up to
+that point and drops the rest.
+
+Tools: the context's tools are rendered by the model's own template; while generating, text that
+may start a call is held back from the TTS, and the backend's constraints make the reply speech or
+a well-formed call, as the model's first token decides (`tool_calls.py`); at the end of the reply
+the calls are checked against their schemas and run through Pipecat's function-calling machinery,
+exactly as `OpenAILLMService` does, so the assistant aggregator records call and result and asks
+for the next reply. A call that cannot run goes back
+to the model as an error result. One user turn gets one call that succeeds (after its result the
+model must answer in words: small models otherwise call on and on) and one retry after a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+from pipecat.frames.frames import (
+    Frame,
+    FunctionCallFromLLM,
+    FunctionCallInProgressFrame,
+    FunctionCallResultFrame,
+    FunctionCallsStartedFrame,
+    InterruptionFrame,
+    LLMContextFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    MetricsFrame,
+    StartFrame,
+)
+from pipecat.metrics.metrics import LLMTokenUsage, MetricsData
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.services.llm_service import LLMService
+from pipecat.services.settings import LLMSettings
+from pipecat.utils.types import is_given
+
+from pipecat_services import tool_calls
+from pipecat_services.interleaving import Interleaver
+from pipecat_services.llm_backend import LLMBackend
+from pipecat_services.token_history import TokenHistory
+from servers.tts.text import FIRST_SEGMENT_WORDS, ends_clause, ends_sentence, phrase_cut
+
+MAX_FAILED_CALLS = 2
+"""Failed tool calls one user turn may make (a call and one retry); then the model must speak."""
+CALL_THRESHOLD = 0.25
+"""Measured on the packaged Qwen2.5 1.5B with the bot's prompt and tools: requests for a tool put
+0.3-0.6 of the first token's probability on opening a call, other questions 0-0.18; with more tools
+(`benchmarks.tools`) the ranges overlap (0.06-0.87 vs 0-0.28)."""
+
+
+class PromptCacheMetricsData(MetricsData):
+    """The server's KV-cache reuse for a turn's prompt.
+
+    `value` (the cache hit ratio) = cached_tokens / reusable_tokens: of the prompt tokens the server
+    has already seen in this conversation (everything but the new user turn), the share it served
+    from its cache. cached_tokens / prompt_tokens is the share of the whole prompt, which can never
+    reach 1 because the new user turn is always new.
+    """
+
+    value: float
+    cached_tokens: int
+    reusable_tokens: int
+    prompt_tokens: int
+
+
+def without_earlier_calls(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages the model sees: tool calls and results of earlier user turns leave the prompt
+    (their spoken answers stay). A small model that sees one call in its history calls a tool on
+    every later turn (first-token call probability 0.4-0.99 for "How many legs does a spider have?"
+    after one "What time is it?"). Costs one re-prefill of the tool turn's answer on the next turn."""
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=0)
+    return [
+        m for i, m in enumerate(messages)
+        if i >= last_user or not (m["role"] == "tool" or (m["role"] == "assistant" and m.get("tool_calls")))
+    ]
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What one request generated: the speech, and what was held back from it as a possible call."""
+
+    speech: str
+    held: str
+    tokens: int
+    finished: bool
+
+
+@dataclass
+class Segmenting:
+    """When a segment ends: the first at any clause or, with `first_words`, at a phrase boundary
+    (`phrase_cut`); later ones at a sentence end after `min_tokens`; any at `max_tokens`."""
+
+    first: bool
+    min_tokens: int
+    max_tokens: int
+    first_words: tuple[int, int] | None = None
+
+    def done(self, text: str, n_tokens: int) -> bool:
+        if n_tokens >= self.max_tokens:
+            return True
+        if self.first:
+            if self.first_words and phrase_cut(text, *self.first_words) is not None:
+                return True
+            return n_tokens >= 2 and (ends_sentence(text) or ends_clause(text))
+        return n_tokens >= self.min_tokens and ends_sentence(text)
+
+    def split(self, text: str) -> tuple[str, str]:
+        """(text to speak now, text held back for the next segment) of a segment that ended
+        mid-sentence: the words after the phrase cut, or a last word that may still be growing."""
+        if ends_sentence(text) or ends_clause(text):
+            return text, ""
+        cut = phrase_cut(text, *self.first_words) if self.first and self.first_words else None
+        if cut is None:
+            cut = text.rstrip().rfind(" ")
+        return (text[:cut], text[cut:]) if cut and cut > 0 else (text, "")
+
+
+class TokenLLMService(LLMService):
+    """Chat through an `LLMBackend`, reusing its cache exactly; interleaves with our TTS if asked."""
+
+    # Failures reach the model as {"error": ...}, like our own rejections (`tool_calls.is_error`).
+    FUNCTION_CALL_ERROR_MESSAGE_TEMPLATE = '{{"error": "the function {function_name} failed and returned no result"}}'
+    MISSING_FUNCTION_CALL_MESSAGE_TEMPLATE = '{{"error": "the function {function_name} is not available"}}'
+
+    def __init__(
+        self,
+        *,
+        backend: LLMBackend,
+        interleaver: Interleaver | None = None,
+        segment_tokens: int = 32,
+        max_segment_tokens: int = 96,
+        first_segment_words: tuple[int, int] | None = FIRST_SEGMENT_WORDS,
+        interleaved_segments: int | None = None,
+        warm_context: LLMContext | None = None,
+        call_threshold: float | None = CALL_THRESHOLD,
+        settings: LLMSettings | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """`interleaver`: interleave with the TTS (None streams freely). Later segments end at the first
+        sentence end after `segment_tokens` tokens, and at `max_segment_tokens` at the latest; the
+        first at a phrase boundary after `first_segment_words` = (min, max) words. `interleaved_segments`:
+        how many segments wait for the TTS (None: all; 1: only the first, then the reply streams).
+        `warm_context`: the conversation's context, whose system
+        prompt and tools are prefilled at pipeline start (default: the system instruction alone).
+        `call_threshold`: how likely the model's first tokens must open a tool call for the reply to
+        be one (see `_tool_fields`; measure with `python -m benchmarks.tools`)."""
+        defaults = LLMSettings(
+            model=str(backend),
+            system_instruction=None,
+            temperature=0.7,
+            max_tokens=400,
+            top_p=None,
+            top_k=None,
+            frequency_penalty=None,
+            presence_penalty=None,
+            seed=None,
+            filter_incomplete_user_turns=False,
+            user_turn_completion_config=None,
+        )
+        if settings is not None:
+            defaults.apply_update(settings)
+        super().__init__(settings=defaults, **kwargs)
+        self.backend = backend
+        self.history = TokenHistory()
+        self.interleaver = interleaver
+        self.segment_tokens = segment_tokens
+        self.max_segment_tokens = max_segment_tokens
+        self.first_segment_words = first_segment_words
+        self.interleaved_segments = interleaved_segments
+        self.last_turn: dict[str, Any] = {}
+        self._history_lock = asyncio.Lock()
+        self._warm_context = warm_context
+        self.call_threshold = call_threshold
+
+    def can_generate_metrics(self) -> bool:
+        return True
+
+    async def start(self, frame: StartFrame) -> None:
+        await super().start(frame)
+        self.create_task(self._warm_up(), "warm_up")
+
+    async def _warm_up(self) -> None:
+        """Prefill the system prompt and tools while the user is still speaking, so turn 1 finds them cached."""
+        try:
+            async with self._history_lock:
+                if self.history.blocks:
+                    return
+                messages, tools, _ = await self._invocation(self._warm_context or LLMContext())
+                rendered = await self.backend.render(messages, tools)
+                prompt, _ = await self.history.prompt(rendered, self.backend.tokenize)
+                await self.backend.prefill(prompt)
+        except Exception as e:
+            logger.warning(f"{self}: warm-up failed ({e}); the first turn will prefill the system prompt")
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        await self.backend.close()
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, LLMContextFrame):
+            await self.push_frame(LLMFullResponseStartFrame())
+            await self.start_processing_metrics()
+            try:
+                await self.respond(frame.context)
+            except Exception as e:
+                await self.push_error(error_msg=f"{self.backend}: {e}", exception=e)
+            finally:
+                await self.stop_processing_metrics()
+                await self.push_frame(LLMFullResponseEndFrame())
+        elif isinstance(frame, InterruptionFrame):
+            if self.interleaver is not None:
+                self.interleaver.cancel_all()
+            await self.push_frame(frame, direction)
+        else:
+            await self.push_frame(frame, direction)
+
+    def _sampling(self) -> dict[str, Any]:
+        s = self._settings
+        values = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "seed": s.seed}
+        return {k: v for k, v in values.items() if is_given(v) and v is not None}
+
+    async def _invocation(self, context: LLMContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, Any]:
+        """(messages, tools, tool_choice) in OpenAI's format, as the template renders them."""
+        params = await self.get_llm_adapter().get_llm_invocation_params(
+            context, system_instruction=self._settings.system_instruction, convert_developer_to_user=True
+        )
+        tools = params.get("tools")
+        return without_earlier_calls(params["messages"]), (tools if is_given(tools) and tools else None), params.get(
+            "tool_choice"
+        )
+
+    async def respond(self, context: LLMContext) -> None:
+        async with self._history_lock:
+            await self._respond(context)
+
+    async def _respond(self, context: LLMContext) -> None:
+        await self.start_ttfb_metrics()
+        messages, tools, tool_choice = await self._invocation(context)
+        rendered = await self.backend.render(messages, tools)
+        prompt, reused = await self.history.prompt(rendered, self.backend.tokenize)
+        self.last_turn = {"prompt_tokens": len(prompt), "reusable_tokens": reused}
+        fields = self._sampling()
+        if tools:
+            fields |= await self._tool_fields(prompt, tools, self._calls_allowed(messages, tool_choice))
+        watch = bool(tools)
+        completion, held = await (self._interleaved(fields, watch) if self.interleaver else self._streamed(fields, watch))
+        await self.start_llm_usage_metrics(
+            LLMTokenUsage(
+                prompt_tokens=len(prompt),
+                completion_tokens=completion,
+                total_tokens=len(prompt) + completion,
+                cache_read_input_tokens=self.last_turn.get("cache_n", 0),
+            )
+        )
+        logger.debug(f"{self}: turn {self.last_turn}, {completion} tokens generated")
+        if held:
+            await self._end_reply(held, context, tools or [])
+
+    @staticmethod
+    def _calls_allowed(messages: list[dict[str, Any]], tool_choice: Any) -> bool:
+        """No call once one of this user turn has succeeded, after `MAX_FAILED_CALLS` failures, or
+        with `tool_choice: none`."""
+        since_user = next((i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "user"), -1)
+        results = [m.get("content") for m in messages[since_user + 1 :] if m["role"] == "tool"]
+        failed = sum(tool_calls.is_error(r) for r in results)
+        return tool_choice != "none" and len(results) == failed and failed < MAX_FAILED_CALLS
+
+    async def _tool_fields(self, prompt: list[int], tools: list[dict[str, Any]], calls_allowed: bool) -> dict:
+        """The constraints of this reply: speech only, or decided by the model's first token: a call
+        when the tokens that open one are at least `call_threshold` likely (None: the model may
+        speak and then call)."""
+        if not calls_allowed:
+            return self.backend.speech_fields()
+        names = tuple(t["function"]["name"] for t in tools)
+        if self.call_threshold is None:
+            return self.backend.call_fields(names, forced=False)
+        next_tokens, timings = await self.backend.next_token(prompt)
+        await self._report_cache(timings)
+        self.last_turn["call_probability"] = round(tool_calls.call_probability(next_tokens), 3)
+        if self.last_turn["call_probability"] >= self.call_threshold:
+            return self.backend.call_fields(names, forced=True)
+        return self.backend.speech_fields()
+
+    async def _end_reply(self, held: str, context: LLMContext, tools: list[dict[str, Any]]) -> None:
+        """The text held back as a possible call: run the calls in it, or speak it if it was none.
+        A tool's name never reaches the TTS (a small model sometimes describes a call in words)."""
+        _, calls = tool_calls.parse(held)
+        if not calls:
+            if any(t["function"]["name"] in held for t in tools):
+                logger.warning(f"{self}: dropped a reply that talks about a tool instead of calling it: {held!r}")
+            else:
+                await self._push_llm_text(held)
+            return
+        declared = {t["function"]["name"]: t["function"] for t in tools}
+        checked = [tool_calls.check(call, declared) for call in calls]
+        as_pipecat = [
+            FunctionCallFromLLM(function_name=c.name, tool_call_id=f"call_{uuid.uuid4().hex[:12]}", arguments=c.arguments,
+                                context=context)
+            for c in checked
+        ]
+        if any(c.error for c in checked):
+            await self._reject_calls(as_pipecat, [c.error for c in checked])
+        else:
+            await self.run_function_calls(as_pipecat)
+
+    async def _reject_calls(self, calls: list[FunctionCallFromLLM], errors: list[str | None]) -> None:
+        """Settle calls that cannot run with an error result, as Pipecat settles a handler that
+        raised: the aggregator records each call and its result, and the model answers again."""
+        await self.broadcast_frame(FunctionCallsStartedFrame, function_calls=calls)
+        for i, (call, error) in enumerate(zip(calls, errors)):
+            reason = error or "not run: another call of the same reply was invalid"
+            logger.warning(f"{self}: rejected call {call.function_name}({call.arguments}): {reason}")
+            common = {"function_name": call.function_name, "tool_call_id": call.tool_call_id, "arguments": call.arguments}
+            await self.broadcast_frame(FunctionCallInProgressFrame, **common, cancel_on_interruption=True)
+            await self.broadcast_frame(
+                FunctionCallResultFrame, **common, result={"error": reason}, run_llm=i == len(calls) - 1, error=reason
+            )
+
+    async def _generate(
+        self, budget: int, segmenting: Segmenting | None, fields: dict[str, Any], watch_calls: bool
+    ) -> Generated:
+        """Stream from the history's end; stop at the segment boundary, never inside a possible call.
+
+        Without `segmenting` the speech is pushed as it arrives (free streaming)."""
+        text, n_tokens, pushed, speech_end = "", 0, 0, 0
+        async for piece in self.backend.stream(self.history.tokens, budget, fields):
+            if "cache_n" not in self.last_turn and piece.timings:
+                await self._report_cache(piece.timings)
+            if piece.tokens:
+                self.history.add_generated(piece.text, piece.tokens)
+                n_tokens += len(piece.tokens)
+                text += piece.text
+            speech_end = tool_calls.call_start(text) if watch_calls else len(text)
+            if segmenting is None and speech_end > pushed:
+                await self.stop_ttfb_metrics()
+                await self._push_llm_text(text[pushed:speech_end])
+                pushed = speech_end
+            if piece.stop:
+                break
+            if segmenting is not None and speech_end == len(text) and segmenting.done(text, n_tokens):
+                return Generated(text, "", n_tokens, False)
+        return Generated(text[:speech_end], text[speech_end:], n_tokens, True)
+
+    async def _report_cache(self, timings: dict[str, Any]) -> None:
+        """The turn's KV-cache reuse, from the timings of its first streamed token."""
+        cached, evaluated = timings.get("cache_n", 0), timings.get("prompt_n", 0)
+        reused = self.last_turn["reusable_tokens"]
+        hit = min(1.0, cached / reused) if reused else 0.0
+        self.last_turn.update(
+            cache_n=cached,
+            prompt_n=evaluated,
+            cache_hit_ratio=round(hit, 4),
+            prompt_cached_share=round(cached / max(1, cached + evaluated), 4),
+        )
+        data = PromptCacheMetricsData(
+            processor=self.name,
+            model=self._settings.model,
+            value=hit,
+            cached_tokens=cached,
+            reusable_tokens=reused,
+            prompt_tokens=self.last_turn["prompt_tokens"],
+        )
+        await self.push_frame(MetricsFrame(data=[data]))
+
+    async def _streamed(self, fields: dict[str, Any], watch_calls: bool) -> tuple[int, str]:
+        generated = await self._generate(self._settings.max_tokens, None, fields, watch_calls)
+        return generated.tokens, generated.held
+
+    async def _interleaved(self, fields: dict[str, Any], watch_calls: bool) -> tuple[int, str]:
+        """Returns (tokens generated, text held back as a possible call)."""
+        assert self.interleaver is not None
+        total, segments, carry = 0, 0, ""
+        while total < self._settings.max_tokens:
+            if segments == self.interleaved_segments:
+                if carry:
+                    await self._push_llm_text(carry)
+                generated = await self._generate(self._settings.max_tokens - total, None, fields, watch_calls)
+                return total + generated.tokens, generated.held
+            started = time.perf_counter()
+            segmenting = Segmenting(
+                segments == 0, self.segment_tokens, self.max_segment_tokens, self.first_segment_words
+            )
+            generated = await self._generate(self._settings.max_tokens - total, segmenting, fields, watch_calls)
+            self.interleaver.llm_busy(started, time.perf_counter())
+            total += generated.tokens
+            text = carry + generated.speech
+            spoken, carry = (text, "") if generated.finished else segmenting.split(text)
+            if spoken:
+                await self.stop_ttfb_metrics()
+                await self._push_llm_text(spoken)
+            if generated.finished:
+                return total, generated.held
+            mark = self.interleaver.new_mark()
+            await self.push_frame(mark)
+            if not await self.interleaver.wait(mark):
+                logger.warning(f"{self}: the TTS did not answer mark {mark.mark_id}; going on")
+            segments += 1
+        if carry:
+            await self._push_llm_text(carry)
+        return total, ""
