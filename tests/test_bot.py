@@ -44,21 +44,26 @@ async def heard(whisper, audio: np.ndarray) -> str:
     return (await whisper.transcribe(audio.astype(np.float32) / 32768)).lower()
 
 
-async def test_spoken_question_gets_a_spoken_answer(bot_server, whisper, say_wav):
-    client = WebRTCVoiceClient(bot_server.http_url)
+async def one_question(url: str, whisper, question: np.ndarray) -> tuple[str, dict | None]:
+    """A session with one spoken question: what the bot said (transcribed) and its turn_latency."""
+    client = WebRTCVoiceClient(url)
     await client.connect()
     try:
-        speech_end, reply = await ask(client, say_wav("What is the capital of France?"))
+        speech_end, reply = await ask(client, question)
         assert reply is not None, "the bot never answered"
         said = await heard(whisper, client.audio.between(reply[0] - 0.1, reply[1] + 0.1))
-        latency = await client.wait_for_message("turn_latency", speech_end, timeout=5)
+        return said, await client.wait_for_message("turn_latency", speech_end, timeout=5)
     finally:
         await client.close()
+
+
+async def test_spoken_question_gets_a_spoken_answer(bot_server, whisper, say_wav):
+    said, latency = await one_question(bot_server.http_url, whisper, say_wav("What is the capital of France?"))
     assert "paris" in said, said
     assert latency is not None and "capital" in latency["user_text"].lower(), latency
     for stage in ("stt_final_ms", "llm_ttfb_ms", "tts_ttfb_ms", "server_v2v_ms"):
         assert latency[stage] is not None and 0 < latency[stage] < 20_000, (stage, latency)
-    print(f"\nclient V2V {1000 * (reply[0] - speech_end):.0f} ms; bot: {latency}")
+    print(f"\nbot: {latency}")
 
 
 async def test_barge_in_stops_the_bot_and_keeps_only_what_was_heard(bot_server, whisper, say_wav):
@@ -85,15 +90,7 @@ async def test_barge_in_stops_the_bot_and_keeps_only_what_was_heard(bot_server, 
 
 async def test_what_time_is_it_gets_the_current_time(tool_bot_server, whisper, say_wav):
     """The default `get_current_time` tool, end to end: the spoken answer has the hour of now."""
-    client = WebRTCVoiceClient(tool_bot_server.http_url)
-    await client.connect()
-    try:
-        speech_end, reply = await ask(client, say_wav("What time is it?"))
-        assert reply is not None, "the bot never answered"
-        said = await heard(whisper, client.audio.between(reply[0] - 0.1, reply[1] + 0.1))
-        latency = await client.wait_for_message("turn_latency", speech_end, timeout=5)
-    finally:
-        await client.close()
+    said, latency = await one_question(tool_bot_server.http_url, whisper, say_wav("What time is it?"))
     now = datetime.now()
     hours = {now.hour, now.hour % 12 or 12, (now.hour + 1) % 24, (now.hour + 1) % 12 or 12}  # a turn at :59
     spoken_hours = {str(h) for h in hours} | {num2words(h) for h in hours}
@@ -106,16 +103,8 @@ async def test_two_sessions_each_get_their_own_answer(bot_server, whisper, say_w
     questions = {"What is the capital of France?": "paris", "How many legs does a spider have?": ("eight", "8")}
 
     async def session(question: str) -> tuple[str, str]:
-        client = WebRTCVoiceClient(bot_server.http_url)
-        await client.connect()
-        try:
-            speech_end, reply = await ask(client, say_wav(question))
-            assert reply is not None, f"no answer to {question!r}"
-            latency = await client.wait_for_message("turn_latency", speech_end, timeout=5) or {}
-            said = await heard(whisper, client.audio.between(reply[0] - 0.1, reply[1] + 0.1))
-        finally:
-            await client.close()
-        return latency.get("user_text", "").lower(), said
+        said, latency = await one_question(bot_server.http_url, whisper, say_wav(question))
+        return (latency or {}).get("user_text", "").lower(), said
 
     (heard_a, said_a), (heard_b, said_b) = await asyncio.gather(*(session(q) for q in questions))
     assert "france" in heard_a and "spider" not in heard_a, heard_a
