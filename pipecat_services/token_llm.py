@@ -248,9 +248,8 @@ class TokenLLMService(LLMService):
             context, system_instruction=self._settings.system_instruction, convert_developer_to_user=True
         )
         tools = params.get("tools")
-        return without_earlier_calls(params["messages"]), (tools if is_given(tools) and tools else None), params.get(
-            "tool_choice"
-        )
+        tools = tools if is_given(tools) and tools else None
+        return without_earlier_calls(params["messages"]), tools, params.get("tool_choice")
 
     async def respond(self, context: LLMContext) -> None:
         async with self._history_lock:
@@ -265,8 +264,8 @@ class TokenLLMService(LLMService):
         fields = self._sampling()
         if tools:
             fields |= await self._tool_fields(prompt, tools, self._calls_allowed(messages, tool_choice))
-        watch = bool(tools)
-        completion, held = await (self._interleaved(fields, watch) if self.interleaver else self._streamed(fields, watch))
+        generate = self._interleaved if self.interleaver else self._streamed
+        completion, held = await generate(fields, watch_calls=bool(tools))
         await self.start_llm_usage_metrics(
             LLMTokenUsage(
                 prompt_tokens=len(prompt),
@@ -317,9 +316,7 @@ class TokenLLMService(LLMService):
         declared = {t["function"]["name"]: t["function"] for t in tools}
         checked = [tool_calls.check(call, declared) for call in calls]
         as_pipecat = [
-            FunctionCallFromLLM(function_name=c.name, tool_call_id=f"call_{uuid.uuid4().hex[:12]}", arguments=c.arguments,
-                                context=context)
-            for c in checked
+            FunctionCallFromLLM(c.name, f"call_{uuid.uuid4().hex[:12]}", c.arguments, context) for c in checked
         ]
         if any(c.error for c in checked):
             await self._reject_calls(as_pipecat, [c.error for c in checked])
@@ -333,7 +330,9 @@ class TokenLLMService(LLMService):
         for i, (call, error) in enumerate(zip(calls, errors)):
             reason = error or "not run: another call of the same reply was invalid"
             logger.warning(f"{self}: rejected call {call.function_name}({call.arguments}): {reason}")
-            common = {"function_name": call.function_name, "tool_call_id": call.tool_call_id, "arguments": call.arguments}
+            common = {
+                "function_name": call.function_name, "tool_call_id": call.tool_call_id, "arguments": call.arguments
+            }
             await self.broadcast_frame(FunctionCallInProgressFrame, **common, cancel_on_interruption=True)
             await self.broadcast_frame(
                 FunctionCallResultFrame, **common, result={"error": reason}, run_llm=i == len(calls) - 1, error=reason

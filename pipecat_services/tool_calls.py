@@ -174,7 +174,8 @@ class CallGrammar:
         return (
             'root ::= ( "<tool_call>" ws )? ( "```" [a-z]* ws )? ( json-call | xml-call ) ws ( "```" ws )? '
             '( "</tool_call>" )?\n'
-            'json-call ::= "{" "{"? ws "\\"name\\"" ws ":" ws name ws "," ws "\\"arguments\\"" ws ":" ws object ws "}" "}"?\n'
+            'json-call ::= "{" "{"? ws "\\"name\\"" ws ":" ws name ws "," ws '
+            '"\\"arguments\\"" ws ":" ws object ws "}" "}"?\n'
             f"name ::= {names}\n"
             'xml-call ::= "<function=" xml-name ">" ws ( "<parameter=" [a-zA-Z0-9_]+ ">" [^<]* "</parameter>" ws )* '
             '"</function>"\n'
