@@ -6,10 +6,11 @@ template's example with doubled braces (`{{"name": ...}}`) or wraps the JSON in 
 instead of `<tool_call>` tags; Nemotron 3 Nano writes `<tool_call><function=NAME><parameter=K>V`.
 So the reply streams as speech only up to the first character that could start a call
 (`call_start`), everything from there is held back, and at the end of the reply `parse` reads
-every form above. While generating, a lazy grammar (`CallGrammar`) wakes at the first of those
-characters and allows only a call of a declared function with a JSON object of arguments, in any of
-the forms the model likes to begin, so llama-server never fights the model over whitespace or
-fences (a grammar that does costs up to 10x in decode speed).
+every form above. Whether a reply is a call at all is decided from the model's first-token
+distribution (`call_probability`); a call is then held by a GBNF grammar (`CallGrammar`) to a
+declared function with a JSON object of arguments, in any of the forms the model likes to begin, so
+llama-server never fights the model over whitespace or fences (a grammar that does costs up to 10x
+in decode speed). A speech reply gets `SPEECH_ONLY_GBNF`.
 """
 
 from __future__ import annotations
@@ -150,8 +151,8 @@ number ::= "-"? [0-9]+ ( "." [0-9]+ )? ( [eE] [-+]? [0-9]+ )?
 
 @dataclass(frozen=True)
 class CallGrammar:
-    """llama-server's lazy grammar for the calls of `names`: off while the model speaks, on from
-    the first character that could start a call (`call_start`), then a call and nothing else."""
+    """llama-server's grammar for a call of one of `names`: forced (the reply is a call), or lazy
+    (off while the model speaks, on from the first character that could open a call)."""
 
     names: tuple[str, ...]
 
