@@ -17,7 +17,7 @@ from typing import Any
 
 from loguru import logger
 
-from servers.common import add_flag
+from servers.cli import add_flag
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly voice assistant running on the user's own machine. Your replies are "

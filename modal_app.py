@@ -20,12 +20,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 import tomllib
 import urllib.request
 from pathlib import Path
 
 import modal
+
+from servers.processes import ServerProcess
 
 APP_NAME = "nemotron-voice-agent"
 ROOT = Path(__file__).parent
@@ -100,6 +101,7 @@ llm_image = (
     modal.Image.from_registry(LLAMA_CPP_CUDA_IMAGE, add_python="3.12")
     .entrypoint([])  # the image's entrypoint is llama-server; Modal runs its own
     .env({"LLAMA_CACHE": f"{CACHE}/llama.cpp"})
+    .add_local_python_source("servers")  # this module imports servers.processes in every container
 )
 bot_image = (
     modal.Image.debian_slim(python_version="3.11")
@@ -123,22 +125,6 @@ SERVER_OPTIONS = {
 }
 
 
-def wait_healthy(process: subprocess.Popen, port: int, timeout: float = 30 * MINUTES) -> None:
-    """Until GET /health answers 200 (503 while the model loads); the server dying is an error."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[:3]} exited with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"no healthy server on port {port} after {timeout:.0f} s")
-
-
 class ModelServer:
     """Start the server, wait for its health, run one real request so the first caller does not pay
     for CUDA initialisation, and save any weights it downloaded to the volume."""
@@ -153,15 +139,14 @@ class ModelServer:
 
     @modal.enter()
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command(), cwd="/root")
-        wait_healthy(self.process, self.port)
+        self.server = ServerProcess(self.command(), f"http://127.0.0.1:{self.port}/health", cwd="/root")
+        self.server.run(timeout=30 * MINUTES)
         self.warm_up()
         models.commit()
 
     @modal.exit()
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
+        self.server.stop(grace_s=15)
 
 
 @app.cls(image=nemo_image, max_containers=4, **SERVER_OPTIONS)

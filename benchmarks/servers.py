@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from servers.common import wait_healthy
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from servers.processes import LocalServer
 
 
 @asynccontextmanager
@@ -27,13 +16,9 @@ async def running_server(module: str, url: str | None, args: list[str], log: Pat
     if url:
         yield url
         return
-    port = free_port()
-    cmd = [sys.executable, "-m", module, "--port", str(port), *args]
-    with log.open("w") as out:
-        process = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    server = LocalServer(module, args, log)
     try:
-        await asyncio.to_thread(wait_healthy, f"http://127.0.0.1:{port}/health", process)
-        yield f"ws://127.0.0.1:{port}"
+        await asyncio.to_thread(server.run)
+        yield server.url
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        await asyncio.to_thread(server.stop)

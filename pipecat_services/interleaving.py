@@ -7,8 +7,8 @@ run at once. The handshake is a *mark*: the LLM pushes `TTSMarkFrame` after a se
 TTS service forwards it to the TTS server in order with the text, the server answers once the
 audio before it is synthesized, and the TTS service calls `reached`.
 
-The scheduler also records when each side was busy, for metrics and for the test that proves
-the two never overlap.
+The scheduler also records when each side was busy (the last `BUSY_SPANS` spans: a call may last
+hours), for the test that proves the two never overlap.
 """
 
 from __future__ import annotations
@@ -16,9 +16,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from pipecat.frames.frames import DataFrame
+
+
+BUSY_SPANS = 256
 
 
 @dataclass
@@ -39,7 +43,7 @@ class Interleaver:
     def __init__(self, timeout_s: float = 10.0) -> None:
         """`timeout_s`: how long the LLM waits for a mark before going on (a TTS that never answers)."""
         self.timeout_s = timeout_s
-        self.busy: list[Busy] = []
+        self.busy: deque[Busy] = deque(maxlen=BUSY_SPANS)
         self._waiting: dict[str, asyncio.Future[None]] = {}
         self._sent_at: dict[str, float] = {}
         self._ids = itertools.count(1)
@@ -58,6 +62,7 @@ class Interleaver:
             await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
             return True
         except TimeoutError:
+            self._sent_at.pop(mark.mark_id, None)
             return False
         finally:
             self._waiting.pop(mark.mark_id, None)

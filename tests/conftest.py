@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections.abc import Awaitable, Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from benchmarks.audio import read_wav, speak
-from benchmarks.servers import ROOT, free_port
-from servers.common import wait_healthy
+from servers.processes import LocalServer
 
 SENTENCES = [
     "What is the capital of France?",
@@ -26,40 +21,29 @@ SENTENCES = [
 ]
 
 
-class ServerProcess:
+class ServerProcess(LocalServer):
     """A model server started as its own process, the way users run it."""
-
-    def __init__(
-        self, module: str, args: list[str], log: Path, health: str = "/health", env: dict[str, str] | None = None
-    ) -> None:
-        self.port = free_port()
-        self.module, self.args, self.log, self.health, self.env = module, args, log, health, env or {}
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", self.module, "--port", str(self.port), *self.args]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log.open("a"), stderr=subprocess.STDOUT)
-        wait_healthy(f"http://127.0.0.1:{self.port}{self.health}", self.process)
 
     async def crash_and_restart(self, after: Awaitable) -> None:
         """Once `after` is done, kill the server (no clean close), then start it again on the same port."""
         await after
-        self.process.kill()
-        await asyncio.to_thread(self.start)
+        self.kill()
+        await asyncio.to_thread(self.run)
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
+
+BOT_VOICE = "en-us+m3"
+"""The espeak-ng voice Whisper tiny.en hears best ("of France", not "and friends")."""
+
+
+@pytest.fixture(scope="session")
+def say_wav(tmp_path_factory: pytest.TempPathFactory):
+    """Speech for the bot to hear: text → 16 kHz int16 audio."""
+    folder = tmp_path_factory.mktemp("bot_speech")
+
+    def make(text: str) -> np.ndarray:
+        return read_wav(speak(text, folder / f"{abs(hash(text))}.wav", voice=BOT_VOICE, words_per_minute=150))
+
+    return make
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +57,7 @@ def serve_for_session(
     factory: pytest.TempPathFactory, module: str, args: list[str], **kwargs
 ) -> Iterator[ServerProcess]:
     server = ServerProcess(module, args, factory.mktemp("logs") / f"{module}.log", **kwargs)
-    server.start()
+    server.run()
     yield server
     server.stop()
 

@@ -76,7 +76,7 @@ async def test_resamples_pipeline_audio_to_16k(asr_server, speech):
 async def test_reconnects_after_server_crash(tmp_path, speech):
     (text1, audio1), (text2, audio2) = speech[2], speech[3]
     server = ServerProcess("servers.asr", ["--engine", "whisper"], tmp_path / "asr.log")
-    server.start()
+    server.run()
     stt = ASRServerSTTService(url=server.url)
     connections = Count()
     stt.add_event_handler("on_connected", connections.add)

@@ -16,22 +16,9 @@ import pytest
 import soxr
 from num2words import num2words
 
-from benchmarks.audio import read_wav, speak
 from benchmarks.webrtc_client import WebRTCVoiceClient
 
 pytestmark = pytest.mark.timeout(300)
-VOICE = "en-us+m3"
-"""The espeak-ng voice Whisper tiny.en hears best ("of France", not "and friends")."""
-
-
-@pytest.fixture(scope="module")
-def say_wav(tmp_path_factory: pytest.TempPathFactory):
-    folder = tmp_path_factory.mktemp("bot_speech")
-
-    def make(text: str) -> np.ndarray:
-        return read_wav(speak(text, folder / f"{abs(hash(text))}.wav", voice=VOICE, words_per_minute=150))
-
-    return make
 
 
 async def ask(client: WebRTCVoiceClient, audio: np.ndarray) -> tuple[float, tuple[float, float] | None]:

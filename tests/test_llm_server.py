@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.servers import ROOT, free_port
-from servers.common import wait_healthy
+from servers.processes import ROOT, LocalServer, free_port
 from servers.llm import binary
 from servers.llm.models import MODELS, ModelError, PackagedModel, Part, assemble
 
@@ -124,14 +123,10 @@ def llama_server() -> Path:
     return path
 
 
-class LLMServer:
+class LLMServer(LocalServer):
     def __init__(self, log: Path) -> None:
-        self.port = free_port()
-        cmd = [sys.executable, "-m", "servers.llm", "--model", "smollm2-135m", "--port", str(self.port),
-               "--llama-server", str(llama_server())]  # fmt: skip
-        self.process = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
-        self.log = log
-        wait_healthy(f"http://127.0.0.1:{self.port}/health", self.process, timeout=120)
+        super().__init__("servers.llm", ["--model", "smollm2-135m", "--llama-server", str(llama_server())], log)
+        self.run(timeout=120)
 
     def post(self, path: str, body: dict) -> dict:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)

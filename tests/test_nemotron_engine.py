@@ -369,7 +369,7 @@ async def test_server_restores_a_nemo_file_and_serves_sessions(tiny_model, tmp_p
     path = tmp_path / "tiny.nemo"
     tiny_model.save_to(str(path))
     server = ServerProcess("servers.asr", ["--engine", "nemotron", "--nemotron-model", str(path)], tmp_path / "log")
-    await asyncio.to_thread(server.start)
+    await asyncio.to_thread(server.run)
     try:
 
         async def session(seed: int) -> protocol.Final:

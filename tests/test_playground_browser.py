@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from benchmarks.audio import read_wav, speak, write_wav
-from benchmarks.servers import ROOT
+from servers.processes import ROOT
 
 CHROMIUM = shutil.which("chromium")
 ASSETS = Path(__file__).parent / "playground"

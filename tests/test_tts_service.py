@@ -115,7 +115,7 @@ async def test_interruption_cancels_on_the_server_and_drops_stale_audio(tts_serv
 
 async def test_reconnects_after_server_crash(tmp_path):
     server = ServerProcess("servers.tts", ["--engine", "piper"], tmp_path / "tts.log")
-    server.start()
+    server.run()
     tts = TTSServerTTSService(url=server.url)
     connections = Count()
     tts.add_event_handler("on_connected", connections.add)

@@ -17,7 +17,8 @@ from websockets.exceptions import ConnectionClosed
 
 from servers.asr import protocol
 from servers.asr.engines.base import ASREngine, ASRStream
-from servers.common import ModelServer, add_flag, add_server_flags, main_with_clear_errors
+from servers.cli import add_flag, add_server_flags, main_with_clear_errors
+from servers.serving import ModelServer
 
 DEFAULT_PORT = 8080
 

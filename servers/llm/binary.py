@@ -23,7 +23,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from servers.common import add_flag, setup_logging
+from servers.cli import add_flag, setup_logging
 
 LLAMA_CPP_PYTHON = "0.3.36"
 """Its sdist vendors the llama.cpp we build; the server's flags and endpoints are checked against it."""

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from loguru import logger
 
-from servers.common import DEFAULT_HOST, ServerExited, add_flag, port_is_free, setup_logging, wait_healthy
+from servers.cli import DEFAULT_HOST, add_flag, setup_logging
+from servers.processes import ServerExited, port_is_free, wait_healthy
 from servers.llm.binary import BinaryError, add_binary_flags, ensure
 from servers.llm.models import DEFAULT_MODEL, MODELS, ModelError, resolve
 

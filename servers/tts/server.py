@@ -21,7 +21,8 @@ from loguru import logger
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from servers.common import ModelServer, add_flag, add_server_flags, main_with_clear_errors
+from servers.cli import add_flag, add_server_flags, main_with_clear_errors
+from servers.serving import ModelServer
 from servers.tts import protocol
 from servers.tts.engines.base import TTSEngine
 from servers.tts.protocol import ErrorCode, ProtocolError

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from servers.asr.engines.base import ASREngine, ASRStream, InterimCallback
 from servers.asr.engines.nemotron_features import IncrementalFeaturizer, MelTail
-from servers.common import load_nemo_model
+from servers.nemo_loading import load_nemo_model
 
 if TYPE_CHECKING:
     from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis

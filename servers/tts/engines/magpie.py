@@ -31,7 +31,7 @@ import torch
 from loguru import logger
 from torch import Tensor
 
-from servers.common import load_nemo_model
+from servers.nemo_loading import load_nemo_model
 from servers.tts.engines.base import TTSEngine
 from servers.tts.engines.codec_stream import CodecStream, measure_context
 
