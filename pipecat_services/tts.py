@@ -64,7 +64,9 @@ class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
         return True
 
     async def _disconnect_websocket(self) -> None:
+        """The server forgets its contexts with the connection: so do we."""
         self._started.clear()
+        self._spoken_s.clear()
         await super()._disconnect_websocket()
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
