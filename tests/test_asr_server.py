@@ -11,6 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from benchmarks.asr import landmarks_in_order, long_speech
 from benchmarks.audio import chunks
 from benchmarks.scoring import wer
 from servers.asr import protocol
@@ -158,3 +159,23 @@ async def test_abrupt_disconnects_do_not_hurt_the_server(asr_server, speech):
     with urllib.request.urlopen(f"http://127.0.0.1:{asr_server.port}/health") as response:
         health = json.load(response)
     assert health["status"] == "ok" and health["engine"] == "whisper"
+
+
+@pytest.fixture(scope="module")
+def long_speeches(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[str, np.ndarray]]:
+    folder = tmp_path_factory.mktemp("long_speech")
+    return {seconds: long_speech(seconds, folder) for seconds in (60, 120)}
+
+
+@pytest.mark.parametrize("seconds", [60, 120])
+async def test_long_speech_comes_back_whole_and_in_order(asr_server, long_speeches, seconds):
+    """Streamed faster than real time: the engine's commits depend on the audio alone (and back-pressure
+    holds a fast client), so the text is what a real-time stream gets; the latency is the benchmark's."""
+    reference, audio = long_speeches[seconds]
+    async with ASRClient(asr_server.url) as client:
+        await stream_utterance(client, audio, realtime=False)
+        final = await client.finalize(timeout=120)
+    assert final.audio_ms == pytest.approx((len(audio) + len(SILENCE_400MS)) / 16, abs=1)
+    assert wer([reference], [final.text]) <= 0.15, final.text
+    landmarks, heard, out_of_place = landmarks_in_order(reference, final.text)
+    assert out_of_place == 0 and heard >= 0.8 * landmarks, final.text

@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks.asr import landmarks_in_order, long_speech
+from benchmarks.audio import speech_bounds
 from benchmarks.scoring import wer
-from servers.asr.engines.whisper import WhisperEngine
+from servers.asr.engines.transcript import Transcript
+from servers.asr.engines.whisper import MAX_PENDING_COMMITS, WhisperEngine
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -77,3 +80,50 @@ async def test_silence_is_never_decoded(engine):
     await feed(stream, np.zeros(0, dtype=np.int16), silence_ms=2000)
     assert await stream.finalize(hard=True) == ""
     assert engine.calls == []
+
+
+async def test_speech_without_a_finalize_keeps_every_buffer_and_decode_bounded(engine, tmp_path):
+    """A minute of speech, never finalized: only the uncommitted tail is kept and decoded."""
+    reference, audio = long_speech(60, tmp_path)
+    engine.calls.clear()
+    stream = engine.open_stream(lambda _: None)
+    held = []
+    samples = as_float(audio)
+    for i in range(0, len(samples), 320):
+        await stream.feed(samples[i : i + 320])
+        held.append(stream._audio.end - stream._audio.start)
+        assert len(stream._commits) <= MAX_PENDING_COMMITS
+    limit = engine.max_tail + 320
+    assert max(held) <= limit and max(engine.calls) <= limit + engine.max_tail, "decodes cover the tail only"
+    assert sum(engine.calls) < 2 * len(audio), "committed audio is not decoded again and again"
+    final = await stream.finalize(hard=True)
+    assert wer([reference], [final]) <= 0.15, final
+    landmarks, heard, out_of_place = landmarks_in_order(reference, final)
+    assert out_of_place == 0 and heard >= 0.8 * landmarks, final
+
+
+async def test_a_tail_without_pauses_is_cut_at_its_quietest_point(engine, speech):
+    """Speech with no pause long enough to commit at: cuts fall between words, none is lost."""
+    voiced = [(a, speech_bounds(a)) for _, a in speech]
+    audio = np.concatenate([a[int(start * 16000) : int(end * 16000)] for a, (start, end) in voiced])
+    reference = " ".join(t for t, _ in speech)
+    engine.calls.clear()
+    commit_min, max_tail = engine.commit_min, engine.max_tail
+    engine.commit_min, engine.max_tail = len(audio), 16000 * 6
+    try:
+        stream = engine.open_stream(lambda _: None)
+        await feed(stream, audio, silence_ms=0)
+        final = await stream.finalize(hard=True)
+    finally:
+        engine.commit_min, engine.max_tail = commit_min, max_tail
+    assert len(engine.calls) >= 3 and max(engine.calls) <= 16000 * 6 + 320, engine.calls
+    assert wer([reference], [final]) <= 0.2, final
+
+
+async def test_the_transcript_keeps_its_latest_characters():
+    transcript = Transcript(max_chars=40)
+    for piece in ["one two three.", " ", "four five six.", "seven eight nine."]:
+        transcript.add(piece)
+    assert transcript.text("ten") == "four five six. seven eight nine. ten"
+    transcript.add("x" * 100)
+    assert len(transcript.text()) <= 40

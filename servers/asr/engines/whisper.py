@@ -6,12 +6,21 @@ to have stopped (the client's soft finalize, or our own trailing-silence detecto
 when the hard finalize arrives and no new speech came in between. While the user speaks, interim
 text comes from occasional re-decodes, at most one per engine at a time, so interims never starve
 the finals of other sessions.
+
+Speech of any length: Whisper sees at most 30 s, and a decode costs more the longer its audio, so
+the stream *commits* the text of audio it will not decode again. When the user pauses and then goes
+on, the speculation of the audio before the pause becomes committed text (if it holds at least
+`commit_min_s`); a tail that runs `max_tail_s` without a pause is cut at its quietest point. Only the
+uncommitted tail is ever decoded again (interims, speculations, the final), so the cost of each of
+them, and the final's latency, stay bounded whatever the utterance's length; committed pieces are
+joined in order, and each sample belongs to exactly one piece, so no word is decoded twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -20,6 +29,7 @@ import numpy as np
 from loguru import logger
 
 from servers.asr.engines.base import SAMPLE_RATE, ASREngine, ASRStream, InterimCallback
+from servers.asr.engines.transcript import Transcript
 
 WINDOW = SAMPLE_RATE * 30 // 1000
 """30 ms analysis window for the speech/silence detector."""
@@ -35,6 +45,11 @@ PRE_SPEECH = SAMPLE_RATE // 2
 repeat the utterance ("What is X? What is X?")."""
 MAX_TOKENS_PER_S = 8
 """Token budget per second of audio: fast speech is ≈5; the bound stops Whisper's repetition loops."""
+QUIET_SPAN = 3
+"""Windows averaged when looking for the quietest point to cut a tail without pauses (90 ms)."""
+MAX_PENDING_COMMITS = 4
+"""Commits decoding at once per stream; past this `feed` waits for the oldest (back-pressure on the
+socket), so a client faster than the engine is slowed down instead of growing memory or losing audio."""
 
 
 def window_rms(samples: np.ndarray) -> np.ndarray:
@@ -48,11 +63,18 @@ def has_speech(samples: np.ndarray, threshold: float) -> bool:
     return bool(window_rms(samples).max(initial=0.0) > threshold)
 
 
-@dataclass
-class _Speculation:
-    """A decode of the first `n_samples` of the utterance, started before the hard finalize."""
+def first_voiced(samples: np.ndarray, threshold: float) -> int | None:
+    """Offset of the first whole 30 ms window of `samples` louder than `threshold`, or None."""
+    voiced = np.flatnonzero(window_rms(samples) > threshold)
+    return int(voiced[0]) * WINDOW if len(voiced) else None
 
-    n_samples: int
+
+@dataclass
+class _Decode:
+    """A decode of the stream's samples [start, end) (absolute positions in the utterance)."""
+
+    start: int
+    end: int
     task: asyncio.Future[str]
 
 
@@ -67,15 +89,20 @@ class WhisperEngine(ASREngine):
         interim_interval_s: float = 1.0,
         endpoint_silence_s: float = 0.12,
         speech_threshold: float = 0.01,
-        max_utterance_s: float = 30.0,
+        commit_min_s: float = 2.0,
+        max_tail_s: float = 10.0,
     ) -> None:
+        """`commit_min_s`: audio before a pause is committed once it holds this much (shorter pieces
+        lose Whisper the context it needs); `max_tail_s`: a tail without a pause this long is cut
+        (it bounds every decode, and the buffer, well under Whisper's 30 s window)."""
         self.model_path = model_path
         self.cpu_threads = cpu_threads
         self.compute_type = compute_type
         self.interim_interval = int(interim_interval_s * SAMPLE_RATE)
         self.endpoint_silence = int(endpoint_silence_s * SAMPLE_RATE)
         self.speech_threshold = speech_threshold
-        self.max_utterance = int(max_utterance_s * SAMPLE_RATE)
+        self.commit_min = int(commit_min_s * SAMPLE_RATE)
+        self.max_tail = int(max_tail_s * SAMPLE_RATE)
         self._model = None
         self._tokenizer = None
         self._prompt: list[int] = []
@@ -157,111 +184,174 @@ class WhisperEngine(ASREngine):
         self._model = None
 
 
+
+
 class _AudioBuffer:
-    """A growable float32 buffer: appends are amortised O(1), views are free."""
+    """The utterance's samples from absolute position `start` to `end`: appends are amortised O(1),
+    views are free, and dropping the front keeps the array no larger than twice what is held."""
 
     def __init__(self) -> None:
         self._data = np.zeros(SAMPLE_RATE * 4, dtype=np.float32)
-        self.size = 0
+        self.start = 0
+        self.end = 0
 
     def append(self, samples: np.ndarray) -> None:
-        if self.size + len(samples) > len(self._data):
-            grown = np.zeros(max(2 * len(self._data), self.size + len(samples)), dtype=np.float32)
-            grown[: self.size] = self._data[: self.size]
+        held = self.end - self.start
+        if held + len(samples) > len(self._data):
+            grown = np.zeros(max(2 * len(self._data), held + len(samples)), dtype=np.float32)
+            grown[:held] = self._data[:held]
             self._data = grown
-        self._data[self.size : self.size + len(samples)] = samples
-        self.size += len(samples)
+        self._data[held : held + len(samples)] = samples
+        self.end += len(samples)
 
-    def view(self, start: int = 0, end: int | None = None) -> np.ndarray:
-        return self._data[start : self.size if end is None else min(end, self.size)]
+    def view(self, start: int, end: int | None = None) -> np.ndarray:
+        """Samples [start, end) in absolute positions, clipped to what is held."""
+        end = self.end if end is None else min(end, self.end)
+        return self._data[max(start, self.start) - self.start : max(end - self.start, 0)]
 
-    def drop_first(self, n: int) -> None:
-        self._data[: self.size - n] = self._data[n : self.size]
-        self.size -= n
+    def drop_until(self, position: int) -> None:
+        n = min(position, self.end) - self.start
+        if n <= 0:
+            return
+        held = self.end - position
+        self._data[:held] = self._data[n : n + held]
+        self.start += n
+        if len(self._data) > 4 * SAMPLE_RATE and held < len(self._data) // 4:
+            self._data = self._data[: len(self._data) // 2].copy()
 
 
 class WhisperStream(ASRStream):
+    """One session's utterance: committed text, then the uncommitted tail [tail_start, end) of audio.
+
+    Positions are absolute sample indices since the utterance began; the buffer holds only the tail.
+    """
+
     def __init__(self, engine: WhisperEngine, on_interim: InterimCallback) -> None:
         super().__init__(on_interim)
         self.engine = engine
-        self._audio = _AudioBuffer()
-        self._analyzed = 0
-        self._speech_end = 0
         self._utterance = 0
-        self._interim_at = 0
-        self._interim_text = ""
         self._interim_task: asyncio.Task[None] | None = None
-        self._speculation: _Speculation | None = None
+        self._begin_utterance()
+
+    def _begin_utterance(self) -> None:
+        self._utterance += 1
+        self._audio = _AudioBuffer()
+        self._transcript = Transcript()
+        self._analyzed = self._speech_end = self._tail_start = self._interim_at = 0
+        self._interim_text = ""
+        self._speculation: _Decode | None = None
+        self._commits: deque[_Decode] = deque()
+        """Commits still decoding, oldest first; their text goes to the transcript in this order."""
 
     async def feed(self, samples: np.ndarray) -> None:
         self._audio.append(samples)
         self._detect_speech()
-        if not self._speech_end and self._audio.size > PRE_SPEECH:
-            self._drop_oldest(self._audio.size - PRE_SPEECH)
-        elif self._audio.size > self.engine.max_utterance:
-            logger.warning(f"utterance longer than {self.engine.max_utterance / SAMPLE_RATE:.0f} s: dropping its start")
-            self._drop_oldest(self._audio.size - self.engine.max_utterance)
-        silence = self._audio.size - self._speech_end
-        if self._speech_end and silence >= self.engine.endpoint_silence:
+        while len(self._commits) >= MAX_PENDING_COMMITS:
+            await asyncio.wait([self._commits[0].task])
+            self._settle_commits()
+        self._settle_commits()
+        end = self._audio.end
+        if self._speech_end <= self._tail_start:
+            self._move_tail(max(self._tail_start, end - PRE_SPEECH))
+        silence = end - self._speech_end
+        if self._speech_end > self._tail_start and silence >= self.engine.endpoint_silence:
             self._speculate()
-        elif silence <= STILL_SPEAKING and self._audio.size - self._interim_at >= self.engine.interim_interval:
+        self._commit_if_due()
+        if silence <= STILL_SPEAKING and end - self._interim_at >= self.engine.interim_interval:
             self._maybe_start_interim()
 
     def _detect_speech(self) -> None:
         """Advance over whole 30 ms windows; remember where the last voiced one ends."""
-        end = self._analyzed + (self._audio.size - self._analyzed) // WINDOW * WINDOW
+        end = self._analyzed + (self._audio.end - self._analyzed) // WINDOW * WINDOW
         voiced = np.flatnonzero(window_rms(self._audio.view(self._analyzed, end)) > self.engine.speech_threshold)
         if len(voiced):
             self._speech_end = self._analyzed + (int(voiced[-1]) + 1) * WINDOW
         self._analyzed = end
 
-    def _drop_oldest(self, excess: int) -> None:
-        self._audio.drop_first(excess)
-        self._analyzed = max(0, self._analyzed - excess)
-        self._speech_end = max(0, self._speech_end - excess)
-        self._interim_at = max(0, self._interim_at - excess)
-        self._speculation = None
+    def _move_tail(self, start: int) -> None:
+        """The uncommitted audio now begins at `start`; what lies before it is gone from the buffer."""
+        self._tail_start = start
+        self._audio.drop_until(start)
 
     def _speculate(self) -> None:
-        """Start decoding everything up to the end of speech, unless that decode already runs."""
-        end = self._speech_end
-        if self._speculation is None or self._speculation.n_samples != end:
-            task = asyncio.ensure_future(self.engine.transcribe(self._audio.view(0, end).copy()))
-            self._speculation = _Speculation(end, task)
+        """Start decoding the tail up to the end of speech, unless that decode already runs."""
+        start, end = self._tail_start, self._speech_end
+        if self._speculation is None or (self._speculation.start, self._speculation.end) != (start, end):
+            self._speculation = _Decode(start, end, self._decode(start, end))
+
+    def _decode(self, start: int, end: int) -> asyncio.Future[str]:
+        return asyncio.ensure_future(self.engine.transcribe(self._audio.view(start, end).copy()))
+
+    def _commit_if_due(self) -> None:
+        """Commit the audio before a pause once speech goes on after it (or the tail grew too long),
+        else cut a tail that has run `max_tail` without a pause. Decisions depend on the audio alone,
+        never on how fast decodes finish: a client streaming faster than real time gets the same text."""
+        tail = self._audio.end - self._tail_start
+        spec = self._speculation
+        if spec is not None and spec.start == self._tail_start:
+            resumed = self._speech_end > spec.end
+            if (resumed and spec.end - spec.start >= self.engine.commit_min) or tail > self.engine.max_tail:
+                self._commits.append(spec)
+                self._speculation = None
+                voice = first_voiced(self._audio.view(spec.end, self._analyzed), self.engine.speech_threshold)
+                self._move_tail(spec.end + (max(0, voice - PRE_SPEECH) if voice is not None else 0))
+                return
+        if tail > self.engine.max_tail:
+            cut = self._quietest_point()
+            self._commits.append(_Decode(self._tail_start, cut, self._decode(self._tail_start, cut)))
+            self._speculation = None
+            self._move_tail(cut)
+
+    def _quietest_point(self) -> int:
+        """Where to cut a tail without pauses: the middle of its quietest 90 ms, after its first half
+        and before its last half second (the word being spoken now is not cut)."""
+        low = self._tail_start + self.engine.max_tail // 2
+        rms = window_rms(self._audio.view(low, self._analyzed - SAMPLE_RATE // 2))
+        if len(rms) < QUIET_SPAN:
+            return low
+        smoothed = np.convolve(rms, np.ones(QUIET_SPAN) / QUIET_SPAN, mode="valid")
+        return low + int(np.argmin(smoothed)) * WINDOW + QUIET_SPAN * WINDOW // 2
+
+    def _settle_commits(self) -> None:
+        """Move finished commits' text to the transcript, in order (raises a decode's error, if any)."""
+        while self._commits and self._commits[0].task.done():
+            self._transcript.add(self._commits.popleft().task.result())
 
     def _maybe_start_interim(self) -> None:
         if self._interim_task is not None or not self.engine.try_claim_interim_slot():
             return
-        self._interim_at = self._audio.size
-        audio = self._audio.view().copy()
-        self._interim_task = asyncio.create_task(self._run_interim(self._utterance, audio))
+        self._interim_at = self._audio.end
+        audio = self._audio.view(self._tail_start).copy()
+        prefix = self._transcript.text()
+        commits = list(self._commits)
+        self._interim_task = asyncio.create_task(self._run_interim(self._utterance, prefix, commits, audio))
 
-    async def _run_interim(self, utterance: int, audio: np.ndarray) -> None:
+    async def _run_interim(self, utterance: int, prefix: str, commits: list[_Decode], audio: np.ndarray) -> None:
+        """Decode the tail; the interim is the committed text, then the commits in flight, then the tail."""
         try:
             text = await self.engine.transcribe(audio)
         finally:
             self.engine.release_interim_slot()
             self._interim_task = None
+        pieces = [prefix, *[(await c.task).strip() for c in commits], text]
+        text = " ".join(t for t in pieces if t)
         if utterance == self._utterance and text and text != self._interim_text:
             self._interim_text = text
             await self._on_interim(text)
 
     async def finalize(self, hard: bool) -> str:
         if not hard:
-            if self._speech_end:
+            if self._speech_end > self._tail_start:
                 self._speculate()
             return self._interim_text
-        speculation = self._speculation
-        reusable = speculation is not None and self._speech_end <= speculation.n_samples
-        audio = self._audio.view().copy()
-        await self.reset()
-        if reusable:
-            return await speculation.task
-        return await self.engine.transcribe(audio)
+        transcript, commits, spec = self._transcript, self._commits, self._speculation
+        reusable = spec is not None and spec.start == self._tail_start and self._speech_end <= spec.end
+        audio = self._audio.view(self._tail_start).copy()
+        self._begin_utterance()
+        for commit in commits:
+            transcript.add(await commit.task)
+        tail = await spec.task if reusable and spec is not None else await self.engine.transcribe(audio)
+        return transcript.text(tail)
 
     async def reset(self) -> None:
-        self._utterance += 1
-        self._audio = _AudioBuffer()
-        self._analyzed = self._speech_end = self._interim_at = 0
-        self._interim_text = ""
-        self._speculation = None
+        self._begin_utterance()
