@@ -93,6 +93,11 @@ class BotAudio:
         parts = [c for t, c in self.chunks if start <= t < end]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
 
+    def forget_before(self, at: float) -> None:
+        """Drop what arrived before `at`: a long session keeps only what it may still look at."""
+        self.chunks = self.chunks[bisect.bisect_left(self.chunks, at, key=lambda c: c[0]) :]
+        self.voiced = self.voiced[bisect.bisect_left(self.voiced, at) :]
+
     def voiced_times(self, start: float, end: float = float("inf")) -> list[float]:
         """Arrival times of the non-silent chunks in [start, end)."""
         return [t for t in self.voiced[bisect.bisect_left(self.voiced, start) :] if t < end]
@@ -213,6 +218,11 @@ class WebRTCVoiceClient:
             played_s=started - voiced[0],
             stored=stored,
         )
+
+    def forget_before(self, at: float) -> None:
+        """Drop the audio and messages that arrived before `at` (a soak runs for hours)."""
+        self.audio.forget_before(at)
+        self.messages = [(t, m) for t, m in self.messages if t >= at]
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -15,24 +15,16 @@ import pytest
 
 from benchmarks.webrtc_client import WebRTCVoiceClient
 from servers.launch import MODEL_SERVERS, GaveUp, RestartPolicy, Supervised
-from servers.processes import ServerProcess, free_port, is_healthy
+from servers.processes import ServerProcess, child_pids, command_line, free_port, is_healthy
 from tests.test_bot import ask, heard
 
 pytestmark = pytest.mark.timeout(600)
 
 
-def children(pid: int) -> list[int]:
-    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def cmdline(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-
-
 def model_server_pid(launcher: ServerProcess, module: str) -> int:
     """The process doing the service's work: our server, or the llama-server under servers.llm."""
-    pid = next(c for c in children(launcher.process.pid) if f"-m {module}" in cmdline(c))
-    return next((c for c in children(pid) if "llama-server" in cmdline(c)), pid)
+    pid = next(c for c in child_pids(launcher.process.pid) if f"-m {module}" in command_line(c))
+    return next((c for c in child_pids(pid) if "llama-server" in command_line(c)), pid)
 
 
 def test_a_service_that_keeps_crashing_stops_the_stack(tmp_path: Path):
