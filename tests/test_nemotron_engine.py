@@ -389,3 +389,30 @@ async def test_server_restores_a_nemo_file_and_serves_sessions(tiny_model, tmp_p
     for final in finals:
         assert isinstance(final.text, str) and final.latency_ms >= 0
         assert final.audio_ms == 1500.0
+
+
+@pytest.mark.asyncio
+async def test_long_speech_keeps_the_hypothesis_short_and_the_text_whole(tiny_model) -> None:
+    """Past `max_hypothesis_tokens` the oldest words move to the committed text: the hypothesis NeMo
+    re-decodes every step stays bounded, and the text holds the same tokens as an unbounded stream's."""
+    bounded = NemotronEngine.from_model(tiny_model, max_hypothesis_tokens=12)
+    unbounded = NemotronEngine.from_model(tiny_model, max_hypothesis_tokens=10**9)
+    try:
+        signal = audio(19, 8.0)
+        stream = bounded.open_stream(_ignore)
+        longest = 0
+        for piece in pieces(signal, 20):
+            await stream.feed(piece)
+            if stream.state.hyp is not None:
+                longest = max(longest, len(stream.state.hyp.y_sequence))
+        committed = len(stream.state.committed)
+        final = await stream.finalize(hard=True)
+        reference, _ = await transcribe(unbounded, [signal])
+    finally:
+        bounded.close()
+        unbounded.close()
+    assert committed >= 2, "the hypothesis was trimmed more than once"
+    assert longest <= 12 + 8, "a step adds at most a chunk's worth of tokens before the trim"
+    # Cuts fall at word starts when there is one (random weights spell one endless word, cut anyway):
+    # no token is lost or repeated.
+    assert "".join(final.split()) == "".join(reference.split())

@@ -15,6 +15,10 @@ How audio becomes text, and why:
   short collection window), stacks those streams' encoder caches along the batch axis and runs one
   `conformer_stream_step` for all of them, then splits caches and hypotheses back per stream. A
   slow or busy session never holds a lock over the others, and the event loop never runs the model.
+- Nothing grows with the utterance: features keep only the STFT overlap, caches have fixed shapes,
+  and a hypothesis past `max_hypothesis_tokens` moves its words (all but the last ones, cut at a word
+  start) to the stream's committed transcript. NeMo concatenates and re-decodes the whole hypothesis
+  at every step, so an unbounded one would cost O(n) per 80-160 ms step and memory without end.
 - A hard finalize flushes the utterance with the least padding that encodes every real frame (see
   `finalize_padding`), returns the text and starts the next utterance with an empty hypothesis but
   the same encoder caches: the acoustic left context carries over. `reset()` wipes everything.
@@ -28,7 +32,7 @@ import contextlib
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,6 +42,7 @@ from torch import Tensor
 
 from servers.asr.engines.base import ASREngine, ASRStream, InterimCallback
 from servers.asr.engines.nemotron_features import IncrementalFeaturizer, MelTail
+from servers.asr.engines.transcript import Transcript
 from servers.nemo_loading import load_nemo_model
 
 if TYPE_CHECKING:
@@ -99,6 +104,8 @@ class _StreamState:
     cache_len: Tensor
     """[1] valid length of cache_channel."""
     hyp: Hypothesis | None = None
+    committed: Transcript = field(default_factory=Transcript)
+    """Words moved out of `hyp` to keep it short (see NemotronEngine._commit_words)."""
     text: str = ""
 
 
@@ -119,15 +126,19 @@ class NemotronEngine(ASREngine):
         device: str | None = None,
         max_batch: int = 32,
         batch_window_ms: float = 2.0,
+        max_hypothesis_tokens: int = 256,
     ) -> None:
         """`model`: a hub name or a .nemo path; `right_context` R: look-ahead in 80 ms encoder frames
         (the chunk is R+1 of them: R=1 is 160 ms); `batch_window_ms`: how long the worker waits for
-        more streams after the first job of a batch, trading that much latency for larger batches."""
+        more streams after the first job of a batch, trading that much latency for larger batches;
+        `max_hypothesis_tokens`: the longest hypothesis carried between steps (≈30 s of speech)."""
         self.model_name = model
         self.right_context = right_context
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.max_batch = max_batch
         self.batch_window = batch_window_ms / 1000
+        self.max_hypothesis_tokens = max_hypothesis_tokens
+        self._word_starts: np.ndarray = np.zeros(0, dtype=bool)
         self.model: Any = None
         self.geometry: StreamingGeometry | None = None
         self.featurizer: IncrementalFeaturizer | None = None
@@ -136,7 +147,12 @@ class NemotronEngine(ASREngine):
 
     @classmethod
     def from_model(
-        cls, asr_model: Any, right_context: int = 1, max_batch: int = 32, batch_window_ms: float = 2.0
+        cls,
+        asr_model: Any,
+        right_context: int = 1,
+        max_batch: int = 32,
+        batch_window_ms: float = 2.0,
+        max_hypothesis_tokens: int = 256,
     ) -> NemotronEngine:
         """An engine around an already built NeMo model (tests, or a caller that loaded it itself)."""
         device = next(asr_model.parameters()).device
@@ -146,6 +162,7 @@ class NemotronEngine(ASREngine):
             device=str(device),
             max_batch=max_batch,
             batch_window_ms=batch_window_ms,
+            max_hypothesis_tokens=max_hypothesis_tokens,
         )
         engine._setup(asr_model)
         return engine
@@ -182,6 +199,9 @@ class NemotronEngine(ASREngine):
         self.model = asr_model
         self.geometry = StreamingGeometry.of(encoder)
         self.featurizer = IncrementalFeaturizer(asr_model.preprocessor)
+        tokenizer = asr_model.tokenizer
+        pieces = tokenizer.ids_to_tokens(list(range(tokenizer.vocab_size)))
+        self._word_starts = np.array([p.startswith("\u2581") for p in pieces], dtype=bool)
         logger.info(f"nemotron att context {contexts[0]}: {self.geometry}, batches of up to {self.max_batch}")
         self._worker = threading.Thread(target=self._work, name="nemotron-batcher", daemon=True)
         self._worker.start()
@@ -287,6 +307,7 @@ class NemotronEngine(ASREngine):
             if final:
                 state.tail.reset()
                 state.hyp = None
+                state.committed = Transcript()
                 state.text = ""
         return texts
 
@@ -315,7 +336,25 @@ class NemotronEngine(ASREngine):
             state.pre_cache = signal[i, :, signal.shape[-1] - pre :].clone()
             state.pending = state.pending[:, chunk:]
             state.hyp = hyps[i]
-            state.text = (hyps[i].text or "").strip()
+            self._commit_words(state)
+            state.text = state.committed.text(hyps[i].text or "")
+
+    def _commit_words(self, state: _StreamState) -> None:
+        """Keep a long hypothesis short: its tokens before a word start in its second half become
+        committed text; the rest (with the decoder state) carries on. Joining the two texts gives
+        what the whole hypothesis decodes to, because the cut falls at a word start."""
+        hyp = state.hyp
+        if hyp is None or len(hyp.y_sequence) <= self.max_hypothesis_tokens:
+            return
+        ids = hyp.y_sequence.tolist() if isinstance(hyp.y_sequence, Tensor) else list(hyp.y_sequence)
+        half = len(ids) // 2
+        cut = next((k for k in range(half, 0, -1) if ids[k] < len(self._word_starts) and self._word_starts[ids[k]]), half)
+        decode = self.model.decoding.decode_tokens_to_str_with_strip_punctuation
+        state.committed.add(decode(ids[:cut]))
+        if hyp.timestamp is not None and len(hyp.timestamp) == len(ids):
+            hyp.timestamp = hyp.timestamp[cut:]
+        hyp.y_sequence = hyp.y_sequence[cut:]
+        hyp.text = decode(ids[cut:])
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 on GPUs that have it (the encoder is trained for it); fp32 on CPU, where bf16 is slow."""
