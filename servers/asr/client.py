@@ -6,11 +6,15 @@ The bot uses `pipecat_services.asr_stt.LocalASRSTTService` instead; both speak `
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from types import TracebackType
 
 from websockets.asyncio.client import ClientConnection, connect
 
 from servers.asr import protocol
+
+MAX_INTERIMS_KEPT = 1000
+"""The latest interims are kept for callers to inspect; a session that never ends must not grow."""
 
 
 class ASRClient:
@@ -18,7 +22,7 @@ class ASRClient:
         self.url = url
         self.ws: ClientConnection | None = None
         self.ready: protocol.Ready | None = None
-        self.interims: list[str] = []
+        self.interims: deque[str] = deque(maxlen=MAX_INTERIMS_KEPT)
         self.errors: asyncio.Queue[protocol.Error] = asyncio.Queue()
         self._finals: asyncio.Queue[protocol.Final] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
