@@ -52,6 +52,37 @@ SCRIPT = [
     "Thanks, that's all for now. Goodbye!",
 ]
 
+LONG_SYSTEM = "You are a helpful voice assistant. Answer in one short sentence. The user's name is Ada."
+LONG_TOPICS = [
+    "I went for a long walk by the river this morning and saw two herons fishing in the shallow water.",
+    "My neighbour is building a wooden shed in his garden, and the hammering starts at seven every day.",
+    "I am reading a novel about a lighthouse keeper who lives alone on an island in the north sea.",
+    "We are planning a trip to the mountains next month, and I still need new boots for the hike.",
+    "The bakery on the corner started selling rye bread with sunflower seeds, and it is very good.",
+    "My sister plays the cello in an amateur orchestra that rehearses every Thursday evening.",
+    "I tried to grow tomatoes on the balcony this year, but the pigeons ate most of the flowers.",
+    "The train to the city was late again today because of a signal failure near the old bridge.",
+    "My grandfather used to repair clocks, and his workshop still smells of oil and old wood.",
+]
+LONG_QUESTIONS = ["What do you think?", "Does that sound nice?", "Any advice?", "What would you do?"]
+LONG_CHECKS = [
+    ("What is my name?", "Ada"),
+    ("By the way, my favourite colour is green.", None),
+    ("What is my favourite colour?", "green"),
+]
+"""The last turns of a long conversation, with a word each answer must contain: a fact of the
+system prompt and one of the recent turns."""
+
+
+def long_script(turns: int) -> list[str]:
+    """`turns` user turns: ~90 tokens each (four topics and a question), then `LONG_CHECKS`."""
+    topics, questions = LONG_TOPICS, LONG_QUESTIONS
+    said = [
+        " ".join([*(topics[(i * 4 + k) % len(topics)] for k in range(4)), questions[i % len(questions)]])
+        for i in range(turns - len(LONG_CHECKS))
+    ]
+    return [*said, *(text for text, _ in LONG_CHECKS)]
+
 
 class AnswerMarks(FrameProcessor):
     """The TTS side of interleaving with no TTS: every mark is answered at once (measures the LLM alone)."""

@@ -3,6 +3,7 @@
 - `/apply-template`: the model's own chat template (from the GGUF, `--jinja`), so one code path
   serves Nemotron and the embedded Qwen alike.
 - `/tokenize`: text → token ids, special tokens parsed.
+- `/props`: the context size of a slot (`default_generation_settings.n_ctx`), the conversation's budget.
 - `/completion` with `n_probs` and one token: the model's next-token distribution (does the reply
   begin with a tool call?).
 - `/completion` with a token-id prompt, `cache_prompt` and a slot (-1: the server picks the one
@@ -56,6 +57,12 @@ class LlamaServerBackend(LLMBackend):
             if response.status != 200:
                 raise LlamaServerError(f"{path}: HTTP {response.status}: {(await response.text())[:300]}")
             return await response.json()
+
+    async def context_size(self) -> int | None:
+        async with self.session.get(self.base_url + "/props") as response:
+            if response.status != 200:
+                raise LlamaServerError(f"/props: HTTP {response.status}: {(await response.text())[:300]}")
+            return (await response.json()).get("default_generation_settings", {}).get("n_ctx")
 
     async def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         body: dict[str, Any] = {"messages": messages}

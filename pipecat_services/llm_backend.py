@@ -58,5 +58,9 @@ class LLMBackend(ABC):
     def speech_fields(self) -> dict[str, Any]:
         """Constraints for a reply that is speech only: nothing that could start a call."""
 
+    async def context_size(self) -> int | None:
+        """Tokens one conversation may hold on the server (prompt and reply), if it says."""
+        return None
+
     async def close(self) -> None:
         """Release connections."""

@@ -8,6 +8,11 @@ template text as tokenized once, and every generated token with its own text. A 
 rendered by the model's chat template, reuses the tokens of every block it still starts with and
 tokenizes only the rest. When the context keeps only what was spoken of an interrupted reply, the
 blocks up to the cut are reused and the history is truncated there.
+
+When the oldest turns leave the context (`context_budget.py`), the prompt changes in the middle:
+the longest run of blocks that ended the history and still appears after the change keeps its
+tokens too, so llama-server finds them unchanged and shifts them in its cache (`--cache-reuse`)
+instead of evaluating them again; only the text around that run is tokenized anew.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from dataclasses import dataclass
 
 Tokenize = Callable[[str], Awaitable[list[int]]]
 
+MIN_TAIL_TOKENS = 64
+"""A run of blocks after a change is kept only from this length on: shorter runs are not worth a
+cache shift, and a few short blocks (" the", ".") may appear anywhere by chance."""
+
 
 @dataclass(frozen=True)
 class Block:
@@ -25,8 +34,9 @@ class Block:
 
 
 class TokenHistory:
-    def __init__(self) -> None:
+    def __init__(self, min_tail_tokens: int = MIN_TAIL_TOKENS) -> None:
         self.blocks: list[Block] = []
+        self.min_tail_tokens = min_tail_tokens
 
     @property
     def tokens(self) -> list[int]:
@@ -37,19 +47,47 @@ class TokenHistory:
         return "".join(b.text for b in self.blocks)
 
     async def prompt(self, rendered: str, tokenize: Tokenize) -> tuple[list[int], int]:
-        """Tokens for `rendered` reusing the longest run of known blocks; returns (tokens, reused)."""
+        """Tokens for `rendered` reusing the longest run of known blocks it starts with, and after
+        a change in the middle the longest run the history ended with; returns (tokens, reused)."""
         kept, position = 0, 0
         for block in self.blocks:
             if not rendered.startswith(block.text, position):
                 break
             kept += 1
             position += len(block.text)
-        del self.blocks[kept:]
-        rest = rendered[position:]
-        if rest:
-            self.blocks.append(Block(rest, tuple(await tokenize(rest))))
-        reused = sum(len(b.tokens) for b in self.blocks[:kept])
+        tail, at = self._tail(rendered, kept, position)
+        end = at + sum(len(b.text) for b in tail)
+        self.blocks[kept:] = []
+        for text, reused_blocks in ((rendered[position:at], tail), (rendered[end:], [])):
+            if text:
+                self.blocks.append(Block(text, tuple(await tokenize(text))))
+            self.blocks.extend(reused_blocks)
+        reused = sum(len(b.tokens) for b in self.blocks[:kept]) + sum(len(b.tokens) for b in tail)
         return self.tokens, reused
+
+    def _tail(self, rendered: str, kept: int, position: int) -> tuple[list[Block], int]:
+        """The longest run of blocks that ends the history (from block `kept` on) and appears in
+        `rendered` from `position` on, with where it starts there; ([], position) if none.
+
+        A shorter end of a run that appears also appears, so the first block of the run is found by
+        bisection."""
+        sizes = [len(b.tokens) for b in self.blocks]
+        lo, hi = kept, len(self.blocks)
+        while hi > lo and sum(sizes[hi - 1 :]) < self.min_tail_tokens:
+            hi -= 1
+        if hi <= lo or self._find(rendered, hi - 1, position) < 0:
+            return [], position
+        hi -= 1
+        while lo < hi:
+            middle = (lo + hi) // 2
+            if self._find(rendered, middle, position) >= 0:
+                hi = middle
+            else:
+                lo = middle + 1
+        return self.blocks[lo:], self._find(rendered, lo, position)
+
+    def _find(self, rendered: str, first: int, position: int) -> int:
+        return rendered.find("".join(b.text for b in self.blocks[first:]), position)
 
     def add_generated(self, text: str, tokens: list[int]) -> None:
         """Record what the model generated, token by token as the server streamed it."""

@@ -13,6 +13,10 @@ sentence end after `segment_tokens`. A segment is pushed whole, followed by a ma
 one starts only when the TTS has synthesized it: exactly one wait per segment, so LLM and TTS
 never run at the same time. Without an `Interleaver` the reply streams token by token.
 
+A conversation of any length: when the next prompt plus `max_tokens` would not fit the window
+(the server's slot, or `context_tokens`), the oldest turns leave the context itself
+(`context_budget.py`), so the aggregators, the history and the prompt stay one and the same.
+
 On an interruption Pipecat cancels the turn: the open stream closes (the server stops), and the
 next prompt, rendered from a context that keeps only what was spoken, reuses the history up to
 that point and drops the rest.
@@ -57,6 +61,7 @@ from pipecat.services.settings import LLMSettings
 from pipecat.utils.types import is_given
 
 from pipecat_services import tool_calls
+from pipecat_services.context_budget import ContextBudget, ContextBudgetError, trimmed
 from pipecat_services.interleaving import Interleaver
 from pipecat_services.llm_backend import LLMBackend
 from pipecat_services.token_history import TokenHistory
@@ -155,6 +160,7 @@ class TokenLLMService(LLMService):
         interleaved_segments: int | None = None,
         warm_context: LLMContext | None = None,
         call_threshold: float | None = CALL_THRESHOLD,
+        context_tokens: int | None = None,
         settings: LLMSettings | None = None,
         **kwargs: Any,
     ) -> None:
@@ -165,7 +171,8 @@ class TokenLLMService(LLMService):
         `warm_context`: the conversation's context, whose system
         prompt and tools are prefilled at pipeline start (default: the system instruction alone).
         `call_threshold`: how likely the model's first tokens must open a tool call for the reply to
-        be one (see `_tool_fields`; measure with `python -m benchmarks.tools`)."""
+        be one (see `_tool_fields`; measure with `python -m benchmarks.tools`). `context_tokens`: the
+        conversation's window (prompt and reply; None: the slot size the backend reports)."""
         defaults = LLMSettings(
             model=str(backend),
             system_instruction=None,
@@ -193,6 +200,9 @@ class TokenLLMService(LLMService):
         self._history_lock = asyncio.Lock()
         self._warm_context = warm_context
         self.call_threshold = call_threshold
+        self.context_tokens = context_tokens
+        self.trims = 0
+        """How many times the oldest turns left the context."""
 
     def can_generate_metrics(self) -> bool:
         return True
@@ -207,6 +217,7 @@ class TokenLLMService(LLMService):
             async with self._history_lock:
                 if self.history.blocks:
                     return
+                await self._budget()
                 messages, tools, _ = await self._invocation(self._warm_context or LLMContext())
                 rendered = await self.backend.render(messages, tools)
                 prompt, _ = await self.history.prompt(rendered, self.backend.tokenize)
@@ -251,16 +262,54 @@ class TokenLLMService(LLMService):
         tools = tools if is_given(tools) and tools else None
         return without_earlier_calls(params["messages"]), tools, params.get("tool_choice")
 
+    async def _budget(self) -> ContextBudget | None:
+        """The conversation's budget; the window is asked of the server once (None if it cannot say)."""
+        if self.context_tokens is None:
+            try:
+                self.context_tokens = await self.backend.context_size()
+            except Exception as e:
+                logger.warning(f"{self}: no context size from the server ({e}); asking again next turn")
+        if not self.context_tokens:
+            return None
+        return ContextBudget(self.context_tokens, self._settings.max_tokens)
+
+    async def _prompt(
+        self, context: LLMContext
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, Any, list[int], int]:
+        """(messages, tools, tool_choice, prompt tokens, reused tokens) of this turn, the oldest turns
+        left out of `context` if the prompt would not fit the budget. Each pass drops at least one
+        turn; counts are exact, so one pass is the rule. The new turn, tokenized in the pass that did
+        not fit, is not counted as reused: the server has never seen it."""
+        budget, unsent = await self._budget(), 0
+        while True:
+            messages, tools, tool_choice = await self._invocation(context)
+            rendered = await self.backend.render(messages, tools)
+            prompt, reused = await self.history.prompt(rendered, self.backend.tokenize)
+            if budget is None or budget.fits(len(prompt)):
+                return messages, tools, tool_choice, prompt, max(0, reused - unsent)
+            unsent = unsent or len(prompt) - reused
+            kept = trimmed(context.messages, len(prompt), budget)
+            if kept is None:
+                raise ContextBudgetError(
+                    f"this turn needs {len(prompt)} prompt tokens + {budget.reply_tokens} for the reply; "
+                    f"the window holds {budget.window}"
+                )
+            logger.info(
+                f"{self}: {len(prompt)} prompt tokens + {budget.reply_tokens} do not fit {budget.window}; "
+                f"the {len(context.messages) - len(kept)} oldest messages leave"
+            )
+            context.set_messages(kept)
+            self.trims += 1
+
     async def respond(self, context: LLMContext) -> None:
         async with self._history_lock:
             await self._respond(context)
 
     async def _respond(self, context: LLMContext) -> None:
         await self.start_ttfb_metrics()
-        messages, tools, tool_choice = await self._invocation(context)
-        rendered = await self.backend.render(messages, tools)
-        prompt, reused = await self.history.prompt(rendered, self.backend.tokenize)
-        self.last_turn = {"prompt_tokens": len(prompt), "reusable_tokens": reused}
+        trims = self.trims
+        messages, tools, tool_choice, prompt, reused = await self._prompt(context)
+        self.last_turn = {"prompt_tokens": len(prompt), "reusable_tokens": reused, "trimmed": self.trims > trims}
         fields = self._sampling()
         if tools:
             fields |= await self._tool_fields(prompt, tools, self._calls_allowed(messages, tool_choice))
