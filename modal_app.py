@@ -16,6 +16,7 @@ commands.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -188,20 +189,13 @@ class TTS(ModelServer):
                 "--host", "0.0.0.0", "--port", str(self.port)]  # fmt: skip
 
     def warm_up(self) -> None:
-        from websockets.sync.client import connect
+        from servers.tts.client import TTSClient
 
-        with connect(f"ws://127.0.0.1:{self.port}") as ws:
-            ws.recv(timeout=60)  # ready
-            for message in (
-                {"type": "start", "context_id": "warm-up"},
-                {"type": "text", "context_id": "warm-up", "text": "Hello, nice to meet you."},
-                {"type": "flush", "context_id": "warm-up"},
-            ):
-                ws.send(json.dumps(message))
-            while True:
-                message = ws.recv(timeout=120)
-                if isinstance(message, str) and json.loads(message)["type"] == "done":
-                    return
+        async def speak_once() -> None:
+            async with TTSClient(f"ws://127.0.0.1:{self.port}", open_timeout=60) as tts:
+                await tts.speak("warm-up", "Hello, nice to meet you.", timeout=120)
+
+        asyncio.run(speak_once())
 
     @modal.web_server(TTS_PORT, startup_timeout=60)
     def serve(self) -> None:

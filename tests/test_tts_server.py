@@ -4,66 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import urllib.request
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 import soxr
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from benchmarks.scoring import wer
+from servers.processes import free_port
 from servers.tts import protocol
+from servers.tts.client import Reply, TTSClient
+from servers.tts.engines.piper import PiperEngine
+from servers.tts.server import TTSServer
+from servers.tts.text import normalize
 
 REPLY = "Sure, the capital of France is Paris. It is famous for the Eiffel Tower and its museums."
 
 
-@dataclass
-class Reply:
-    audio: bytearray = field(default_factory=bytearray)
-    segments: list[protocol.SegmentDone] = field(default_factory=list)
-    done: protocol.Done | None = None
-    first_audio_s: float | None = None
-
-
-async def open_session(url: str) -> tuple[ClientConnection, protocol.Ready]:
-    ws = await connect(url)
-    ready = protocol.parse_server_message(await ws.recv())
-    assert isinstance(ready, protocol.Ready)
-    return ws, ready
-
-
-async def collect(ws: ClientConnection, context_id: str, on_audio=None) -> Reply:
-    """Read until `done` for `context_id`; audio for other contexts is an error."""
-    reply, started = Reply(), time.perf_counter()
-    while reply.done is None:
-        raw = await asyncio.wait_for(ws.recv(), 30)
-        if isinstance(raw, bytes):
-            cid, pcm = protocol.unpack_audio(raw)
-            assert cid == context_id
-            reply.first_audio_s = reply.first_audio_s or time.perf_counter() - started
-            reply.audio += pcm
-            if on_audio is not None:
-                await on_audio(reply)
-            continue
-        message = protocol.parse_server_message(raw)
-        assert not isinstance(message, protocol.Error), message
-        if isinstance(message, protocol.SegmentDone):
-            reply.segments.append(message)
-        elif isinstance(message, protocol.Done):
-            reply.done = message
-    return reply
-
-
 async def speak(url: str, text: str, context_id: str = "c1") -> tuple[Reply, int]:
-    ws, ready = await open_session(url)
-    async with ws:
-        await ws.send(protocol.Start(context_id).to_json())
-        await ws.send(protocol.Text(context_id, text).to_json())
-        await ws.send(protocol.Flush(context_id).to_json())
-        return await collect(ws, context_id), ready.sample_rate
+    async with TTSClient(url) as tts:
+        return await tts.speak(context_id, text), tts.sample_rate
 
 
 async def transcribe(whisper, pcm: bytes, rate: int) -> str:
@@ -72,8 +34,8 @@ async def transcribe(whisper, pcm: bytes, rate: int) -> str:
 
 
 async def test_ready_announces_the_true_sample_rate(tts_server):
-    ws, ready = await open_session(tts_server.url)
-    await ws.close()
+    async with TTSClient(tts_server.url) as tts:
+        ready = tts.ready
     assert ready.engine == "piper" and ready.sample_rate == 22050
     assert ready.voices == ["joe"] and ready.languages == ["en"]
 
@@ -101,30 +63,34 @@ async def test_text_is_normalised_before_synthesis(tts_server, whisper):
     assert "twenty" in heard or "20" in heard, heard
 
 
+async def test_long_digit_strings_are_spoken_in_groups(tts_server, whisper):
+    reply, rate = await speak(tts_server.url, "Call 415-555-2671.")
+    assert reply.segments[0].text == "Call four one five, five five five, two six seven one."
+    heard = (await transcribe(whisper, reply.audio, rate)).lower()
+    assert sum(heard.count(d) for d in ("five", "5")) >= 3, heard
+
+
 async def test_cancel_ends_the_reply_and_no_audio_follows(tts_server):
     """Cancelled at its first audio, a reply far too long to be finished by then."""
     long_text = " ".join([REPLY] * 12)
-    ws, ready = await open_session(tts_server.url)
-    async with ws:
-        await ws.send(protocol.Text("c1", long_text).to_json())
-        await ws.send(protocol.Flush("c1").to_json())
+    async with TTSClient(tts_server.url) as tts:
+        await tts.text("c1", long_text)
+        await tts.flush("c1")
 
         cancelled: list[bool] = []
 
         async def cancel_at_first_audio(_: Reply) -> None:
             if not cancelled:
                 cancelled.append(True)
-                await ws.send(protocol.Cancel("c1").to_json())
+                await tts.cancel("c1")
 
-        reply = await collect(ws, "c1", on_audio=cancel_at_first_audio)
+        reply = await tts.collect("c1", on_audio=cancel_at_first_audio)
         assert reply.done.cancelled
-        received_ms = len(reply.audio) / 2 / ready.sample_rate * 1000
+        received_ms = len(reply.audio) / 2 / tts.sample_rate * 1000
         assert reply.done.audio_ms == pytest.approx(received_ms, abs=1), "audio the cancel's `done` did not count"
         shortest_whole_s = len(long_text.split()) * 0.25
         assert reply.done.audio_ms / 1000 < shortest_whole_s / 4, reply.done
-        await ws.send(protocol.Text("c2", "Still here.").to_json())
-        await ws.send(protocol.Flush("c2").to_json())
-        follow_up = await collect(ws, "c2")  # audio of c1 arriving here fails the test
+        follow_up = await tts.speak("c2", "Still here.")  # audio of c1 arriving here fails the test
     assert follow_up.done.audio_ms > 300 and not follow_up.done.cancelled
 
 
@@ -135,22 +101,75 @@ async def test_concurrent_sessions_get_their_own_audio(tts_server, whisper):
     assert wer(texts, heard) <= 0.2, heard
 
 
+UNPUNCTUATED = " ".join(["the quick brown fox jumps over a lazy dog while seven green parrots sing"] * 60)[:4000]
+
+
+@pytest.mark.parametrize("long_text", [UNPUNCTUATED, "4155552671" * 30], ids=["4000-chars-unpunctuated", "300-digits"])
+async def test_a_long_reply_does_not_hold_up_another_sessions_first_audio(tts_server, long_text):
+    """While one session synthesizes a 4000-character unpunctuated text or a 300-digit number (from
+    its first audio on), a second session gets its whole short reply before the long one is over:
+    the worker takes the sessions' bounded chunks in turn instead of one reply's at once."""
+    async with TTSClient(tts_server.url) as long_session, TTSClient(tts_server.url) as short_session:
+        speaking = asyncio.Event()
+
+        async def on_audio(_: Reply) -> None:
+            speaking.set()
+
+        long_task = asyncio.create_task(long_session.speak("long", long_text, on_audio=on_audio, timeout=120))
+        await speaking.wait()
+        short = await short_session.speak("short", "Hello there.")
+        assert not long_task.done(), "the long reply was over before the short one"
+        await long_session.cancel("long")
+        long = await long_task
+    assert short.first_audio_at is not None and short.done.audio_ms > 300 and not short.done.cancelled
+    assert long.done.cancelled
+    assert all(len(s.written) <= 300 and "illion" not in s.text for s in long.segments)
+
+
+class RecordingPiper(PiperEngine):
+    """The real engine, recording the text of each call: one call is the worker's unit of work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def synthesize(self, text: str, voice: str, language: str, first: bool):
+        self.calls.append(text)
+        return super().synthesize(text, voice, language, first)
+
+
+async def test_the_engines_unit_of_work_is_bounded_whatever_the_text():
+    """A 100-digit number in one segment: the engine gets it in parts of at most `max_part_chars`
+    (a call per part, each cut at a digit group), never the whole spoken text at once."""
+    engine, port = RecordingPiper(), free_port()
+    server = TTSServer(engine)
+    serving = asyncio.create_task(server.serve("127.0.0.1", port, protocol.MAX_MESSAGE_BYTES))
+    try:
+        await asyncio.wait_for(server.loaded.wait(), 120)
+        engine.calls.clear()  # the warm-up call of load()
+        async with TTSClient(f"ws://127.0.0.1:{port}") as tts:
+            reply = await tts.speak("c", "4155552671" * 10)
+    finally:
+        serving.cancel()
+    spoken = normalize("4155552671" * 10)
+    assert [s.text for s in reply.segments] == [spoken]
+    assert max(map(len, engine.calls)) <= engine.max_part_chars < len(spoken)
+    assert " ".join(engine.calls) == spoken and all(c.endswith(",") for c in engine.calls[:-1])
+
+
 async def test_replies_on_one_session_are_spoken_in_order(tts_server):
-    ws, _ = await open_session(tts_server.url)
-    async with ws:
+    async with TTSClient(tts_server.url) as tts:
         for cid, text in (("a", "First reply."), ("b", "Second reply.")):
-            await ws.send(protocol.Text(cid, text).to_json())
-            await ws.send(protocol.Flush(cid).to_json())
-        first, second = await collect(ws, "a"), await collect(ws, "b")
+            await tts.text(cid, text)
+            await tts.flush(cid)
+        first, second = await tts.collect("a"), await tts.collect("b")
     assert first.done.audio_ms > 0 and second.done.audio_ms > 0
 
 
-async def expect_error(ws: ClientConnection, code: protocol.ErrorCode) -> None:
-    while True:
-        raw = await asyncio.wait_for(ws.recv(), 10)
-        if isinstance(raw, str) and isinstance(message := protocol.parse_server_message(raw), protocol.Error):
-            assert message.code == code, message
-            return
+async def expect_error(tts: TTSClient, code: protocol.ErrorCode) -> None:
+    while not isinstance(message := await tts.receive(timeout=10), protocol.Error):
+        pass
+    assert message.code == code, message
 
 
 @pytest.mark.parametrize(
@@ -170,19 +189,25 @@ async def expect_error(ws: ClientConnection, code: protocol.ErrorCode) -> None:
             [protocol.Text("x", "Hi.").to_json(), protocol.Flush("x").to_json(), protocol.Text("x", "More.").to_json()],
             protocol.ErrorCode.CONTEXT_CLOSED,
         ),
+        (
+            [protocol.Text("x", "word " * 799).to_json()] * (2 * protocol.MAX_PENDING_CHARS // 3995 + 1),
+            protocol.ErrorCode.TEXT_TOO_LONG,
+        ),
     ],
+    ids=lambda v: v.value if isinstance(v, protocol.ErrorCode) else None,
 )
 async def test_bad_input_is_answered_and_session_keeps_working(tts_server, messages, code):
-    ws, _ = await open_session(tts_server.url)
-    async with ws:
+    async with TTSClient(tts_server.url) as tts:
         for message in messages:
-            await ws.send(message)
-        await expect_error(ws, code)
-        await ws.send(protocol.Text("ok", "Fine.").to_json())
-        await ws.send(protocol.Flush("ok").to_json())
-        while not (isinstance(raw := await asyncio.wait_for(ws.recv(), 30), str) and '"done"' in raw and '"ok"' in raw):
+            await tts.ws.send(message)
+        await expect_error(tts, code)
+        if code == protocol.ErrorCode.TEXT_TOO_LONG and len(messages) > 1:
+            await tts.cancel("x")
+        await tts.text("ok", "Fine.")
+        await tts.flush("ok")
+        while not isinstance(message := await tts.receive(), protocol.Done) or message.context_id != "ok":
             pass
-        assert json.loads(raw)["audio_ms"] > 0
+    assert message.audio_ms > 0
 
 
 async def test_oversized_frame_and_abrupt_disconnects_leave_others_unharmed(tts_server, whisper):
@@ -193,11 +218,11 @@ async def test_oversized_frame_and_abrupt_disconnects_leave_others_unharmed(tts_
             await asyncio.wait_for(ws.recv(), 10)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
     for _ in range(3):
-        ws, _ = await open_session(tts_server.url)
-        await ws.send(protocol.Text("c", " ".join([REPLY] * 3)).to_json())
-        await ws.send(protocol.Flush("c").to_json())
-        await ws.recv()
-        ws.transport.abort()
+        tts = await TTSClient(tts_server.url).__aenter__()
+        await tts.text("c", " ".join([REPLY] * 3))
+        await tts.flush("c")
+        await tts.receive()
+        tts.ws.transport.abort()
     reply, rate = await speak(tts_server.url, "The server is still fine.")
     assert wer(["The server is still fine."], [await transcribe(whisper, reply.audio, rate)]) <= 0.2
     with urllib.request.urlopen(f"http://127.0.0.1:{tts_server.port}/health") as response:
@@ -205,17 +230,12 @@ async def test_oversized_frame_and_abrupt_disconnects_leave_others_unharmed(tts_
 
 
 async def test_mark_is_echoed_once_the_text_before_it_is_synthesized(tts_server):
-    ws, _ = await open_session(tts_server.url)
-    async with ws:
-        await ws.send(protocol.Text("c", "Sure, the first part").to_json())
-        await ws.send(protocol.Mark("c", "m1").to_json())
-        await ws.send(protocol.Text("c", " and the second part.").to_json())
-        await ws.send(protocol.Mark("c", "m2").to_json())
-        await ws.send(protocol.Flush("c").to_json())
-        events = []
-        while not events or events[-1] != "done":
-            raw = await asyncio.wait_for(ws.recv(), 30)
-            if isinstance(raw, str):
-                message = protocol.parse_server_message(raw)
-                events.append(message.id if isinstance(message, protocol.Mark) else message.type)
+    async with TTSClient(tts_server.url) as tts:
+        await tts.text("c", "Sure, the first part")
+        await tts.mark("c", "m1")
+        await tts.text("c", " and the second part.")
+        await tts.mark("c", "m2")
+        await tts.flush("c")
+        reply = await tts.collect("c")
+    events = [m.id if isinstance(m, protocol.Mark) else m.type for m in reply.messages]
     assert events == ["segment_done", "segment_done", "m1", "segment_done", "m2", "done"], events

@@ -2,7 +2,7 @@
 
 import pytest
 
-from servers.tts.text import Segmenter, normalize
+from servers.tts.text import MAX_SEGMENT_CHARS, Segmenter, bounded_cut, normalize, split_bounded
 
 
 @pytest.mark.parametrize(
@@ -17,6 +17,11 @@ from servers.tts.text import Segmenter, normalize
         ("Visit https://example.com today.", "Visit a link today."),
         ("It is -3.5 degrees.", "It is minus three point five degrees."),
         ("# Heading\n- item one", "Heading - item one"),
+        ("In 1984 we had 12500 people.", "In nineteen eighty-four we had twelve thousand, five hundred people."),
+        ("It was May 5, 2024.", "It was May five, twenty twenty-four."),
+        ("Pi is 3.14159 and 007 is a spy.", "Pi is three point one four one five nine and zero zero seven is a spy."),
+        ("At 10:05.", "At ten oh five."),
+        ("It costs $1250000.", "It costs one million, two hundred and fifty thousand dollars."),
     ],
 )
 def test_normalize(written: str, spoken: str) -> None:
@@ -54,3 +59,65 @@ def test_long_text_without_punctuation_is_cut_at_a_space() -> None:
     segments = s.add("word " * 100)
     assert segments and all(len(seg) <= 300 for seg in segments)
     assert " ".join(segments + s.flush()).split() == ["word"] * 100
+
+
+@pytest.mark.parametrize(
+    ("written", "spoken"),
+    [
+        ("Call 415-555-2671.", "Call four one five, five five five, two six seven one."),
+        ("Call (415) 555-2671.", "Call four one five, five five five, two six seven one."),
+        ("Call +1 415 555 2671.", "Call plus one, four one five, five five five, two six seven one."),
+        ("Card 4111 1111 1111 1234.", "Card four one one one, one one one one, one one one one, one two three four."),
+        ("Account 4155552671.", "Account four one five, five five five, two six seven one."),
+        ("Code 12345678.", "Code one two three four, five six seven eight."),
+    ],
+)
+def test_phone_card_and_account_numbers_are_read_in_digit_groups(written: str, spoken: str) -> None:
+    assert normalize(written) == spoken
+
+
+def test_a_huge_number_is_read_in_groups_of_bounded_length() -> None:
+    """300 digits: not "... quinquanonagintillion", and no overflow; 7-8 words per group."""
+    for written in ("7" * 300, "1," + "234," * 99 + "567", "$" + "9" * 400):
+        spoken = normalize(written)
+        groups = spoken.split(", ")
+        assert len(groups) > 50 and all(len(g.split()) <= 5 for g in groups[:-1]), spoken[:200]
+        assert "illion" not in spoken
+        assert len(spoken) < 8 * len(written)
+
+
+def test_bounded_cut_prefers_punctuation_then_conjunctions_then_any_word() -> None:
+    assert bounded_cut("one two three four, five six seven eight nine ten", 36) == len("one two three four,")
+    assert bounded_cut("one two three four and five six seven eight nine ten", 36) == len("one two three four")
+    assert bounded_cut("one two three four five six the seven eight nine", 36) == len("one two three four five six")
+    assert bounded_cut("one two three four five six seven eight nine ten", 36) == len("one two three four five six seven")
+    assert bounded_cut("one, two three four five six seven eight nine ten", 36) == len("one, two three four five six seven")
+    assert bounded_cut("x" * 100, 40) == 40
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "word " * 1000,
+        "the quick brown fox jumps over a lazy dog while seven green parrots sing " * 60,
+        "x" * 4000,
+        "4155552671" * 30,
+        "Short. " * 500,
+    ],
+)
+def test_any_text_is_cut_into_bounded_segments_and_parts_without_losing_words(text: str) -> None:
+    s = Segmenter(first_words=(3, 6))
+    segments = s.add(text[:2000]) + s.add(text[2000:]) + s.flush()
+    assert segments and all(len(seg) <= MAX_SEGMENT_CHARS for seg in segments)
+    assert "".join("".join(segments).split()) == "".join(text.split())
+    spoken = normalize(" ".join(segments))
+    parts = [p for seg in segments for p in split_bounded(normalize(seg), 60)]
+    assert all(0 < len(p) <= 60 for p in parts)
+    assert "".join("".join(parts).split()) == "".join(spoken.split())
+
+
+def test_long_sentence_is_cut_at_a_clause_not_mid_phrase() -> None:
+    sentence = "We looked at the old house by the river, " + "and then we walked along the quiet road " * 10 + "home."
+    segments = Segmenter().add("Hi. " + sentence + " Bye. ")
+    assert segments[0] == "Hi."
+    assert all(seg.endswith((",", ".")) or seg.split()[-1] == "road" for seg in segments[1:]), segments

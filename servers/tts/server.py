@@ -5,6 +5,11 @@ The protocol is in `servers/tts/protocol.py`.
 
 All model work runs on one worker thread per engine: sessions take turns chunk by chunk, so two
 sessions can never corrupt shared model state, and a cancel stops a reply at the next chunk.
+Every chunk is bounded whatever the text: segments are cut to a bounded length and their spoken
+form into parts of at most the engine's `max_part_chars` (`text.split_bounded`), so a long reply
+delays another session's first audio by one part at most and the engine's memory stays bounded.
+Audio leaves through the WebSocket's flow control: a client that stops reading stops its own
+reply, so nothing queues up for it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from servers.serving import ModelServer
 from servers.tts import protocol
 from servers.tts.engines.base import TTSEngine
 from servers.tts.protocol import ErrorCode, ProtocolError
-from servers.tts.text import Segmenter, normalize
+from servers.tts.text import Segmenter, normalize, split_bounded
 
 DEFAULT_PORT = 8001
 MAX_OPEN_CONTEXTS = 16
@@ -43,16 +48,32 @@ class Context:
     language: str
     segmenter: Segmenter = field(default_factory=Segmenter)
     segments: asyncio.Queue[str | protocol.Mark | None] = field(default_factory=asyncio.Queue)
+    queued_chars: int = 0
+    """Characters in `segments` not yet spoken: with the segmenter's, bounded by MAX_PENDING_CHARS."""
     flushed: bool = False
     cancelled: bool = False
     samples: int = 0
+
+    def queue(self, item: str | protocol.Mark | None) -> None:
+        self.queued_chars += _chars(item)
+        self.segments.put_nowait(item)
+
+    async def next_segment(self) -> str | protocol.Mark | None:
+        item = await self.segments.get()
+        self.queued_chars -= _chars(item)
+        return item
+
+
+def _chars(item: str | protocol.Mark | None) -> int:
+    return len(item) if isinstance(item, str) else len(item.id) + 1 if isinstance(item, protocol.Mark) else 0
 
 
 class TTSServer(ModelServer):
     kind = "tts"
 
-    def __init__(self, engine: TTSEngine) -> None:
+    def __init__(self, engine: TTSEngine, max_part_chars: int | None = None) -> None:
         super().__init__(engine)
+        self.max_part_chars = max_part_chars or engine.max_part_chars
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tts-{engine.name}")
 
     async def load_engine(self) -> None:
@@ -123,15 +144,16 @@ class Session:
             self.flush(self.open_context(message.context_id))
         elif isinstance(message, protocol.Mark):
             context = self.open_context(message.context_id)
+            self.check_room(context, len(message.id) + 1)
             for segment in context.segmenter.flush():
-                context.segments.put_nowait(segment)
-            context.segments.put_nowait(message)
+                context.queue(segment)
+            context.queue(message)
         elif isinstance(message, protocol.Cancel):
             context = self.contexts.pop(message.context_id, None)
             if context is None:
                 raise ProtocolError(ErrorCode.UNKNOWN_CONTEXT, "nothing to cancel", message.context_id)
             context.cancelled = True
-            context.segments.put_nowait(None)
+            context.queue(None)
             await self.send(protocol.Done(context_id=context.id, audio_ms=self.audio_ms(context), cancelled=True))
 
     def start(self, context_id: str, voice: str | None, language: str | None) -> Context:
@@ -158,8 +180,8 @@ class Session:
     def flush(self, context: Context) -> None:
         context.flushed = True
         for segment in context.segmenter.flush():
-            context.segments.put_nowait(segment)
-        context.segments.put_nowait(None)
+            context.queue(segment)
+        context.queue(None)
 
     def open_context(self, context_id: str) -> Context:
         context = self.contexts.get(context_id)
@@ -171,12 +193,16 @@ class Session:
 
     def add_text(self, context: Context, text: str) -> None:
         self.open_context(context.id)
-        if context.segmenter.pending + len(text) > protocol.MAX_PENDING_CHARS:
+        self.check_room(context, len(text))
+        for segment in context.segmenter.add(text):
+            context.queue(segment)
+
+    def check_room(self, context: Context, chars: int) -> None:
+        """Text is accepted faster than it is spoken; what waits is bounded (the client retries later)."""
+        if context.segmenter.pending + context.queued_chars + chars > protocol.MAX_PENDING_CHARS:
             raise ProtocolError(
                 ErrorCode.TEXT_TOO_LONG, f"more than {protocol.MAX_PENDING_CHARS} characters queued", context.id
             )
-        for segment in context.segmenter.add(text):
-            context.segments.put_nowait(segment)
 
     def audio_ms(self, context: Context) -> float:
         return round(context.samples * 1000 / self.engine.sample_rate, 1)
@@ -193,16 +219,18 @@ class Session:
 
     async def speak(self, context: Context) -> None:
         index = 0
-        while (segment := await context.segments.get()) is not None and not context.cancelled:
+        while (segment := await context.next_segment()) is not None and not context.cancelled:
             if isinstance(segment, protocol.Mark):
                 await self.send(segment)
                 continue
             text = normalize(segment)
             if not text:
                 continue
-            samples = await self.synthesize(context, text, first=index == 0)
-            if context.cancelled:
-                return
+            samples = 0
+            for i, part in enumerate(split_bounded(text, self.server.max_part_chars)):
+                samples += await self.synthesize(context, part, first=index == 0 and i == 0)
+                if context.cancelled:
+                    return
             audio_ms = round(samples * 1000 / self.engine.sample_rate, 1)
             await self.send(protocol.SegmentDone(context.id, index, text, audio_ms, written=segment))
             index += 1
@@ -211,7 +239,7 @@ class Session:
             await self.send(protocol.Done(context_id=context.id, audio_ms=self.audio_ms(context)))
 
     async def synthesize(self, context: Context, text: str, first: bool) -> int:
-        """Stream one segment's audio; stop at the next chunk once the context is cancelled."""
+        """Stream one part's audio; stop at the next chunk once the context is cancelled."""
         chunks: Iterator[np.ndarray] = self.engine.synthesize(text, context.voice, context.language, first)
         step = int(SEND_CHUNK_S * self.engine.sample_rate)
         samples = 0
@@ -249,6 +277,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_flag(parser, "--piper-model", "TTS_PIPER_MODEL", None, "Piper .onnx voice (default: packaged en_US joe)")
     add_flag(parser, "--piper-config", "TTS_PIPER_CONFIG", None, "Piper voice .onnx.json (default: next to the model)")
     add_flag(
+        parser, "--max-part-chars", "TTS_MAX_PART_CHARS", None,
+        "longest text synthesized in one engine call (default: the engine's); shorter: fairer, longer: smoother",
+        type=int,
+    )
+    add_flag(
         parser, "--magpie-model", "TTS_MAGPIE_MODEL", "nvidia/magpie_tts_multilingual_357m",
         "Hugging Face name or local .nemo path",
     )
@@ -256,7 +289,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    await TTSServer(build_engine(args)).serve(args.host, args.port, protocol.MAX_MESSAGE_BYTES)
+    await TTSServer(build_engine(args), args.max_part_chars).serve(args.host, args.port, protocol.MAX_MESSAGE_BYTES)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,38 +5,115 @@ so no engine mispronounces "$5" or reads an emoji's name. Segmentation decides w
 next: whole sentences normally, but the first segment of a reply is cut at the first clause
 boundary so that the first audio starts as early as possible. The LLM service cuts its interleaved
 segments by the same rules (`ends_sentence`, `ends_clause`, `phrase_cut`, `FIRST_SEGMENT_WORDS`).
+
+Text of any shape costs bounded work: a segment never exceeds `MAX_SEGMENT_CHARS` written, and
+`split_bounded` cuts its spoken form into parts no longer than an engine synthesizes in one call;
+both cut where a reader would pause (`bounded_cut`). Long digit strings are read in groups, digit
+by digit, so their spoken length grows linearly with the digits, never as "quadrillion ...".
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 
 from num2words import num2words
 
 _LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 _URL = re.compile(r"https?://\S+")
 _MARKUP = re.compile(r"[*_`#>|~]+")
+_DIGIT_SEQUENCE = re.compile(r"(?<![\w.,-])(?:\+\d{1,3}[ -]?)?(?:\(\d{2,4}\) ?)?\d{2,}(?:[ -]\d{2,})+(?![\w-]|[.,]\d)")
 _CURRENCY = re.compile(r"([$€£])\s?(\d[\d,]*(?:\.\d+)?)")
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s?%")
-_ORDINAL = re.compile(r"\b(\d+)(st|nd|rd|th)\b")
+_ORDINAL = re.compile(r"\b(\d{1,6})(st|nd|rd|th)\b")
 _TIME = re.compile(r"\b(\d{1,2}):(\d{2})\b")
+_MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
+_YEAR = re.compile(
+    rf"\b((?:in|since|from|until|till|by|year|circa|around|before|after|during)\s+|(?:{_MONTHS})\s+(?:\d{{1,2}},?\s+)?)"
+    r"(1[1-9]\d\d|20\d\d)\b(?![,.]?\d)",
+    re.IGNORECASE,
+)
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?![\w])")
 _SPACE = re.compile(r"\s+")
 _SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+([.,!?;:])")
 CURRENCIES = {"$": ("dollars", "cents"), "€": ("euros", "cents"), "£": ("pounds", "pence")}
 SYMBOLS = {"&": " and ", "+": " plus ", "=": " equals ", "@": " at ", "/": " ", "\\": " ", "°": " degrees "}
+DIGIT_NAMES = "zero one two three four five six seven eight nine".split()
+MAX_CARDINAL_DIGITS = 6
+"""A bare run of up to 6 digits is a quantity ("12500": twelve thousand five hundred); a longer run,
+or one with a leading zero, is an identifier (phone, card, account number) read in digit groups."""
+MAX_AMOUNT_DIGITS = 15
+"""Money, percentages and numbers with thousands separators are read as amounts up to hundreds of
+trillions; beyond that (no one says "quattuordecillion") they are read in digit groups too."""
 
 
-def _number(text: str) -> str:
-    value = float(text.replace(",", "")) if "." in text else int(text.replace(",", ""))
-    return num2words(value)
+def _group_sizes(n: int) -> list[int]:
+    """How a person groups n digits: 4-4-4-4 for a card, 3-3-4 for a phone number, 3s otherwise."""
+    if n <= 4:
+        return [n]
+    if n % 4 == 0:
+        return [4] * (n // 4)
+    threes, rest = divmod(n, 3)
+    if rest == 0:
+        return [3] * threes
+    if rest == 1:
+        return [3] * (threes - 1) + [4]
+    return [3] * (threes - 2) + [4, 4] if threes >= 2 else [3, 2]
+
+
+def _spell(digits: str) -> str:
+    return " ".join(DIGIT_NAMES[int(d)] for d in digits)
+
+
+def read_digits(groups: Iterable[str]) -> str:
+    """Digit by digit with a pause between groups: ["4155552671"] -> "four one five, five five five,
+    two six seven one". Written groups ("415-555-2671") are kept; longer ones are grouped."""
+    spoken = []
+    for group in groups:
+        start = 0
+        for size in _group_sizes(len(group)):
+            spoken.append(_spell(group[start : start + size]))
+            start += size
+    return ", ".join(spoken)
+
+
+def _number(written: str, amount: bool = False) -> str:
+    """A number as a person says it: a quantity in words, an identifier in digit groups, a decimal
+    part digit by digit. `amount`: money or a percentage, a quantity whatever its digit count."""
+    sign = "minus " if written.startswith("-") else ""
+    whole, _, fraction = written.lstrip("-").partition(".")
+    digits = whole.replace(",", "")
+    if len(digits) > MAX_AMOUNT_DIGITS:
+        spoken = read_digits(whole.split(","))
+    elif "," in whole or amount or (len(digits) <= MAX_CARDINAL_DIGITS and not (len(digits) > 1 and digits[0] == "0")):
+        spoken = num2words(int(digits))
+    else:
+        spoken = read_digits([digits])
+    if fraction:
+        spoken += " point " + (read_digits([fraction]) if len(fraction) > MAX_CARDINAL_DIGITS else _spell(fraction))
+    return sign + spoken
+
+
+def _digit_sequence(match: re.Match[str]) -> str:
+    """Phone and card numbers written in groups; other digit groups ("1990-2000") are left alone."""
+    groups = re.findall(r"\d+", match[0])
+    phone = len(groups) >= 3 or (len(groups) == 2 and "-" in match[0] and len(groups[0]) == 3)
+    if sum(map(len, groups)) < 7 or not phone:
+        return match[0]
+    return ("plus " if match[0].startswith("+") else "") + read_digits(groups)
+
+
+def _minutes(written: str) -> str:
+    if written == "00":
+        return "o clock"
+    return f"oh {DIGIT_NAMES[int(written[1])]}" if written[0] == "0" else num2words(int(written))
 
 
 def _money(symbol: str, amount: str) -> str:
     major, _, minor = amount.replace(",", "").partition(".")
     unit, subunit = CURRENCIES[symbol]
-    spoken = f"{num2words(int(major))} {unit}"
+    spoken = f"{_number(major, amount=True)} {unit}"
     if minor and int(minor):
         spoken += f" and {num2words(int(minor.ljust(2, '0')[:2]))} {subunit}"
     return spoken
@@ -55,10 +132,12 @@ def normalize(text: str) -> str:
     text = _URL.sub("a link", text)
     text = _MARKUP.sub("", text)
     text = _strip_emoji(text)
+    text = _DIGIT_SEQUENCE.sub(_digit_sequence, text)
     text = _CURRENCY.sub(lambda m: _money(m[1], m[2]), text)
-    text = _PERCENT.sub(lambda m: f"{_number(m[1])} percent", text)
+    text = _PERCENT.sub(lambda m: f"{_number(m[1], amount=True)} percent", text)
     text = _ORDINAL.sub(lambda m: num2words(int(m[1]), to="ordinal"), text)
-    text = _TIME.sub(lambda m: f"{_number(m[1])} {'o clock' if m[2] == '00' else _number(m[2])}", text)
+    text = _TIME.sub(lambda m: f"{_number(m[1])} {_minutes(m[2])}", text)
+    text = _YEAR.sub(lambda m: m[1] + num2words(int(m[2]), to="year"), text)
     text = _NUMBER.sub(lambda m: _number(m[0]), text)
     for symbol, spoken in SYMBOLS.items():
         text = text.replace(symbol, spoken)
@@ -90,6 +169,19 @@ PHRASE_STARTS = frozenset(
     "from by about into is are was were be been has have had will would can could should may might do does "
     "did it its this these those there".split()
 )
+CONJUNCTIONS = frozenset("and or but so because that which who when where while if than".split())
+
+
+def _before_words(words: frozenset[str]) -> re.Pattern[str]:
+    return re.compile(rf"\s+(?=[\"'(]?(?:{'|'.join(sorted(words))})\b)", re.IGNORECASE)
+
+
+_PAUSE_CUTS = (
+    (re.compile(rf"(?:{_SENTENCE}|{_CLAUSE})(?=\s)"), "end"),  # after punctuation
+    (_before_words(CONJUNCTIONS), "start"),  # before "and", "because", ...
+    (_before_words(PHRASE_STARTS), "start"),  # before "the", "of", "is", ...
+    (re.compile(r"\s+"), "start"),  # between any two words
+)
 
 
 def phrase_cut(text: str, min_words: int, max_words: int) -> int | None:
@@ -101,14 +193,44 @@ def phrase_cut(text: str, min_words: int, max_words: int) -> int | None:
         if i >= max_words or (i >= min_words and word[0].lower().strip("\"'(") in PHRASE_STARTS):
             return word.start()
     return None
+
+
+def bounded_cut(text: str, limit: int) -> int:
+    """Where to cut `text` so that the piece before is at most `limit` characters and ends where a
+    reader pauses: after the last punctuation, else before the last conjunction, else before the
+    last function word, else between the last two words, each only in the window's second half
+    (so pieces stay long enough for natural prosody); a single word longer than `limit` is cut at it."""
+    window = text[: limit + 1]
+    for pattern, side in _PAUSE_CUTS:
+        cuts = [m.end() if side == "end" else m.start() for m in pattern.finditer(window)]
+        cuts = [c for c in cuts if limit // 2 <= c <= limit]
+        if cuts:
+            return cuts[-1]
+    space = window.rfind(" ", 1, limit)
+    return space if space > 0 else limit
+
+
+def split_bounded(text: str, limit: int) -> list[str]:
+    """`text` in pieces of at most `limit` characters, each cut by `bounded_cut`."""
+    pieces = []
+    text = text.strip()
+    while len(text) > limit:
+        cut = bounded_cut(text, limit)
+        pieces.append(text[:cut].strip())
+        text = text[cut:].strip()
+    return [p for p in pieces + [text] if p]
+
+
 MAX_SEGMENT_CHARS = 300
+"""A segment's written length at most: a sentence longer than this is cut by `bounded_cut`."""
 
 
 class Segmenter:
     """Accumulates one reply's text and hands out segments ready to synthesize.
 
     The first segment ends at the first clause or sentence end, or with `first_words` = (min, max)
-    at a phrase boundary (`phrase_cut`); later ones at sentence ends."""
+    at a phrase boundary (`phrase_cut`); later ones at sentence ends; none is longer than
+    `MAX_SEGMENT_CHARS`."""
 
     def __init__(self, first_words: tuple[int, int] | None = None) -> None:
         self._buffer = ""
@@ -128,9 +250,9 @@ class Segmenter:
         return segments
 
     def flush(self) -> list[str]:
-        """The end of the reply: whatever is left is the last segment."""
-        rest, self._buffer = self._buffer.strip(), ""
-        return [rest] if rest else []
+        """The end of the reply: whatever is left, in segments of at most `MAX_SEGMENT_CHARS`."""
+        rest, self._buffer = self._buffer, ""
+        return split_bounded(rest, MAX_SEGMENT_CHARS)
 
     def _next(self) -> str | None:
         cut = self._cut_point()
@@ -143,15 +265,16 @@ class Segmenter:
         return segment
 
     def _cut_point(self) -> int | None:
-        ends = [_SENTENCE_END.search(self._buffer)]
+        window = self._buffer[: MAX_SEGMENT_CHARS + 1]
+        ends = [_SENTENCE_END.search(window)]
         if self._emitted == 0:
-            ends.append(_CLAUSE_END.search(self._buffer))
+            ends.append(_CLAUSE_END.search(window))
         found = [m.end() for m in ends if m]
-        if self._emitted == 0 and self.first_words and (cut := phrase_cut(self._buffer, *self.first_words)):
+        if self._emitted == 0 and self.first_words and (cut := phrase_cut(window, *self.first_words)):
             found.append(cut)
+        found = [c for c in found if c <= MAX_SEGMENT_CHARS]
         if found:
             return min(found)
         if len(self._buffer) > MAX_SEGMENT_CHARS:
-            space = self._buffer.rfind(" ", 0, MAX_SEGMENT_CHARS)
-            return space if space > 0 else MAX_SEGMENT_CHARS
+            return bounded_cut(self._buffer, MAX_SEGMENT_CHARS)
         return None

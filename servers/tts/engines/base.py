@@ -9,7 +9,7 @@ one chunk at a time on the engine's single worker thread, so
   simply stops advancing the generator and closes it.
 
 Engines therefore keep chunks short (tens to a few hundred milliseconds of audio) and need not be
-thread-safe.
+thread-safe. The server never passes more than `max_part_chars` of text to one call.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ class TTSEngine(ABC):
     first_segment_words: tuple[int, int] | None = None
     """(min, max) words after which a reply's first segment may end at a phrase boundary without
     punctuation (`text.phrase_cut`), for engines whose first audio waits for a whole segment."""
+    max_part_chars: int = 200
+    """Longest (normalised) text given to one `synthesize` call: bounds what one call allocates and,
+    for engines that compute a call's audio at once, how long it holds the worker from other sessions."""
 
     @abstractmethod
     def load(self) -> None:

@@ -24,6 +24,10 @@ class PiperEngine(TTSEngine):
     name = "piper"
     languages = ("en",)
     first_segment_words = FIRST_SEGMENT_WORDS
+    max_part_chars = 60
+    """Piper computes a call's audio at once (≈2.5 ms a character on 2 cores): 60 characters, about
+    ten words, hold the worker for about as long as a reply's first segment, and keep onnxruntime's
+    arena near its idle size (800 characters in one call grow the process to 1.6 GB)."""
 
     def __init__(self, model_path: str | None = None, config_path: str | None = None) -> None:
         self.model_path = model_path
