@@ -216,7 +216,7 @@ async def long_async(args: argparse.Namespace) -> None:
             errors = wer([r["reference"] for r in mine], [r["text"] for r in mine])
             order = [landmarks_in_order(r["reference"], r["text"]) for r in mine]
             print(
-                f"{name:<5}{mine[0]['audio_s']:6.1f} s  final p50 {p50:7.1f} ms ({p50 - base:+7.1f} vs {lengths[0]:g} s)"
+                f"{name:<5}{mine[0]['audio_s']:6.1f} s  final p50 {p50:7.1f} ms ({p50 - base:+7.1f} vs the first)"
                 f"  server {np.median([r['server_ms'] for r in mine]):7.1f} ms  WER {errors:.3f}"
                 f"  landmarks heard {sum(o[1] for o in order)}/{sum(o[0] for o in order)},"
                 f" out of place {sum(o[2] for o in order)}  (n={len(mine)})"
