@@ -36,7 +36,6 @@ from pipecat.runner.types import RunnerArguments
 from pipecat.runner.utils import create_transport
 from pipecat.serializers.protobuf import ProtobufFrameSerializer
 from pipecat.services.llm_service import LLMService
-from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.services.settings import LLMSettings
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams
@@ -48,6 +47,7 @@ from bot_config import BotConfig, add_bot_flags
 from bot_tools import bot_tools
 from pipecat_services.asr_stt import ASRServerSTTService
 from pipecat_services.llama_llm import LlamaServerLLMService
+from pipecat_services.openai_llm import BudgetedOpenAILLMService
 from pipecat_services.tts import TTSServerTTSService
 from pipecat_services.turn_end import SentenceEndUserTurnStopStrategy
 from pipecat_services.turn_metrics import TurnLatencyMetricsData, TurnLatencyObserver
@@ -68,10 +68,11 @@ confidence (0.7) still decides what is speech."""
 
 def make_llm(config: BotConfig, interleaver: Interleaver | None, context: LLMContext) -> LLMService:
     if config.llm_api == "openai":
-        return OpenAILLMService(
+        return BudgetedOpenAILLMService(
             api_key=config.llm_api_key,
             base_url=config.llm_url,
-            settings=OpenAILLMService.Settings(
+            context_tokens=config.context_tokens or None,
+            settings=BudgetedOpenAILLMService.Settings(
                 model=config.llm_model,
                 system_instruction=config.full_system_prompt,
                 max_completion_tokens=config.max_tokens,
@@ -83,6 +84,7 @@ def make_llm(config: BotConfig, interleaver: Interleaver | None, context: LLMCon
         interleaver=interleaver,
         interleaved_segments=1 if config.interleave == "first" else None,
         warm_context=context,
+        context_tokens=config.context_tokens or None,
         settings=LLMSettings(
             system_instruction=config.full_system_prompt, max_tokens=config.max_tokens, temperature=config.temperature
         ),

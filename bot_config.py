@@ -51,6 +51,7 @@ class BotConfig:
     tools: str = "time,end_call"
     interleave: str = "first"
     max_tokens: int = 200
+    context_tokens: int = 0
     temperature: float = 0.7
     vad_start_secs: float = 0.1
     vad_stop_secs: float = 0.2
@@ -107,6 +108,10 @@ def add_bot_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         choices=INTERLEAVE_MODES,
     )
     add_flag(group, "--max-tokens", "BOT_MAX_TOKENS", d.max_tokens, "longest reply in tokens")
+    add_flag(
+        group, "--context-tokens", "BOT_CONTEXT_TOKENS", d.context_tokens,
+        "a conversation's window (prompt and reply); past it the oldest turns leave. 0: the LLM server's own",
+    )
     add_flag(group, "--temperature", "BOT_TEMPERATURE", d.temperature, "LLM sampling temperature (0: greedy)")
     add_flag(
         group, "--vad-start-secs", "BOT_VAD_START_SECS", d.vad_start_secs,

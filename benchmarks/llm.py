@@ -4,12 +4,19 @@ one turn of which calls the bot's time tool (a reply with the call, then one wit
     python -m benchmarks.llm                          # starts llama-server with the embedded 1.5B
     python -m benchmarks.llm --model qwen2.5-0.5b --no-interleave
     python -m benchmarks.llm --url http://HOST:8002   # an already running llama-server
+    python -m benchmarks.llm --long                   # 30 turns through a 1024-token slot: trim turns
 
 Each turn goes through `LlamaServerLLMService` and Pipecat's assistant aggregator, as in the bot.
 Interleaved, the TTS side of the interleaving answers each mark at once, so this measures the LLM
 alone: first_segment_ms is the service's TTFB (context in → first segment out; free streaming:
 first token). cache hit = llama-server's cache_n / the prompt tokens it had already seen in this
 conversation; "of prompt" = cache_n / (cache_n + prompt_n), the share of the whole prompt.
+
+`--long`: a conversation several times the slot's window (`--ctx-size`, default 1024), so the oldest
+turns leave the context every few turns; prints the TTFB of normal and of trim turns, twice: as the
+service does it (the kept turns' tokens unchanged, shifted in llama-server's cache) and with the
+token history's tail reuse off (the kept turns evaluated again), which is what a trim would cost
+without it.
 """
 
 from __future__ import annotations
@@ -74,13 +81,12 @@ LONG_CHECKS = [
 system prompt and one of the recent turns."""
 
 
-def long_script(turns: int) -> list[str]:
-    """`turns` user turns: ~90 tokens each (four topics and a question), then `LONG_CHECKS`."""
-    topics, questions = LONG_TOPICS, LONG_QUESTIONS
-    said = [
-        " ".join([*(topics[(i * 4 + k) % len(topics)] for k in range(4)), questions[i % len(questions)]])
-        for i in range(turns - len(LONG_CHECKS))
-    ]
+def long_script(turns: int, sentences: int = 4) -> list[str]:
+    """`turns` user turns of `sentences` topics and a question (~22 tokens a sentence), then `LONG_CHECKS`."""
+    said = []
+    for i in range(turns - len(LONG_CHECKS)):
+        topics = [LONG_TOPICS[(i * sentences + k) % len(LONG_TOPICS)] for k in range(sentences)]
+        said.append(" ".join([*topics, LONG_QUESTIONS[i % len(LONG_QUESTIONS)]]))
     return [*said, *(text for text, _ in LONG_CHECKS)]
 
 
@@ -150,10 +156,60 @@ async def run_conversation(url: str, interleave: bool, temperature: float) -> li
     return results
 
 
+async def run_long_conversation(url: str, turns: int, interleave: bool, reuse_tail: bool) -> list[dict]:
+    """One row per turn of `long_script(turns)`: TTFB, whether the turn trimmed, cache numbers."""
+    interleaver = Interleaver() if interleave else None
+    llm = LlamaServerLLMService(
+        base_url=url, interleaver=interleaver,
+        settings=LLMSettings(system_instruction=LONG_SYSTEM, temperature=0.0, seed=7, max_tokens=40),
+    )
+    if not reuse_tail:
+        llm.history.min_tail_tokens = 10**9
+    context, rows = LLMContext(), []
+    for i, question in enumerate(long_script(turns)):
+        context.add_message({"role": "user", "content": question})
+        recorder = TurnRecorder(llm)
+        stages = [llm, *([AnswerMarks(interleaver)] if interleaver else []), recorder]
+        down = await run_script(
+            *stages, LLMAssistantAggregator(context), steps=[LLMContextFrame(context), recorder.done.wait],
+            pipeline_params=PipelineParams(enable_metrics=True),
+        )
+        ttfb = [d.value for f in down if isinstance(f, MetricsFrame) for d in f.data if isinstance(d, TTFBMetricsData)]
+        turn = llm.last_turn
+        rows.append(
+            {"turn": i + 1, "trimmed": turn["trimmed"], "ttfb_ms": round(max(ttfb) * 1000, 1),
+             "prompt_tokens": turn["prompt_tokens"], "cache_n": turn.get("cache_n"), "prompt_n": turn.get("prompt_n"),
+             "messages": len(context.messages), "reply": recorder.text}
+        )  # fmt: skip
+    await llm.backend.close()
+    return rows
+
+
+async def main_long(args: argparse.Namespace, url: str) -> None:
+    for reuse_tail in (True, False):
+        rows = await run_long_conversation(url, args.turns, args.interleave, reuse_tail)
+        label = "kept turns shifted in the cache" if reuse_tail else "kept turns evaluated again (tail reuse off)"
+        print(f"\n{label}:")
+        for r in rows:
+            print(json.dumps(r) if args.json else (
+                f"turn {r['turn']:>2}  {r['ttfb_ms']:7.1f} ms  {'TRIM' if r['trimmed'] else '    '}  prompt "
+                f"{r['prompt_tokens']:>4}  cached {r['cache_n']:>4}  evaluated {r['prompt_n']:>4}  {r['reply'][:50]!r}"
+            ))  # fmt: skip
+        normal, trims = [r for r in rows[1:] if not r["trimmed"]], [r for r in rows if r["trimmed"]]
+        print(fmt("first segment (TTFB), normal turns", [r["ttfb_ms"] for r in normal]))
+        print(fmt("first segment (TTFB), trim turns", [r["ttfb_ms"] for r in trims]))
+        print(fmt("prompt tokens evaluated, trim turns", [r["prompt_n"] for r in trims], unit="", decimals=0))
+        print(f"{len(trims)} trims in {len(rows)} turns")
+
+
 async def main_async(args: argparse.Namespace) -> None:
+    server_args = ["--model", args.model, *(["--ctx-size", str(args.ctx_size)] if args.long else [])]
     with tempfile.TemporaryDirectory() as tmp:
-        async with running_server("servers.llm", args.url, ["--model", args.model], Path(tmp) / "llm.log") as url:
+        async with running_server("servers.llm", args.url, server_args, Path(tmp) / "llm.log") as url:
             url = url.replace("ws://", "http://")
+            if args.long:
+                await main_long(args, url)
+                return
             await run_conversation(url, args.interleave, args.temperature)
             results = await run_conversation(url, args.interleave, args.temperature)
     for r in results:
@@ -180,6 +236,9 @@ def main() -> None:
     parser.add_argument("--no-interleave", dest="interleave", action="store_false", help="free streaming")
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--json", action="store_true", help="print one JSON object per turn")
+    parser.add_argument("--long", action="store_true", help="a conversation past the window: trim turns")
+    parser.add_argument("--turns", type=int, default=30, help="--long: user turns")
+    parser.add_argument("--ctx-size", type=int, default=1024, help="--long: the slot's window")
     asyncio.run(main_async(parser.parse_args()))
 
 

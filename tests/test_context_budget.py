@@ -15,6 +15,7 @@ from pipecat.tests.utils import run_test
 
 from benchmarks.llm import LONG_CHECKS, LONG_SYSTEM, long_script
 from pipecat_services.llama_llm import LlamaServerLLMService
+from pipecat_services.openai_llm import BudgetedOpenAILLMService
 from tests.conftest import ServerProcess, serve_for_session
 
 SLOT = 1024
@@ -69,16 +70,40 @@ async def test_three_times_the_slot_never_fails_and_trims_rarely_and_cheaply(sma
 
 
 async def test_the_last_turns_of_a_long_conversation_stay_coherent(tool_llm_server):
-    """The embedded 1.5B (SmolLM2 is not coherent enough) with a 700-token budget of its own."""
+    """The embedded 1.5B (SmolLM2 is not coherent enough) with a 600-token budget of its own."""
     llm = LlamaServerLLMService(
         base_url=tool_llm_server.http_url,
-        context_tokens=700,
+        context_tokens=600,
         settings=LLMSettings(system_instruction=LONG_SYSTEM, temperature=0.0, seed=1, max_tokens=24),
     )
-    turns = long_script(14)
+    turns = long_script(11)
     _, numbers, said = await converse(llm, turns)
-    assert llm.trims >= 2 and all(n["prompt_tokens"] + 24 <= 700 for n in numbers)
+    assert llm.trims >= 2 and all(n["prompt_tokens"] + 24 <= 600 for n in numbers)
     answers = said[1::2][-len(LONG_CHECKS) :]
     for (question, expected), answer in zip(LONG_CHECKS, answers):
         assert expected is None or expected.lower() in answer.lower(), (question, answer)
     await llm.backend.close()
+
+
+async def test_the_openai_path_trims_by_the_same_rule(small_slot_server):
+    """Pipecat's OpenAI service on llama-server's /v1: estimated counts, the window from /props."""
+    llm = BudgetedOpenAILLMService(
+        base_url=small_slot_server.http_url + "/v1",
+        api_key="none",
+        settings=BudgetedOpenAILLMService.Settings(
+            model="smollm2", system_instruction=LONG_SYSTEM, temperature=0.0, max_completion_tokens=16
+        ),
+    )
+    context = LLMContext()
+    turns = long_script(18, sentences=8)
+    for i, text in enumerate(turns):
+        context.add_message({"role": "user", "content": text})
+        _, up = await run_test(
+            Pipeline([llm, LLMAssistantAggregator(context)]), frames_to_send=[LLMContextFrame(context)], start_timeout=10
+        )
+        assert not [f for f in up if isinstance(f, ErrorFrame)], f"turn {i}: {up}"
+        assert context.messages[-1]["role"] == "assistant", f"turn {i}: no answer"
+    assert llm.context_tokens == SLOT
+    assert 2 <= llm.trims <= len(turns) // 3, llm.trims
+    assert context.messages[-1]["role"] == "assistant" and context.messages[-2]["content"] == turns[-1]
+    assert sum(len(m["content"]) for m in context.messages) < 4 * SLOT, "the context itself is trimmed"
