@@ -107,3 +107,21 @@ async def test_the_openai_path_trims_by_the_same_rule(small_slot_server):
     assert 2 <= llm.trims <= len(turns) // 3, llm.trims
     assert context.messages[-1]["role"] == "assistant" and context.messages[-2]["content"] == turns[-1]
     assert sum(len(m["content"]) for m in context.messages) < 4 * SLOT, "the context itself is trimmed"
+
+
+async def test_a_turn_too_long_for_the_window_fails_alone(small_slot_server):
+    """A user turn longer than the whole window gets a clear error; the next turn is answered."""
+    llm = LlamaServerLLMService(
+        base_url=small_slot_server.http_url,
+        settings=LLMSettings(system_instruction=LONG_SYSTEM, temperature=0.0, seed=1, max_tokens=16),
+    )
+    context = LLMContext()
+    for text, fails in ((" ".join(long_script(4, sentences=60)[:1]), True), ("What is my name?", False)):
+        context.add_message({"role": "user", "content": text})
+        _, up = await run_test(
+            Pipeline([llm, LLMAssistantAggregator(context)]), frames_to_send=[LLMContextFrame(context)], start_timeout=10
+        )
+        errors = [f.error for f in up if isinstance(f, ErrorFrame)]
+        assert bool(errors) == fails and all("the window holds" in e for e in errors), errors
+    assert context.messages[-1]["role"] == "assistant" and len(context.messages) == 2
+    await llm.backend.close()
