@@ -52,6 +52,7 @@ from pipecat_services.tts import TTSServerTTSService
 from pipecat_services.turn_end import SentenceEndUserTurnStopStrategy
 from pipecat_services.turn_metrics import TurnLatencyMetricsData, TurnLatencyObserver
 from pipecat_services.interleaving import Interleaver
+from servers.auth import load_token, modal_proxy_headers
 
 TRANSPORTS = {
     "webrtc": lambda: TransportParams(audio_in_enabled=True, audio_out_enabled=True),
@@ -69,8 +70,9 @@ confidence (0.7) still decides what is speech."""
 def make_llm(config: BotConfig, interleaver: Interleaver | None, context: LLMContext) -> LLMService:
     if config.llm_api == "openai":
         return BudgetedOpenAILLMService(
-            api_key=config.llm_api_key,
+            api_key=config.llm_api_key if config.llm_api_key != "none" else load_token() or "none",
             base_url=config.llm_url,
+            default_headers=modal_proxy_headers(),
             context_tokens=config.context_tokens or None,
             settings=BudgetedOpenAILLMService.Settings(
                 model=config.llm_model,

@@ -96,7 +96,10 @@ def add_bot_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_flag(group, "--llm-url", "BOT_LLM_URL", d.llm_url, "llama-server base URL, or an OpenAI-compatible /v1 URL")
     add_flag(group, "--llm-api", "BOT_LLM_API", d.llm_api, "LLM protocol", choices=["llama-server", "openai"])
     add_flag(group, "--llm-model", "BOT_LLM_MODEL", d.llm_model, "model name sent to an OpenAI-compatible server")
-    add_flag(group, "--llm-api-key", "BOT_LLM_API_KEY", d.llm_api_key, "API key for an OpenAI-compatible server")
+    add_flag(
+        group, "--llm-api-key", "BOT_LLM_API_KEY", d.llm_api_key,
+        "API key for an OpenAI-compatible server (none: the model servers' token, if one is set)",
+    )  # fmt: skip
     add_flag(group, "--voice", "BOT_VOICE", d.voice, "TTS voice (default: the server's first)", type=str)
     add_flag(group, "--language", "BOT_LANGUAGE", d.language, "TTS language")
     add_flag(group, "--system-prompt", "BOT_SYSTEM_PROMPT", d.system_prompt, "system prompt")

@@ -12,6 +12,11 @@ WebRTC offer at /api/offer); it finds the model servers when its container start
 Settings come from the deploying machine's environment: HF_TOKEN, and BOT_* / PIPECAT_ICE_SERVERS
 for the bot (e.g. BOT_LLM_API=openai BOT_LLM_URL=... to use another LLM). README.md (Deploy on Modal) has the
 commands.
+
+The model servers' URLs are not open to the internet: Modal's proxy lets a request through only
+with the Modal-Key / Modal-Secret headers of a Proxy Auth Token, which the bot sends (MODAL_PROXY_KEY
+and MODAL_PROXY_SECRET from the deploying environment; `servers/auth.py`). The bot's Playground is
+public unless BOT_REQUIRE_PROXY_AUTH=1 at deploy time (then only clients that send the headers).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 
 import modal
 
+from servers.auth import auth_headers
 from servers.processes import ServerProcess
 
 APP_NAME = "nemotron-voice-agent"
@@ -50,6 +56,15 @@ BOT_DEFAULTS = {
     # Modal containers sit behind NAT: STUN gives the browser an address that reaches the bot.
     "PIPECAT_ICE_SERVERS": "stun:stun.l.google.com:19302",
 }
+
+PROXY_AUTH_KEYS = ("MODAL_PROXY_KEY", "MODAL_PROXY_SECRET")
+BOT_REQUIRES_PROXY_AUTH = os.environ.get("BOT_REQUIRE_PROXY_AUTH", "0") == "1"
+if modal.is_local() and not all(os.environ.get(k) for k in PROXY_AUTH_KEYS):
+    print(
+        f"modal_app: set {' and '.join(PROXY_AUTH_KEYS)} (a Proxy Auth Token: Modal settings → Proxy Auth "
+        "Tokens) before deploying, or the bot cannot reach its model servers",
+        file=sys.stderr,
+    )
 
 app = modal.App(APP_NAME)
 models = modal.Volume.from_name(f"{APP_NAME}-models", create_if_missing=True)
@@ -164,14 +179,14 @@ class ASR(ModelServer):
     def warm_up(self) -> None:
         from websockets.sync.client import connect
 
-        with connect(f"ws://127.0.0.1:{self.port}") as ws:
+        with connect(f"ws://127.0.0.1:{self.port}", additional_headers=auth_headers()) as ws:
             ws.recv(timeout=60)  # ready
             ws.send(bytes(32_000))  # one second of silence
             ws.send(json.dumps({"type": "finalize", "hard": True}))
             while json.loads(ws.recv(timeout=60))["type"] != "final":
                 pass
 
-    @modal.web_server(ASR_PORT, startup_timeout=60)
+    @modal.web_server(ASR_PORT, startup_timeout=60, requires_proxy_auth=True)
     def serve(self) -> None:
         """The server already runs: `start` launched it."""
 
@@ -197,7 +212,7 @@ class TTS(ModelServer):
 
         asyncio.run(speak_once())
 
-    @modal.web_server(TTS_PORT, startup_timeout=60)
+    @modal.web_server(TTS_PORT, startup_timeout=60, requires_proxy_auth=True)
     def serve(self) -> None:
         """The server already runs: `start` launched it."""
 
@@ -232,7 +247,7 @@ class LLM(ModelServer):
         with urllib.request.urlopen(request, timeout=300):
             pass
 
-    @modal.web_server(LLM_PORT, startup_timeout=60)
+    @modal.web_server(LLM_PORT, startup_timeout=60, requires_proxy_auth=True)
     def serve(self) -> None:
         """The server already runs: `start` launched it."""
 
@@ -257,13 +272,13 @@ def service_urls() -> dict[str, str]:
     image=bot_image,
     cpu=4,
     memory=4096,
-    secrets=[deploy_secret(("BOT_", "PIPECAT_"), BOT_DEFAULTS)],
+    secrets=[deploy_secret(("BOT_", "PIPECAT_", *PROXY_AUTH_KEYS), BOT_DEFAULTS)],
     timeout=10 * MINUTES,
     min_containers=1,
     max_containers=1,
 )
 @modal.concurrent(max_inputs=100)
-@modal.web_server(BOT_PORT, startup_timeout=2 * MINUTES)
+@modal.web_server(BOT_PORT, startup_timeout=2 * MINUTES, requires_proxy_auth=BOT_REQUIRES_PROXY_AUTH)
 def bot() -> None:
     """Pipecat's runner with our bot: Playground at /client, WebRTC offer at /api/offer."""
     command = [sys.executable, "/root/bot.py", "-t", "webrtc", "--host", "0.0.0.0", "--port", str(BOT_PORT)]

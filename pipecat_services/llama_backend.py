@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 
 from pipecat_services.llm_backend import LLMBackend, Piece
+from servers.auth import auth_headers
 from pipecat_services.tool_calls import SPEECH_ONLY_GBNF, CallGrammar
 
 
@@ -44,6 +45,7 @@ class LlamaServerBackend(LLMBackend):
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(force_close=True),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+                headers=auth_headers(),  # llama-server's --api-key is the model servers' token
             )
         return self._session
 

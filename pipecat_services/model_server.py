@@ -1,7 +1,8 @@
 """The WebSocket plumbing our Pipecat services share with their model servers.
 
 Each server greets a connection with a `ready` message (engine, sample rate, protocol version)
-once its model is loaded; a service is connected only after that. Reconnects retry for ~15 s,
+once its model is loaded; a service is connected only after that. The shared model-server token
+(`servers.auth`, from the environment) goes with every handshake. Reconnects retry for ~15 s,
 long enough for a local server to restart, bind and load.
 """
 
@@ -13,6 +14,8 @@ from typing import Any
 
 from loguru import logger
 from websockets.protocol import State
+
+from servers.auth import auth_headers
 
 READY_TIMEOUT_S = 60.0
 
@@ -52,7 +55,9 @@ class ModelServerConnection:
     async def _connect_websocket(self) -> None:
         """Connect and wait for the server's `ready`."""
         try:
-            self._websocket = await self._websocket_connect(self._url, max_size=self._wire.MAX_MESSAGE_BYTES)
+            self._websocket = await self._websocket_connect(
+                self._url, max_size=self._wire.MAX_MESSAGE_BYTES, additional_headers=auth_headers()
+            )
             first = await asyncio.wait_for(self._websocket.recv(), READY_TIMEOUT_S)
             ready = self._wire.parse_server_message(first)
             if not isinstance(ready, self._wire.Ready):

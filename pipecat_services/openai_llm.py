@@ -20,17 +20,18 @@ from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.utils.types import is_given
 
 from pipecat_services.context_budget import ContextBudget, estimate_prompt_tokens, trimmed
+from servers.auth import modal_proxy_headers
 
 FALLBACK_WINDOW = 32768
 """For a server that does not tell its window (a cloud API): long enough for any voice call's
 recent turns, short enough to bound each request's cost and a long call's memory."""
 
 
-async def served_window(base_url: str) -> int | None:
+async def served_window(base_url: str, headers: dict[str, str]) -> int | None:
     """The context window an OpenAI-compatible server reports, if it does."""
     root = base_url.rstrip("/").removesuffix("/v1")
     timeout = aiohttp.ClientTimeout(total=5)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
         for url, window in (
             (f"{root}/props", lambda body: body.get("default_generation_settings", {}).get("n_ctx")),
             (f"{base_url.rstrip('/')}/models", lambda body: (body.get("data") or [{}])[0].get("max_model_len")),
@@ -53,7 +54,8 @@ class BudgetedOpenAILLMService(OpenAILLMService):
 
     async def _budget(self) -> ContextBudget:
         if self.context_tokens is None:
-            self.context_tokens = await served_window(str(self._client.base_url)) or FALLBACK_WINDOW
+            headers = {"Authorization": f"Bearer {self._client.api_key}", **modal_proxy_headers()}
+            self.context_tokens = await served_window(str(self._client.base_url), headers) or FALLBACK_WINDOW
             logger.info(f"{self}: context window {self.context_tokens} tokens")
         s = self._settings
         reply = next((v for v in (s.max_completion_tokens, s.max_tokens) if is_given(v) and v), 0)

@@ -27,8 +27,9 @@ PORTS = {"asr": 8080, "tts": 8001, "llm": 8002, "bot": 7860}
 PROFILES = ("cpu", "gpu")
 SERVICE_KEYS = {
     "profiles", "image", "build", "command", "environment", "volumes", "deploy", "depends_on",
-    "healthcheck", "ports", "restart", "network_mode",
+    "healthcheck", "ports", "restart", "network_mode", "user",
 }  # fmt: skip
+TOKEN_FILE = "/run/model-server/token"
 LLAMA_POLICY = ("--jinja", "--reasoning", "--cache-reuse", "--no-webui", "--cors-origins", "--metrics")
 """llama-server options that servers/llm/server.py chooses for a voice agent, on every machine."""
 LLAMA_GPU_POLICY = ("--gpu-layers", "--flash-attn")
@@ -68,7 +69,8 @@ def dockerfile_cmd(name: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def services() -> dict[str, dict]:
-    return load("compose.yaml")["services"]
+    """The long-running services (the one-shot model-token service: see its own test)."""
+    return {k: v for k, v in load("compose.yaml")["services"].items() if k != "model-token"}
 
 
 def kind(name: str) -> str:
@@ -121,7 +123,20 @@ def test_start_order(services):
     for profile in PROFILES:
         assert services[f"bot-{profile}"]["depends_on"] == {f"{k}-{profile}": healthy for k in ("asr", "tts", "llm")}
     for name in ("asr-gpu", "tts-gpu", "asr-cpu", "tts-cpu", "llm-cpu"):
-        assert "depends_on" not in services[name], name
+        assert services[name]["depends_on"] == {"model-token": {"condition": "service_completed_successfully"}}, name
+
+
+def test_every_service_uses_the_model_server_token(services):
+    """One token, made before anything starts, read-only everywhere else; llama-server reads it
+    through its own --api-key-file (env LLAMA_ARG_API_KEY_FILE), the rest through servers/auth.py."""
+    maker = load("compose.yaml")["services"]["model-token"]
+    assert maker["profiles"] == list(PROFILES) and "servers.auth /run/model-server/token" in maker["command"][-1]
+    assert maker["volumes"] == ["model-token:/run/model-server"] and "restart" not in maker
+    for name, service in services.items():
+        assert "model-token:/run/model-server:ro" in service["volumes"], name
+        env = service["environment"]
+        key = "LLAMA_ARG_API_KEY_FILE" if kind(name) == "llm" else "MODEL_SERVER_TOKEN_FILE"
+        assert env[key] == TOKEN_FILE, name
 
 
 def test_only_the_bot_is_published_and_only_on_loopback(services):
@@ -147,10 +162,10 @@ def test_model_caches_are_named_volumes(services):
     nemo_env = (DOCKER / "nemo.Dockerfile").read_text()
     assert "HF_HOME=/cache/huggingface" in nemo_env and "NEMO_CACHE_DIR=/cache/nemo" in nemo_env
     for name in ("asr-gpu", "tts-gpu"):
-        assert services[name]["volumes"] == ["nemo-cache:/cache"], name
-    assert services["llm-gpu"]["volumes"] == ["gguf-cache:/cache"]
+        assert "nemo-cache:/cache" in services[name]["volumes"], name
+    assert "gguf-cache:/cache" in services["llm-gpu"]["volumes"]
     assert services["llm-gpu"]["environment"]["LLAMA_CACHE"] == "/cache"
-    assert declared == {"nemo-cache", "gguf-cache"}
+    assert declared == {"nemo-cache", "gguf-cache", "model-token"}
 
 
 def test_hugging_face_token_comes_from_the_environment(services):

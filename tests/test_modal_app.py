@@ -24,7 +24,7 @@ MINUTES = 60
 @pytest.fixture(scope="module")
 def deployed():
     """modal_app imported afresh with no network, recording what it passes to Modal's decorators."""
-    registrations, ports = [], []
+    registrations, ports, web_servers = [], [], {}
     patch = pytest.MonkeyPatch()
     original_cls, original_function, original_web_server = modal.App.cls, modal.App.function, modal.web_server
 
@@ -43,6 +43,7 @@ def deployed():
 
     def web_server(port, **options):
         ports.append(port)
+        web_servers[port] = options
         return original_web_server(port, **options)
 
     def no_network(*args, **kwargs):
@@ -57,7 +58,7 @@ def deployed():
     module = importlib.import_module("modal_app")
     patch.undo()
     options = {name: o for name in ("ASR", "TTS", "LLM", "bot") for r, o in registrations if r is getattr(module, name)}
-    yield SimpleNamespace(module=module, options=options, ports=ports)
+    yield SimpleNamespace(module=module, options=options, ports=ports, web_servers=web_servers)
     sys.modules.pop("modal_app", None)
 
 
@@ -162,3 +163,21 @@ def test_images_install_the_projects_own_requirements(deployed):
     assert "nemo_toolkit[asr]==3.0.0" in nemo and "pyopenjtalk==0.4.1" in nemo and "websockets>=14,<18" in nemo
     assert not any(r.startswith("nemotron-voice-agent") for r in nemo)  # the project is not on PyPI
     assert "pipecat-ai[webrtc,silero,websocket,runner]==1.14.0" in deployed.module.requirements("bot")
+
+
+def test_model_servers_are_behind_proxy_auth_and_the_bot_holds_the_credentials(deployed, monkeypatch):
+    """Nobody who merely learns a model server's URL can spend the GPUs; the Playground stays public."""
+    module = deployed.module
+    for port in (module.ASR_PORT, module.TTS_PORT, module.LLM_PORT):
+        assert deployed.web_servers[port]["requires_proxy_auth"] is True, port
+    assert deployed.web_servers[module.BOT_PORT]["requires_proxy_auth"] is False
+    monkeypatch.setenv("MODAL_PROXY_KEY", "wk-test")
+    monkeypatch.setenv("MODAL_PROXY_SECRET", "ws-test")
+    settings = module.deploy_settings(("BOT_", "PIPECAT_", *module.PROXY_AUTH_KEYS), module.BOT_DEFAULTS)
+    assert settings["MODAL_PROXY_KEY"] == "wk-test" and settings["MODAL_PROXY_SECRET"] == "ws-test"
+    # In the bot's container those variables become the headers of every model-server request.
+    from servers.auth import auth_headers
+
+    monkeypatch.delenv("MODEL_SERVER_TOKEN", raising=False)
+    monkeypatch.delenv("MODEL_SERVER_TOKEN_FILE", raising=False)
+    assert auth_headers() == {"Modal-Key": "wk-test", "Modal-Secret": "ws-test"}

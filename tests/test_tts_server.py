@@ -142,7 +142,7 @@ async def test_the_engines_unit_of_work_is_bounded_whatever_the_text():
     """A 100-digit number in one segment: the engine gets it in parts of at most `max_part_chars`
     (a call per part, each cut at a digit group), never the whole spoken text at once."""
     engine, port = RecordingPiper(), free_port()
-    server = TTSServer(engine)
+    server = TTSServer(engine, max_lead_s=0)  # as fast as it can: only the unit of work matters here
     serving = asyncio.create_task(server.serve("127.0.0.1", port, protocol.MAX_MESSAGE_BYTES))
     try:
         await asyncio.wait_for(server.loaded.wait(), 120)
@@ -155,6 +155,31 @@ async def test_the_engines_unit_of_work_is_bounded_whatever_the_text():
     assert [s.text for s in reply.segments] == [spoken]
     assert max(map(len, engine.calls)) <= engine.max_part_chars < len(spoken)
     assert " ".join(engine.calls) == spoken and all(c.endswith(",") for c in engine.calls[:-1])
+
+
+async def test_a_long_reply_keeps_pace_with_its_playback():
+    """A reply is synthesized at most `max_lead_s` (+ one part) ahead of real-time playback, so a
+    long one leaves the engine free for others; a slow machine only falls behind, never ahead."""
+    engine, port, lead_s = PiperEngine(), free_port(), 1.0
+    server = TTSServer(engine, max_lead_s=lead_s)
+    serving = asyncio.create_task(server.serve("127.0.0.1", port, protocol.MAX_MESSAGE_BYTES))
+    arrivals: list[tuple[float, float]] = []
+
+    async def on_audio(reply: Reply) -> None:
+        arrivals.append((asyncio.get_running_loop().time(), len(reply.audio) / 2 / engine.sample_rate))
+
+    try:
+        await asyncio.wait_for(server.loaded.wait(), 120)
+        async with TTSClient(f"ws://127.0.0.1:{port}") as tts:
+            reply = await tts.speak("c", "The quick brown fox jumps over the lazy dog. " * 4, on_audio=on_audio)
+    finally:
+        serving.cancel()
+    part_s = 5.0  # the most audio one part of at most max_part_chars makes
+    first = arrivals[0][0]
+    assert all(audio_s - (at - first) <= lead_s + part_s for at, audio_s in arrivals)
+    total_s = reply.done.audio_ms / 1000
+    assert total_s > lead_s + 2 * part_s, total_s  # long enough to tell paced from not
+    assert arrivals[-1][0] - first >= total_s - lead_s - part_s
 
 
 async def test_replies_on_one_session_are_spoken_in_order(tts_server):

@@ -12,6 +12,7 @@ from types import TracebackType
 from websockets.asyncio.client import ClientConnection, connect
 
 from servers.asr import protocol
+from servers.auth import auth_headers
 
 MAX_INTERIMS_KEPT = 1000
 """The latest interims are kept for callers to inspect; a session that never ends must not grow."""
@@ -28,7 +29,7 @@ class ASRClient:
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ASRClient:
-        self.ws = await connect(self.url, max_size=protocol.MAX_MESSAGE_BYTES)
+        self.ws = await connect(self.url, max_size=protocol.MAX_MESSAGE_BYTES, additional_headers=auth_headers())
         message = protocol.parse_server_message(await self.ws.recv())
         if not isinstance(message, protocol.Ready):
             raise RuntimeError(f"expected ready, got {message}")

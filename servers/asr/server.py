@@ -17,7 +17,8 @@ from websockets.exceptions import ConnectionClosed
 
 from servers.asr import protocol
 from servers.asr.engines.base import ASREngine, ASRStream
-from servers.cli import add_flag, add_server_flags, main_with_clear_errors
+from servers import metrics
+from servers.cli import add_flag, add_limit_flags, add_server_flags, main_with_clear_errors, session_limits
 from servers.serving import ModelServer
 
 DEFAULT_PORT = 8080
@@ -56,6 +57,10 @@ class Session:
         except ConnectionClosed:
             pass
 
+    async def send_error(self, code: str, message: str) -> None:
+        metrics.ERRORS.labels("asr", str(code)).inc()
+        await self.send(protocol.Error(code=code, message=message))
+
     async def become_ready(self, server: ASRServer) -> None:
         await server.loaded.wait()
         self.stream = server.engine.open_stream(lambda text: self.send(protocol.Interim(text)))
@@ -68,10 +73,10 @@ class Session:
                     await self.on_message(raw)
                 except protocol.ProtocolError as e:
                     logger.warning(f"{self.name}: {e.code}: {e}")
-                    await self.send(protocol.Error(code=e.code, message=str(e)))
+                    await self.send_error(e.code, str(e))
                 except Exception as e:
                     logger.exception(f"{self.name}: engine error; resetting the stream")
-                    await self.send(protocol.Error(code=protocol.ErrorCode.INTERNAL, message=f"engine error: {e}"))
+                    await self.send_error(protocol.ErrorCode.INTERNAL, f"engine error: {e}")
                     await self.reset()
         except ConnectionClosed as e:
             logger.info(f"{self.name}: closed abruptly ({e})")
@@ -82,6 +87,7 @@ class Session:
         if isinstance(raw, bytes):
             protocol.check_audio_frame(raw)
             self.utterance_samples += len(raw) // 2
+            metrics.AUDIO_SECONDS.labels("asr").inc(len(raw) / 2 / protocol.SAMPLE_RATE)
             await self.stream.feed(np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0)
             return
         received = time.perf_counter()
@@ -95,6 +101,7 @@ class Session:
             self.utterance_samples = 0
             text = await self.stream.finalize(hard=True)
             latency_ms = (time.perf_counter() - received) * 1000
+            metrics.ASR_FINAL_LATENCY.observe(latency_ms / 1000)
             await self.send(protocol.Final(text=text, latency_ms=round(latency_ms, 1), audio_ms=audio_ms))
             logger.debug(f"{self.name}: final in {latency_ms:.0f} ms: {text!r}")
 
@@ -122,6 +129,7 @@ def build_engine(args: argparse.Namespace) -> ASREngine:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_server_flags(parser, "ASR", DEFAULT_PORT)
+    add_limit_flags(parser, "ASR")
     add_flag(parser, "--engine", "ASR_ENGINE", "whisper", "engine", choices=["whisper", "nemotron"])
     add_flag(parser, "--whisper-model", "ASR_WHISPER_MODEL", None, "CTranslate2 Whisper dir (default: packaged tiny.en)")
     add_flag(parser, "--threads", "ASR_THREADS", 2, "CPU threads for the whisper engine")
@@ -137,7 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    await ASRServer(build_engine(args)).serve(args.host, args.port, protocol.MAX_MESSAGE_BYTES)
+    await ASRServer(build_engine(args), session_limits(args)).serve(args.host, args.port, protocol.MAX_MESSAGE_BYTES)
 
 
 def main(argv: list[str] | None = None) -> None:

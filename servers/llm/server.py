@@ -24,7 +24,8 @@ from pathlib import Path
 
 from loguru import logger
 
-from servers.cli import DEFAULT_HOST, add_flag, setup_logging
+from servers.auth import load_token
+from servers.cli import add_flag, add_server_flags, check_bind, setup_logging
 from servers.processes import ServerExited, port_is_free, wait_healthy
 from servers.llm.binary import BinaryError, add_binary_flags, ensure
 from servers.llm.models import DEFAULT_MODEL, MODELS, ModelError, resolve
@@ -45,9 +46,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         prog="python -m servers.llm",
         description="Run llama.cpp's llama-server with a packaged GGUF model. Arguments after -- go to llama-server.",
     )
-    add_flag(parser, "--host", "LLM_HOST", DEFAULT_HOST, "interface to bind")
-    add_flag(parser, "--port", "LLM_PORT", DEFAULT_PORT, "TCP port (llama-server's HTTP API and GET /health)")
-    add_flag(parser, "--log-level", "LLM_LOG_LEVEL", "INFO", "loguru level")
+    add_server_flags(parser, "LLM", DEFAULT_PORT, serves="llama-server's HTTP API and GET /health")
     add_flag(parser, "--model", "LLM_MODEL", DEFAULT_MODEL, f"{', '.join(MODELS)}, or the path of a .gguf file")
     add_flag(parser, "--ctx-size", "LLM_CTX_SIZE", 4096, "context tokens per slot (llama-server: ctx-size x parallel)")
     add_flag(parser, "--parallel", "LLM_PARALLEL", 1, "conversation slots (each keeps its own prompt cache)")
@@ -119,9 +118,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     cmd = llama_server_command(args, binary, model, gpu, extra)
     logger.info(f"starting {' '.join(cmd)}")
     started = time.perf_counter()
+    token = load_token()  # to llama-server through its environment: a flag would show in `ps`
     process = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
         start_new_session=True, preexec_fn=_die_with_parent,
+        env={**os.environ, "LLAMA_API_KEY": token} if token else None,
     )  # fmt: skip
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _: process.send_signal(signum))
@@ -143,6 +144,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 def main(argv: list[str] | None = None) -> None:
     args, extra = parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging(args.log_level)
+    check_bind("llm", args)
     # Until llama-server runs, SIGTERM unwinds like Ctrl-C so half-written files are removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:

@@ -15,6 +15,7 @@ from types import TracebackType
 
 from websockets.asyncio.client import ClientConnection, connect
 
+from servers.auth import auth_headers
 from servers.tts import protocol
 
 
@@ -62,7 +63,9 @@ class TTSClient:
         self.ready: protocol.Ready | None = None
 
     async def __aenter__(self) -> TTSClient:
-        self.ws = await connect(self.url, max_size=None, open_timeout=self.open_timeout)
+        self.ws = await connect(
+            self.url, max_size=None, open_timeout=self.open_timeout, additional_headers=auth_headers()
+        )
         message = await self.receive(timeout=self.open_timeout)
         if not isinstance(message, protocol.Ready):
             raise RuntimeError(f"expected ready, got {message}")

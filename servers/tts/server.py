@@ -9,7 +9,10 @@ Every chunk is bounded whatever the text: segments are cut to a bounded length a
 form into parts of at most the engine's `max_part_chars` (`text.split_bounded`), so a long reply
 delays another session's first audio by one part at most and the engine's memory stays bounded.
 Audio leaves through the WebSocket's flow control: a client that stops reading stops its own
-reply, so nothing queues up for it.
+reply, so nothing queues up for it. A reply is synthesized at most `max_lead_s` of audio ahead of
+its playback (from its first audio on, in real time): a long text takes the engine a few parts per
+few seconds instead of all of it at once, so other sessions find the engine free, and a barge-in
+wastes at most that much synthesis.
 """
 
 from __future__ import annotations
@@ -26,14 +29,17 @@ from loguru import logger
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from servers.cli import add_flag, add_server_flags, main_with_clear_errors
-from servers.serving import ModelServer
+from servers import metrics
+from servers.cli import add_flag, add_limit_flags, add_server_flags, main_with_clear_errors, session_limits
+from servers.serving import ModelServer, SessionLimits
 from servers.tts import protocol
 from servers.tts.engines.base import TTSEngine
 from servers.tts.protocol import ErrorCode, ProtocolError
 from servers.tts.text import Segmenter, normalize, split_bounded
 
 DEFAULT_PORT = 8001
+MAX_LEAD_S = 10.0
+"""Default of --max-lead-s: enough that playback never waits, even with a slow part now and then."""
 MAX_OPEN_CONTEXTS = 16
 SEND_CHUNK_S = 0.2
 """Audio goes out in frames of at most this much, whatever the engine's chunk size."""
@@ -53,6 +59,10 @@ class Context:
     flushed: bool = False
     cancelled: bool = False
     samples: int = 0
+    first_text_at: float | None = None
+    """When its first text arrived (loop time), until its first audio is sent: the first-audio metric."""
+    first_audio_at: float | None = None
+    """When its first audio was sent (loop time): playback, in real time, starts about then."""
 
     def queue(self, item: str | protocol.Mark | None) -> None:
         self.queued_chars += _chars(item)
@@ -71,9 +81,16 @@ def _chars(item: str | protocol.Mark | None) -> int:
 class TTSServer(ModelServer):
     kind = "tts"
 
-    def __init__(self, engine: TTSEngine, max_part_chars: int | None = None) -> None:
-        super().__init__(engine)
+    def __init__(
+        self,
+        engine: TTSEngine,
+        max_part_chars: int | None = None,
+        limits: SessionLimits = SessionLimits(),
+        max_lead_s: float = MAX_LEAD_S,
+    ) -> None:
+        super().__init__(engine, limits)
         self.max_part_chars = max_part_chars or engine.max_part_chars
+        self.max_lead_s = max_lead_s
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tts-{engine.name}")
 
     async def load_engine(self) -> None:
@@ -84,7 +101,12 @@ class TTSServer(ModelServer):
         return protocol.Ready(engine=e.name, sample_rate=e.sample_rate, voices=list(e.voices), languages=list(e.languages))
 
     async def run_on_worker(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+        depth = metrics.QUEUE_DEPTH.labels(self.kind)
+        depth.inc()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+        finally:
+            depth.dec()
 
     async def handle(self, ws: ServerConnection) -> None:
         await self.loaded.wait()
@@ -107,6 +129,10 @@ class Session:
         self.contexts: dict[str, Context] = {}
         self.order: asyncio.Queue[Context] = asyncio.Queue()
 
+    async def send_error(self, code: str, message: str, context_id: str | None) -> None:
+        metrics.ERRORS.labels("tts", str(code)).inc()
+        await self.send(protocol.Error(code=code, message=message, context_id=context_id))
+
     async def send(self, message: protocol.Message | bytes) -> None:
         try:
             await self.ws.send(message if isinstance(message, bytes) else message.to_json())
@@ -125,7 +151,7 @@ class Session:
                     await self.on_message(protocol.parse_client_message(raw))
                 except ProtocolError as e:
                     logger.warning(f"{self.name}: {e.code}: {e}")
-                    await self.send(protocol.Error(code=e.code, message=str(e), context_id=e.context_id))
+                    await self.send_error(e.code, str(e), e.context_id)
         except ConnectionClosed as e:
             logger.info(f"{self.name}: closed abruptly ({e})")
         finally:
@@ -194,6 +220,8 @@ class Session:
     def add_text(self, context: Context, text: str) -> None:
         self.open_context(context.id)
         self.check_room(context, len(text))
+        if context.first_text_at is None:
+            context.first_text_at = asyncio.get_running_loop().time()
         for segment in context.segmenter.add(text):
             context.queue(segment)
 
@@ -214,7 +242,7 @@ class Session:
                 await self.speak(context)
             except Exception as e:
                 logger.exception(f"{self.name}: synthesis failed for {context.id}")
-                await self.send(protocol.Error(code=ErrorCode.INTERNAL, message=f"synthesis failed: {e}", context_id=context.id))
+                await self.send_error(ErrorCode.INTERNAL, f"synthesis failed: {e}", context.id)
                 self.contexts.pop(context.id, None)
 
     async def speak(self, context: Context) -> None:
@@ -228,6 +256,7 @@ class Session:
                 continue
             samples = 0
             for i, part in enumerate(split_bounded(text, self.server.max_part_chars)):
+                await self.keep_pace(context)
                 samples += await self.synthesize(context, part, first=index == 0 and i == 0)
                 if context.cancelled:
                     return
@@ -254,10 +283,28 @@ class Session:
                     piece = chunk[i : i + step]
                     samples += len(piece)
                     context.samples += len(piece)  # before the send: a cancel's `done` counts every piece sent
+                    self.count_audio(context, len(piece))
                     await self.send(protocol.pack_audio(context.id, piece.astype("<i2").tobytes()))
         finally:
             await self.server.run_on_worker(chunks.close)
         return samples
+
+    async def keep_pace(self, context: Context) -> None:
+        """Wait while the reply is more than `max_lead_s` of audio ahead of its playback."""
+        if context.first_audio_at is None or self.server.max_lead_s <= 0:
+            return
+        played_s = asyncio.get_running_loop().time() - context.first_audio_at
+        ahead_s = context.samples / self.engine.sample_rate - played_s
+        if ahead_s > self.server.max_lead_s:
+            await asyncio.sleep(ahead_s - self.server.max_lead_s)
+
+    def count_audio(self, context: Context, samples: int) -> None:
+        metrics.AUDIO_SECONDS.labels("tts").inc(samples / self.engine.sample_rate)
+        if context.first_audio_at is None:
+            context.first_audio_at = asyncio.get_running_loop().time()
+        if context.first_text_at is not None:
+            metrics.TTS_FIRST_AUDIO.observe(context.first_audio_at - context.first_text_at)
+            context.first_text_at = None
 
 
 def build_engine(args: argparse.Namespace) -> TTSEngine:
@@ -273,6 +320,7 @@ def build_engine(args: argparse.Namespace) -> TTSEngine:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_server_flags(parser, "TTS", DEFAULT_PORT)
+    add_limit_flags(parser, "TTS")
     add_flag(parser, "--engine", "TTS_ENGINE", "piper", "engine", choices=["piper", "magpie"])
     add_flag(parser, "--piper-model", "TTS_PIPER_MODEL", None, "Piper .onnx voice (default: packaged en_US joe)")
     add_flag(parser, "--piper-config", "TTS_PIPER_CONFIG", None, "Piper voice .onnx.json (default: next to the model)")
@@ -282,6 +330,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
     )
     add_flag(
+        parser, "--max-lead-s", "TTS_MAX_LEAD_S", MAX_LEAD_S,
+        "synthesize a reply at most this many seconds of audio ahead of its playback (0: as fast as possible)",
+    )
+    add_flag(
         parser, "--magpie-model", "TTS_MAGPIE_MODEL", "nvidia/magpie_tts_multilingual_357m",
         "Hugging Face name or local .nemo path",
     )
@@ -289,7 +341,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    await TTSServer(build_engine(args), args.max_part_chars).serve(args.host, args.port, protocol.MAX_MESSAGE_BYTES)
+    server = TTSServer(build_engine(args), args.max_part_chars, session_limits(args), args.max_lead_s)
+    await server.serve(args.host, args.port, protocol.MAX_MESSAGE_BYTES)
 
 
 def main(argv: list[str] | None = None) -> None:
