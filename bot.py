@@ -16,6 +16,8 @@ only the words already heard (the TTS client times them), and the LLM's token hi
 from __future__ import annotations
 
 import argparse
+import uuid
+from pathlib import Path
 
 from loguru import logger
 from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
@@ -30,6 +32,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
     AssistantTurnStoppedMessage,
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
+    UserTurnStoppedMessage,
 )
 from pipecat.processors.frameworks.rtvi.frames import RTVIServerMessageFrame
 from pipecat.runner.types import RunnerArguments
@@ -46,11 +49,13 @@ from pipecat.workers.runner import WorkerRunner
 from bot_config import BotConfig, add_bot_flags
 from bot_tools import bot_tools
 from pipecat_services.asr_stt import ASRServerSTTService
+from pipecat_services.call_records import CallRecording, CallTranscript
 from pipecat_services.llama_llm import LlamaServerLLMService
 from pipecat_services.openai_llm import BudgetedOpenAILLMService
 from pipecat_services.tts import TTSServerTTSService
 from pipecat_services.turn_end import SentenceEndUserTurnStopStrategy
 from pipecat_services.turn_metrics import TurnLatencyMetricsData, TurnLatencyObserver
+from pipecat_services import tracing
 from pipecat_services.interleaving import Interleaver
 from servers.auth import load_token, modal_proxy_headers
 
@@ -119,21 +124,35 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
     tts = TTSServerTTSService(url=config.tts_url, voice=config.voice, language=config.language, interleaver=interleaver)
     user_aggregator, assistant_aggregator = LLMContextAggregatorPair(context, user_params=user_turn_params(config))
 
+    call_id = uuid.uuid4().hex[:12]
+    transcript = CallTranscript(Path(config.transcripts), call_id) if config.transcripts else None
+    recording = CallRecording(Path(config.transcripts) / f"{call_id}.wav") if transcript and config.record_audio else None
     pipeline = Pipeline(
-        [transport.input(), stt, user_aggregator, llm, tts, transport.output(), assistant_aggregator]
-    )
+        [transport.input(), stt, user_aggregator, llm, tts, transport.output(),
+         *([recording.processor] if recording else []), assistant_aggregator]
+    )  # fmt: skip
 
     latency = TurnLatencyObserver()
     worker = PipelineWorker(
         pipeline,
         params=PipelineParams(audio_in_sample_rate=16000, enable_metrics=True, enable_usage_metrics=True),
-        observers=[latency],
+        observers=[latency, *([transcript] if transcript else [])],
+        enable_tracing=bool(config.otlp_endpoint),
+        conversation_id=call_id,
     )
 
     @latency.event_handler("on_turn_latency")
     async def on_turn_latency(_: TurnLatencyObserver, data: TurnLatencyMetricsData) -> None:
         message = {"type": "turn_latency", **data.model_dump()}
         await worker.queue_frames([MetricsFrame(data=[data]), RTVIServerMessageFrame(data=message)])
+        tracing.on_turn_span(worker, data)
+        if transcript:
+            transcript.write("latency", **data.model_dump(exclude={"processor", "model"}))
+
+    @user_aggregator.event_handler("on_user_turn_stopped")
+    async def on_user_turn_stopped(_, __, message: UserTurnStoppedMessage) -> None:
+        if transcript and message.content:
+            transcript.write("user", text=message.content)
 
     @assistant_aggregator.event_handler("on_assistant_turn_stopped")
     async def on_assistant_turn_stopped(_, message: AssistantTurnStoppedMessage) -> None:
@@ -141,6 +160,8 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
         logger.info(f"assistant{' (interrupted)' if message.interrupted else ''}: {message.content!r}")
         data = {"type": "assistant_turn", "text": message.content, "interrupted": message.interrupted}
         await worker.queue_frame(RTVIServerMessageFrame(data=data))
+        if transcript:
+            transcript.write("assistant", text=message.content, interrupted=message.interrupted)
 
     @transport.event_handler("on_client_disconnected")
     async def on_client_disconnected(*_) -> None:
@@ -149,12 +170,18 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
 
     runner = WorkerRunner(handle_sigint=handle_sigint)
     await runner.add_workers(worker)
-    await runner.run()
+    try:
+        await runner.run()
+    finally:
+        for record in (transcript, recording):
+            if record:
+                record.close()
 
 
 async def bot(runner_args: RunnerArguments) -> None:
     """Entry point for Pipecat's runner: one call per client session."""
     config = BotConfig.from_args(getattr(runner_args, "cli_args", None)).for_session(runner_args.body)
+    tracing.export_to(config.otlp_endpoint)
     transport = await create_transport(runner_args, TRANSPORTS)
     await run_bot(transport, config, handle_sigint=runner_args.handle_sigint)
 

@@ -56,6 +56,9 @@ class BotConfig:
     vad_start_secs: float = 0.1
     vad_stop_secs: float = 0.2
     turn_fallback_secs: float = 1.0
+    transcripts: str = ""
+    record_audio: bool = False
+    otlp_endpoint: str = ""
 
     @property
     def tool_names(self) -> list[str]:
@@ -124,5 +127,19 @@ def add_bot_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_flag(
         group, "--turn-fallback-secs", "BOT_TURN_FALLBACK_SECS", d.turn_fallback_secs,
         "silence after which a turn Smart Turn judged unfinished ends anyway",
+    )
+    add_flag(
+        group, "--transcripts", "BOT_TRANSCRIPTS", d.transcripts,
+        "folder for one JSONL transcript per call (turns, tool calls, latency); empty: none",
+    )
+    add_flag(
+        group, "--record-audio", "BOT_RECORD_AUDIO", d.record_audio,
+        "also record each call as a stereo WAV (user left, bot right) next to its transcript",
+        type=lambda value: str(value).lower() in ("1", "true", "yes", "on"),
+    )
+    add_flag(
+        group, "--otlp-endpoint", "BOT_OTLP_ENDPOINT", d.otlp_endpoint,
+        "OpenTelemetry traces (conversation, turn, stt/llm/tts spans) to this OTLP/HTTP endpoint, "
+        "e.g. http://127.0.0.1:4318/v1/traces; empty: no tracing",
     )
     return parser

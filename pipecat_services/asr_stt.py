@@ -27,6 +27,7 @@ from pipecat.services.settings import STTSettings
 from pipecat.services.stt_service import WebsocketSTTService
 from pipecat.transcriptions.language import Language
 from pipecat.utils.time import time_now_iso8601
+from pipecat.utils.tracing.service_decorators import traced_stt
 
 from pipecat_services.model_server import ModelServerConnection
 from servers.asr import protocol
@@ -98,5 +99,10 @@ class ASRServerSTTService(ModelServerConnection, WebsocketSTTService):
                     )
                 )
                 await self.emit_stt_usage_metrics()
+                await self._handle_transcription(message.text, True, Language.EN)
         elif isinstance(message, protocol.Error):
             logger.warning(f"{self}: server error {message.code}: {message.message}")
+
+    @traced_stt
+    async def _handle_transcription(self, transcript: str, is_final: bool, language: Language | None = None) -> None:
+        """A final transcript, as Pipecat's STT span records it (a no-op unless tracing)."""

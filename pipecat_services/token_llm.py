@@ -58,6 +58,7 @@ from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.llm_service import LLMService
 from pipecat.services.settings import LLMSettings
+from pipecat.utils.tracing.service_decorators import traced_llm
 from pipecat.utils.types import is_given
 
 from pipecat_services import tool_calls
@@ -301,6 +302,7 @@ class TokenLLMService(LLMService):
             context.set_messages(kept)
             self.trims += 1
 
+    @traced_llm
     async def respond(self, context: LLMContext) -> None:
         async with self._history_lock:
             await self._respond(context)

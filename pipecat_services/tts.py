@@ -21,6 +21,7 @@ from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame, TTSStoppe
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TextAggregationMode, WebsocketTTSService
+from pipecat.utils.tracing.service_decorators import traced_tts
 
 from pipecat_services.model_server import ModelServerConnection
 from pipecat_services.interleaving import Interleaver, TTSMarkFrame
@@ -69,6 +70,7 @@ class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
         self._spoken_s.clear()
         await super()._disconnect_websocket()
 
+    @traced_tts
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
         if not self._is_open():
             await self._connect()

@@ -86,10 +86,16 @@ def tool_llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
 
 
 def serve_bot(
-    factory: pytest.TempPathFactory, asr: ServerProcess, tts: ServerProcess, llm: ServerProcess
+    factory: pytest.TempPathFactory,
+    asr: ServerProcess,
+    tts: ServerProcess,
+    llm: ServerProcess,
+    settings: dict[str, str] | None = None,
 ) -> Iterator[ServerProcess]:
-    """The bot on Pipecat's runner (Playground, /api/offer), wired to these model servers, greedy."""
+    """The bot on Pipecat's runner (Playground, /api/offer), wired to these model servers, greedy;
+    `settings`: more BOT_* variables."""
     env = {"BOT_ASR_URL": asr.url, "BOT_TTS_URL": tts.url, "BOT_LLM_URL": llm.http_url, "BOT_TEMPERATURE": "0"}
+    env |= settings or {}
     yield from serve_for_session(factory, "bot", ["-t", "webrtc", "--host", "127.0.0.1"], health="/status", env=env)
 
 

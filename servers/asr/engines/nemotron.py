@@ -40,6 +40,7 @@ import torch
 from loguru import logger
 from torch import Tensor
 
+from servers import metrics
 from servers.asr.engines.base import ASREngine, ASRStream, InterimCallback
 from servers.asr.engines.nemotron_features import IncrementalFeaturizer, MelTail
 from servers.asr.engines.transcript import Transcript
@@ -251,7 +252,9 @@ class NemotronEngine(ASREngine):
                 return
             jobs, stop = self._collect(first)
             live = [job for job in jobs if job.done.set_running_or_notify_cancel()]
+            metrics.QUEUE_DEPTH.labels("asr").set(self._queue.qsize())
             if live:
+                metrics.BATCH_SIZE.labels("asr").observe(len(live))
                 self._run(live)
             if stop:
                 return
