@@ -57,7 +57,7 @@ from pipecat_services.turn_end import SentenceEndUserTurnStopStrategy
 from pipecat_services.turn_metrics import TurnLatencyMetricsData, TurnLatencyObserver
 from pipecat_services import tracing
 from pipecat_services.interleaving import Interleaver
-from servers.auth import load_token, modal_proxy_headers
+from servers.auth import modal_proxy_headers
 
 TRANSPORTS = {
     "webrtc": lambda: TransportParams(audio_in_enabled=True, audio_out_enabled=True),
@@ -75,9 +75,9 @@ confidence (0.7) still decides what is speech."""
 def make_llm(config: BotConfig, interleaver: Interleaver | None, context: LLMContext) -> LLMService:
     if config.llm_api == "openai":
         return BudgetedOpenAILLMService(
-            api_key=config.llm_api_key if config.llm_api_key != "none" else load_token() or "none",
+            api_key=config.llm_api_key,
             base_url=config.llm_url,
-            default_headers=modal_proxy_headers(),
+            default_headers=modal_proxy_headers(config.llm_url),
             context_tokens=config.context_tokens or None,
             settings=BudgetedOpenAILLMService.Settings(
                 model=config.llm_model,

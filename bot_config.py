@@ -101,7 +101,7 @@ def add_bot_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_flag(group, "--llm-model", "BOT_LLM_MODEL", d.llm_model, "model name sent to an OpenAI-compatible server")
     add_flag(
         group, "--llm-api-key", "BOT_LLM_API_KEY", d.llm_api_key,
-        "API key for an OpenAI-compatible server (none: the model servers' token, if one is set)",
+        "API key for an OpenAI-compatible server (for llama-server's /v1 with a token: the token)",
     )  # fmt: skip
     add_flag(group, "--voice", "BOT_VOICE", d.voice, "TTS voice (default: the server's first)", type=str)
     add_flag(group, "--language", "BOT_LANGUAGE", d.language, "TTS language")
@@ -135,7 +135,7 @@ def add_bot_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_flag(
         group, "--record-audio", "BOT_RECORD_AUDIO", d.record_audio,
         "also record each call as a stereo WAV (user left, bot right) next to its transcript",
-        type=lambda value: str(value).lower() in ("1", "true", "yes", "on"),
+        type=lambda value: str(value).lower() in ("1", "true", "yes", "on"), nargs="?", const=True,
     )
     add_flag(
         group, "--otlp-endpoint", "BOT_OTLP_ENDPOINT", d.otlp_endpoint,

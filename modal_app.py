@@ -32,7 +32,6 @@ from pathlib import Path
 
 import modal
 
-from servers.auth import auth_headers
 from servers.processes import ServerProcess
 
 APP_NAME = "nemotron-voice-agent"
@@ -141,7 +140,12 @@ SERVER_OPTIONS = {
 }
 
 
-class ModelServer:
+MODAL_BIND = ("--host", "0.0.0.0", "--insecure")
+"""Our servers listen beyond the container; no token of their own is needed: Modal's proxy auth
+(`requires_proxy_auth`) lets only holders of the Proxy Auth Token reach them."""
+
+
+class ServerContainer:
     """Start the server, wait for its health, run one real request so the first caller does not pay
     for CUDA initialisation, and save any weights it downloaded to the volume."""
 
@@ -167,24 +171,24 @@ class ModelServer:
 
 @app.cls(image=nemo_image, max_containers=4, **SERVER_OPTIONS)
 @modal.concurrent(max_inputs=32, target_inputs=16)
-class ASR(ModelServer):
+class ASR(ServerContainer):
     """Nemotron Speech: one engine decodes every open stream in a batch, so one GPU serves dozens."""
 
     port = ASR_PORT
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "servers.asr", "--engine", "nemotron", "--right-context", "1",
-                "--host", "0.0.0.0", "--port", str(self.port)]  # fmt: skip
+                *MODAL_BIND, "--port", str(self.port)]  # fmt: skip
 
     def warm_up(self) -> None:
-        from websockets.sync.client import connect
+        from servers.asr.client import ASRClient
 
-        with connect(f"ws://127.0.0.1:{self.port}", additional_headers=auth_headers()) as ws:
-            ws.recv(timeout=60)  # ready
-            ws.send(bytes(32_000))  # one second of silence
-            ws.send(json.dumps({"type": "finalize", "hard": True}))
-            while json.loads(ws.recv(timeout=60))["type"] != "final":
-                pass
+        async def hear_once() -> None:
+            async with ASRClient(f"ws://127.0.0.1:{self.port}") as asr:
+                await asr.send_audio(bytes(32_000))  # one second of silence
+                await asr.finalize(timeout=60)
+
+        asyncio.run(hear_once())
 
     @modal.web_server(ASR_PORT, startup_timeout=60, requires_proxy_auth=True)
     def serve(self) -> None:
@@ -193,15 +197,14 @@ class ASR(ModelServer):
 
 @app.cls(image=nemo_image, max_containers=8, **SERVER_OPTIONS)
 @modal.concurrent(max_inputs=8, target_inputs=4)
-class TTS(ModelServer):
+class TTS(ServerContainer):
     """Magpie TTS: one worker thread per engine takes the sessions' chunks in turn, so a handful of
     sessions share a GPU before first audio slows down."""
 
     port = TTS_PORT
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "servers.tts", "--engine", "magpie",
-                "--host", "0.0.0.0", "--port", str(self.port)]  # fmt: skip
+        return [sys.executable, "-m", "servers.tts", "--engine", "magpie", *MODAL_BIND, "--port", str(self.port)]
 
     def warm_up(self) -> None:
         from servers.tts.client import TTSClient
@@ -223,7 +226,7 @@ def llm_command(port: int = LLM_PORT) -> list[str]:
         "/app/llama-server", "--hf-repo", LLM_HF_REPO, "--alias", "nemotron-3-nano",
         "--host", "0.0.0.0", "--port", str(port),
         "--ctx-size", str(LLM_CTX_PER_SLOT * LLM_PARALLEL), "--parallel", str(LLM_PARALLEL),
-        "--gpu-layers", "999", "--flash-attn", "on", "--cache-reuse", "256",
+        "--gpu-layers", "999", "--flash-attn", "on", "--cache-reuse", "256", "--cache-ram", "512",
         "--jinja", "--reasoning", "off", "--no-webui", "--cors-origins", "localhost", "--metrics",
         "--log-colors", "off",
     ]  # fmt: skip
@@ -231,7 +234,7 @@ def llm_command(port: int = LLM_PORT) -> list[str]:
 
 @app.cls(image=llm_image, max_containers=4, **SERVER_OPTIONS)
 @modal.concurrent(max_inputs=LLM_PARALLEL)
-class LLM(ModelServer):
+class LLM(ServerContainer):
     """Nemotron 3 Nano 30B-A3B on llama.cpp: as many requests at once as it has slots."""
 
     port = LLM_PORT

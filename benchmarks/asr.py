@@ -3,7 +3,7 @@
     python -m benchmarks.asr                       # embedded whisper server, generated utterances
     python -m benchmarks.asr --url ws://HOST:8080  # an already running server (any engine)
     python -m benchmarks.asr clips/ a.wav --sessions 4
-    python -m benchmarks.asr --long                # 5 s vs 60 s vs 120 s of continuous speech
+    python -m benchmarks.asr --long                # ≥5 s vs 60 s vs 120 s of continuous speech
 
 Each utterance streams in real time in 20 ms frames. Two passes over the same utterances:
   bot      the soft finalize at the end of speech, silence, the hard finalize `--soft-lead-ms` later

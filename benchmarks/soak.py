@@ -27,8 +27,8 @@ import numpy as np
 from benchmarks.audio import read_wav, speak
 from benchmarks.stats import summary
 from benchmarks.webrtc_client import WebRTCVoiceClient
-from servers.launch import MODEL_SERVERS
-from servers.processes import ROOT, ServerProcess, child_pids, command_line, free_port, rss_mb
+from servers.launch import MODEL_SERVERS, service_pids
+from servers.processes import ROOT, ServerProcess, free_port, rss_mb
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -40,24 +40,12 @@ QUESTIONS = [
     "Name a famous painter.",
     "What is the tallest mountain?",
 ]
-SERVICES = ("asr", "tts", "llm", "bot")
 
 
 @dataclass
 class SessionResult:
     v2v_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-
-
-def stack_pids(launcher: ServerProcess) -> dict[str, list[int]]:
-    """The processes of each service under the launcher (servers.llm and its llama-server)."""
-    pids: dict[str, list[int]] = {}
-    for pid in child_pids(launcher.process.pid):
-        line = command_line(pid)
-        name = next((s for s in SERVICES if f"servers.{s}" in line or (s == "bot" and "bot.py" in line)), None)
-        if name:
-            pids[name] = [pid, *child_pids(pid)] if name == "llm" else [pid]
-    return pids
 
 
 def rss(pids: dict[str, list[int]]) -> dict[str, float]:
@@ -97,7 +85,7 @@ async def soak(args: argparse.Namespace) -> dict:
     )  # fmt: skip
     await asyncio.to_thread(launcher.run, 900)
     try:
-        pids = stack_pids(launcher)
+        pids = service_pids(launcher.process.pid)
         url = f"http://127.0.0.1:{bot_port}"
         results = [SessionResult() for _ in range(args.sessions)]
         done = [0]

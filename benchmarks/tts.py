@@ -27,7 +27,7 @@ from pathlib import Path
 
 from benchmarks.servers import running_server
 from benchmarks.stats import fmt, summary
-from servers.processes import command_line
+from servers.processes import command_line, rss_mb
 from servers.tts.client import Audio, Reply, TTSClient
 
 REPLIES = [
@@ -121,13 +121,8 @@ def server_pid(url: str) -> int | None:
 
 
 def peak_rss_mb(pid: int | None) -> float | None:
-    """VmHWM: the most the process was ever resident, MB."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text() if pid else ""
-    except OSError:
-        return None
-    kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
-    return None if kb is None else kb / 1024
+    """The most the process was ever resident, MB (None: not on this machine)."""
+    return (rss_mb(pid, peak=True) or None) if pid else None
 
 
 async def fairness(url: str, pause_s: float, as_json: bool) -> None:

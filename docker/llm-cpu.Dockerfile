@@ -28,5 +28,5 @@ COPY --from=model /build/nemotron-voice-agent/models/qwen2.5-1.5b.gguf /models/q
 # The image's entrypoint is llama-server; these are its arguments.
 CMD ["--model", "/models/qwen2.5-1.5b.gguf", "--alias", "qwen2.5-1.5b", \
      "--host", "0.0.0.0", "--port", "8002", "--ctx-size", "4096", "--parallel", "1", \
-     "--cache-reuse", "256", "--jinja", "--reasoning", "off", "--no-webui", \
+     "--cache-reuse", "256", "--cache-ram", "512", "--jinja", "--reasoning", "off", "--no-webui", \
      "--cors-origins", "localhost", "--metrics", "--log-colors", "off"]

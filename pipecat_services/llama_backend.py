@@ -45,7 +45,7 @@ class LlamaServerBackend(LLMBackend):
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(force_close=True),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
-                headers=auth_headers(),  # llama-server's --api-key is the model servers' token
+                headers=auth_headers(self.base_url),  # llama-server's --api-key is the model servers' token
             )
         return self._session
 

@@ -56,7 +56,7 @@ class ModelServerConnection:
         """Connect and wait for the server's `ready`."""
         try:
             self._websocket = await self._websocket_connect(
-                self._url, max_size=self._wire.MAX_MESSAGE_BYTES, additional_headers=auth_headers()
+                self._url, max_size=self._wire.MAX_MESSAGE_BYTES, additional_headers=auth_headers(self._url)
             )
             first = await asyncio.wait_for(self._websocket.recv(), READY_TIMEOUT_S)
             ready = self._wire.parse_server_message(first)

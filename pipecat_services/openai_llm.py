@@ -54,8 +54,9 @@ class BudgetedOpenAILLMService(OpenAILLMService):
 
     async def _budget(self) -> ContextBudget:
         if self.context_tokens is None:
-            headers = {"Authorization": f"Bearer {self._client.api_key}", **modal_proxy_headers()}
-            self.context_tokens = await served_window(str(self._client.base_url), headers) or FALLBACK_WINDOW
+            base_url = str(self._client.base_url)
+            headers = {"Authorization": f"Bearer {self._client.api_key}", **modal_proxy_headers(base_url)}
+            self.context_tokens = await served_window(base_url, headers) or FALLBACK_WINDOW
             logger.info(f"{self}: context window {self.context_tokens} tokens")
         s = self._settings
         reply = next((v for v in (s.max_completion_tokens, s.max_tokens) if is_given(v) and v), 0)

@@ -34,6 +34,8 @@ def on_turn_span(worker: Any, latency: Any) -> None:
     # Pipecat offers the open turn's SpanContext only, which takes no attributes: use its span.
     span = getattr(observer, "_current_span", None) if observer is not None else None
     if span is None:
+        if observer is not None:
+            logger.debug("tracing: no open turn span for this turn's latency")
         return
     for key, value in latency.model_dump(exclude={"processor", "model"}).items():
         if value is not None:

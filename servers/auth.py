@@ -17,6 +17,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 TOKEN_ENV = "MODEL_SERVER_TOKEN"
 TOKEN_FILE_ENV = "MODEL_SERVER_TOKEN_FILE"
@@ -37,15 +38,18 @@ def load_token() -> str | None:
     return token or None
 
 
-def auth_headers(token: str | None = None) -> dict[str, str]:
-    """What a client of our model servers sends: the token given, else the environment's, and
-    Modal's proxy credentials when the environment has them; nothing without either."""
-    token = token if token is not None else load_token()
-    return ({"Authorization": f"Bearer {token}"} if token else {}) | modal_proxy_headers()
+def auth_headers(url: str) -> dict[str, str]:
+    """What a client sends to our model server at `url`: the environment's token, and Modal's proxy
+    credentials if the server is on Modal; nothing without either."""
+    token = load_token()
+    return ({"Authorization": f"Bearer {token}"} if token else {}) | modal_proxy_headers(url)
 
 
-def modal_proxy_headers() -> dict[str, str]:
-    """Modal-Key / Modal-Secret when the environment has them (the bot on Modal), else nothing."""
+def modal_proxy_headers(url: str) -> dict[str, str]:
+    """Modal-Key / Modal-Secret for a `*.modal.run` URL when the environment has them (the bot on
+    Modal); never for anyone else's server."""
+    if not (urlparse(url).hostname or "").endswith(".modal.run"):
+        return {}
     return {name: os.environ[env] for name, env in MODAL_PROXY_HEADERS.items() if os.environ.get(env)}
 
 

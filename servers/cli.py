@@ -64,7 +64,7 @@ def session_limits(args: argparse.Namespace) -> SessionLimits:
     return SessionLimits(args.max_sessions, args.max_sessions_per_client, args.max_messages_per_s, args.idle_timeout)
 
 
-def check_bind(name: str, args: argparse.Namespace) -> None:
+def refuse_insecure_bind(name: str, args: argparse.Namespace) -> None:
     """Exit with one line rather than serve a LAN without a token; say so loudly when told to."""
     try:
         token = load_token()
@@ -80,7 +80,7 @@ def check_bind(name: str, args: argparse.Namespace) -> None:
 def main_with_clear_errors(name: str, serve: Callable[[argparse.Namespace], Awaitable[None]], args: argparse.Namespace) -> None:
     """Run `serve(args)`; a taken port or a model that fails to load exits with one line, not a traceback."""
     setup_logging(args.log_level)
-    check_bind(name, args)
+    refuse_insecure_bind(name, args)
     try:
         asyncio.run(serve(args))
     except OSError as e:

@@ -22,8 +22,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from servers.processes import ROOT, ServerExited, ServerProcess, exit_reason, port_is_free, stop_all, tail
-
+from servers.processes import (
+    ROOT, ServerExited, ServerProcess, child_pids, command_line, exit_reason, port_is_free, stop_all, tail,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,17 @@ def wait_ready(service: Service, process: ServerProcess, timeout: float = 600.0)
     say(f"{service.name}: ready at {service.url}")
 
 
+def service_pids(launcher_pid: int) -> dict[str, list[int]]:
+    """The processes of each service a launcher runs (servers.llm: the wrapper, then llama-server)."""
+    pids: dict[str, list[int]] = {}
+    for pid in child_pids(launcher_pid):
+        line = command_line(pid)
+        for service in (*MODEL_SERVERS, BOT):
+            if " ".join(service.command) in line:
+                pids[service.name] = [pid, *child_pids(pid)]
+    return pids
+
+
 def supervise(stack: list[Supervised], policy: RestartPolicy) -> None:
     """Until Ctrl-C or SIGTERM, or a service that keeps crashing."""
     while True:
@@ -167,7 +179,7 @@ def supervise(stack: list[Supervised], policy: RestartPolicy) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Run the local stack: model servers and the bot, restarted when they crash.")
+    parser = argparse.ArgumentParser(description="The local stack: model servers and the bot, restarted when they crash.")
     parser.add_argument("--no-bot", action="store_true", help="model servers only")
     parser.add_argument("--logs", type=Path, default=ROOT / "logs", help="folder of <service>.log (default logs/)")
     args = parser.parse_args()
@@ -191,6 +203,8 @@ def main() -> None:
     except KeyboardInterrupt:
         say("\nstopping...")
     finally:
+        # A second Ctrl-C must not leave services behind (each runs in its own session).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         stop_all([member.process for member in stack], grace_s=2.0)
 
 

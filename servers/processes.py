@@ -186,11 +186,12 @@ def command_line(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of one process, MB; 0 if it is gone."""
+def rss_mb(pid: int, peak: bool = False) -> float:
+    """Resident memory of one process now (or its peak so far), MB; 0 if it is gone."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return 0.0
-    kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    field = "VmHWM:" if peak else "VmRSS:"
+    kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith(field)), 0)
     return kb / 1024

@@ -33,22 +33,28 @@ class SessionLimits:
     """What one client may take of a server, so that no client can exhaust it for the others."""
 
     max_sessions: int = 64
-    max_sessions_per_client: int = 16
+    max_sessions_per_client: int = 64
+    """The bot is usually a server's only client (one session per call): lower it for a shared LAN server."""
     max_messages_per_s: float = 1000.0
     """Beyond this a session's messages are read more slowly: TCP back-pressure on a flood, no error."""
     idle_timeout_s: float = 600.0
-    """A session that sends nothing this long is closed (code 4008)."""
+    """A session with nothing sent either way this long is closed (code 4008)."""
 
 
 class LimitedConnection(ServerConnection):
-    """A server connection whose reads are paced (`max_messages_per_s`) and time out when idle."""
+    """A server connection whose reads are paced (`max_messages_per_s`) and that closes itself when
+    nothing went either way for `idle_timeout_s` (a client listening to a long reply is not idle)."""
 
     limits = SessionLimits()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._allowance = self.limits.max_messages_per_s
-        self._checked = time.monotonic()
+        self._checked = self._active = time.monotonic()
+
+    async def send(self, *args: Any, **kwargs: Any) -> None:
+        self._active = time.monotonic()
+        await super().send(*args, **kwargs)
 
     async def recv(self, decode: bool | None = None) -> Any:
         rate = self.limits.max_messages_per_s
@@ -58,13 +64,17 @@ class LimitedConnection(ServerConnection):
         if self._allowance < 1:
             await asyncio.sleep((1 - self._allowance) / rate)
         self._allowance -= 1
-        try:
-            async with asyncio.timeout(self.limits.idle_timeout_s):
-                return await super().recv(decode)
-        except TimeoutError:
-            logger.info(f"closing {self.remote_address}: nothing received for {self.limits.idle_timeout_s:.0f} s")
-            await self.close(IDLE_CLOSE_CODE, f"idle for {self.limits.idle_timeout_s:.0f} s")
-            return await super().recv(decode)  # raises ConnectionClosed, as for any closed session
+        while (idle_left := self._active + self.limits.idle_timeout_s - time.monotonic()) > 0:
+            try:
+                async with asyncio.timeout(idle_left):  # websockets' recv is safe to cancel
+                    message = await super().recv(decode)
+            except TimeoutError:
+                continue  # something may have been sent meanwhile
+            self._active = time.monotonic()
+            return message
+        logger.info(f"closing {self.remote_address}: idle for {self.limits.idle_timeout_s:.0f} s")
+        await self.close(IDLE_CLOSE_CODE, f"idle for {self.limits.idle_timeout_s:.0f} s")
+        return await super().recv(decode)  # raises ConnectionClosed, as for any closed session
 
 
 def refuse(connection: ServerConnection, status: HTTPStatus, why: str, server: str = "model") -> Response:
@@ -83,7 +93,7 @@ def _respond(connection: ServerConnection, status: HTTPStatus, body: str, conten
 def _handshake(
     health: HealthFn, token: str | None, admit: AdmitFn, kind: str
 ) -> Callable[[ServerConnection, Request], Response | None]:
-    """Answer GET /health (open to anyone: it says nothing) and GET /metrics (with the token, like
+    """Answer GET /health (open to anyone: readiness, engine, session count) and GET /metrics (with the token, like
     everything else); refuse a WebSocket without the token (401) or beyond the session limits (`admit`)."""
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
@@ -146,9 +156,13 @@ class ModelServer:
         self.engine = engine
         self.limits = limits
         self.loaded = asyncio.Event()
-        self.sessions = 0
         self._clients: Counter[str] = Counter()
         self._ids = itertools.count(1)
+
+    @property
+    def sessions(self) -> int:
+        """Open sessions (connections past the handshake)."""
+        return self._clients.total()
 
     def session_name(self) -> str:
         return f"{self.kind}-{next(self._ids)}"
@@ -169,8 +183,8 @@ class ModelServer:
         raise NotImplementedError
 
     def admit(self, connection: ServerConnection) -> Response | None:
-        if (total := self._clients.total()) >= self.limits.max_sessions:
-            return refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE, f"server full ({total} sessions)", self.kind)
+        if self.sessions >= self.limits.max_sessions:
+            return refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE, f"server full ({self.sessions} sessions)", self.kind)
         if self._clients[connection.remote_address[0]] >= self.limits.max_sessions_per_client:
             why = f"too many sessions from {connection.remote_address[0]} (limit {self.limits.max_sessions_per_client})"
             return refuse(connection, HTTPStatus.TOO_MANY_REQUESTS, why, self.kind)

@@ -21,7 +21,7 @@ SENTENCES = [
 ]
 
 
-class ServerProcess(LocalServer):
+class RestartableServer(LocalServer):
     """A model server started as its own process, the way users run it."""
 
     async def crash_and_restart(self, after: Awaitable) -> None:
@@ -55,31 +55,31 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, np.ndarr
 
 def serve_for_session(
     factory: pytest.TempPathFactory, module: str, args: list[str], **kwargs
-) -> Iterator[ServerProcess]:
-    server = ServerProcess(module, args, factory.mktemp("logs") / f"{module}.log", **kwargs)
+) -> Iterator[RestartableServer]:
+    server = RestartableServer(module, args, factory.mktemp("logs") / f"{module}.log", **kwargs)
     server.run()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def asr_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def asr_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableServer]:
     yield from serve_for_session(tmp_path_factory, "servers.asr", ["--engine", "whisper"])
 
 
 @pytest.fixture(scope="session")
-def tts_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def tts_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableServer]:
     yield from serve_for_session(tmp_path_factory, "servers.tts", ["--engine", "piper"])
 
 
 @pytest.fixture(scope="session")
-def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableServer]:
     """llama-server with SmolLM2-135M from its package: small enough for CI, real enough for the protocol."""
     yield from serve_for_session(tmp_path_factory, "servers.llm", ["--model", "smollm2-135m"])
 
 
 @pytest.fixture(scope="session")
-def tool_llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def tool_llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableServer]:
     """llama-server with the packaged Qwen2.5 1.5B, the embedded default: the 0.5B calls tools but
     rarely speaks their results."""
     yield from serve_for_session(tmp_path_factory, "servers.llm", ["--model", "qwen2.5-1.5b"])
@@ -87,11 +87,11 @@ def tool_llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
 
 def serve_bot(
     factory: pytest.TempPathFactory,
-    asr: ServerProcess,
-    tts: ServerProcess,
-    llm: ServerProcess,
+    asr: RestartableServer,
+    tts: RestartableServer,
+    llm: RestartableServer,
     settings: dict[str, str] | None = None,
-) -> Iterator[ServerProcess]:
+) -> Iterator[RestartableServer]:
     """The bot on Pipecat's runner (Playground, /api/offer), wired to these model servers, greedy;
     `settings`: more BOT_* variables."""
     env = {"BOT_ASR_URL": asr.url, "BOT_TTS_URL": tts.url, "BOT_LLM_URL": llm.http_url, "BOT_TEMPERATURE": "0"}
@@ -102,10 +102,10 @@ def serve_bot(
 @pytest.fixture(scope="session")
 def bot_server(
     tmp_path_factory: pytest.TempPathFactory,
-    asr_server: ServerProcess,
-    tts_server: ServerProcess,
-    llm_server: ServerProcess,
-) -> Iterator[ServerProcess]:
+    asr_server: RestartableServer,
+    tts_server: RestartableServer,
+    llm_server: RestartableServer,
+) -> Iterator[RestartableServer]:
     """The bot on SmolLM2 (CI-sized)."""
     yield from serve_bot(tmp_path_factory, asr_server, tts_server, llm_server)
 
@@ -113,10 +113,10 @@ def bot_server(
 @pytest.fixture(scope="session")
 def tool_bot_server(
     tmp_path_factory: pytest.TempPathFactory,
-    asr_server: ServerProcess,
-    tts_server: ServerProcess,
-    tool_llm_server: ServerProcess,
-) -> Iterator[ServerProcess]:
+    asr_server: RestartableServer,
+    tts_server: RestartableServer,
+    tool_llm_server: RestartableServer,
+) -> Iterator[RestartableServer]:
     """The bot with its default tools on the embedded 1.5B (SmolLM2 cannot call tools)."""
     yield from serve_bot(tmp_path_factory, asr_server, tts_server, tool_llm_server)
 

@@ -21,7 +21,7 @@ from benchmarks.audio import chunks
 from benchmarks.scoring import wer
 from pipecat_services.asr_stt import ASRServerSTTService
 from benchmarks.scripted import Count, Watch, run_script
-from tests.conftest import ServerProcess
+from tests.conftest import RestartableServer
 
 
 def utterance_frames(audio: np.ndarray, sample_rate: int = 16000) -> list:
@@ -75,7 +75,7 @@ async def test_resamples_pipeline_audio_to_16k(asr_server, speech):
 
 async def test_reconnects_after_server_crash(tmp_path, speech):
     (text1, audio1), (text2, audio2) = speech[2], speech[3]
-    server = ServerProcess("servers.asr", ["--engine", "whisper"], tmp_path / "asr.log")
+    server = RestartableServer("servers.asr", ["--engine", "whisper"], tmp_path / "asr.log")
     server.run()
     stt = ASRServerSTTService(url=server.url)
     connections = Count()

@@ -30,7 +30,7 @@ SERVICE_KEYS = {
     "healthcheck", "ports", "restart", "network_mode", "user",
 }  # fmt: skip
 TOKEN_FILE = "/run/model-server/token"
-LLAMA_POLICY = ("--jinja", "--reasoning", "--cache-reuse", "--no-webui", "--cors-origins", "--metrics")
+LLAMA_POLICY = ("--jinja", "--reasoning", "--cache-reuse", "--cache-ram", "--no-webui", "--cors-origins", "--metrics")
 """llama-server options that servers/llm/server.py chooses for a voice agent, on every machine."""
 LLAMA_GPU_POLICY = ("--gpu-layers", "--flash-attn")
 HADOLINT = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
@@ -183,7 +183,8 @@ def test_values_are_strings_as_docker_reads_them(services):
 
 def test_llama_server_options_match_the_wrapper(services):
     args = argparse.Namespace(
-        host="0.0.0.0", port=8002, model="qwen2.5-1.5b", ctx_size=4096, parallel=1, threads=2, gpu_layers=-1
+        host="0.0.0.0", port=8002, model="qwen2.5-1.5b", ctx_size=4096, parallel=1, threads=2, gpu_layers=-1,
+        cache_ram=512,
     )
     cpu = flags(llama_server_command(args, Path("llama-server"), Path("m.gguf"), False, []))
     gpu = flags(llama_server_command(args, Path("llama-server"), Path("m.gguf"), True, []))

@@ -14,17 +14,16 @@ from pathlib import Path
 import pytest
 
 from benchmarks.webrtc_client import WebRTCVoiceClient
-from servers.launch import MODEL_SERVERS, GaveUp, RestartPolicy, Supervised
-from servers.processes import ServerProcess, child_pids, command_line, free_port, is_healthy
+from servers.launch import MODEL_SERVERS, GaveUp, RestartPolicy, Supervised, service_pids
+from servers.processes import ServerProcess, free_port, is_healthy
 from tests.test_bot import ask, heard
 
 pytestmark = pytest.mark.timeout(600)
 
 
-def model_server_pid(launcher: ServerProcess, module: str) -> int:
+def model_server_pid(launcher: ServerProcess, service: str) -> int:
     """The process doing the service's work: our server, or the llama-server under servers.llm."""
-    pid = next(c for c in child_pids(launcher.process.pid) if f"-m {module}" in command_line(c))
-    return next((c for c in child_pids(pid) if "llama-server" in command_line(c)), pid)
+    return service_pids(launcher.process.pid)[service][-1]
 
 
 def test_a_service_that_keeps_crashing_stops_the_stack(tmp_path: Path):
@@ -82,7 +81,7 @@ async def test_killed_model_servers_come_back_and_the_call_goes_on(stack, whispe
     try:
         for victim in (None, "asr", "tts", "llm"):
             if victim is not None:
-                os.kill(model_server_pid(launcher, f"servers.{victim}"), signal.SIGKILL)
+                os.kill(model_server_pid(launcher, victim), signal.SIGKILL)
                 await wait_until(lambda: not is_healthy(health[victim]), f"{victim} to die")
                 await wait_until(lambda: is_healthy(health[victim]), f"the launcher to restart {victim}")
             # The bot's STT and TTS clients are connected again before the user speaks.

@@ -96,7 +96,9 @@ def test_llm_concurrency_is_its_slot_count(deployed):
 
 
 def test_llm_runs_with_the_wrappers_options(deployed):
-    args = argparse.Namespace(host="0.0.0.0", port=8002, model="x", ctx_size=1, parallel=1, threads=1, gpu_layers=-1)
+    args = argparse.Namespace(
+        host="0.0.0.0", port=8002, model="x", ctx_size=1, parallel=1, threads=1, gpu_layers=-1, cache_ram=512
+    )
     wrapper = flags(llama_server_command(args, Path("llama-server"), Path("m.gguf"), True, []))
     command = flags(deployed.module.llm_command())
     for option in LLAMA_POLICY + LLAMA_GPU_POLICY:
@@ -162,7 +164,7 @@ def test_images_install_the_projects_own_requirements(deployed):
     nemo = deployed.module.requirements("nemo", "magpie")
     assert "nemo_toolkit[asr]==3.0.0" in nemo and "pyopenjtalk==0.4.1" in nemo and "websockets>=14,<18" in nemo
     assert not any(r.startswith("nemotron-voice-agent") for r in nemo)  # the project is not on PyPI
-    assert "pipecat-ai[webrtc,silero,websocket,runner]==1.14.0" in deployed.module.requirements("bot")
+    assert "pipecat-ai[webrtc,silero,websocket,runner,tracing]==1.14.0" in deployed.module.requirements("bot")
 
 
 def test_model_servers_are_behind_proxy_auth_and_the_bot_holds_the_credentials(deployed, monkeypatch):
@@ -180,4 +182,21 @@ def test_model_servers_are_behind_proxy_auth_and_the_bot_holds_the_credentials(d
 
     monkeypatch.delenv("MODEL_SERVER_TOKEN", raising=False)
     monkeypatch.delenv("MODEL_SERVER_TOKEN_FILE", raising=False)
-    assert auth_headers() == {"Modal-Key": "wk-test", "Modal-Secret": "ws-test"}
+    proxy = {"Modal-Key": "wk-test", "Modal-Secret": "ws-test"}
+    assert auth_headers("wss://ws--nemotron-voice-agent-asr-serve.modal.run") == proxy
+    assert auth_headers("https://api.example.com/v1") == {}  # never to anyone else's server
+
+
+@pytest.mark.parametrize("name", ["ASR", "TTS"])
+def test_model_server_commands_start_in_their_container(deployed, name, monkeypatch):
+    """The container has no model-server token (Modal's proxy guards it): the command must still be
+    one our server accepts and starts with on 0.0.0.0."""
+    from servers.cli import refuse_insecure_bind
+
+    monkeypatch.delenv("MODEL_SERVER_TOKEN", raising=False)
+    monkeypatch.delenv("MODEL_SERVER_TOKEN_FILE", raising=False)
+    command = getattr(deployed.module, name).command(SimpleNamespace(port=1234))
+    module = importlib.import_module(f"{command[2]}.server")
+    args = module.parse_args(command[3:])
+    assert args.host == "0.0.0.0" and args.port == 1234
+    refuse_insecure_bind(name, args)  # would exit: a LAN address without a token or --insecure

@@ -364,11 +364,11 @@ async def test_server_restores_a_nemo_file_and_serves_sessions(tiny_model, tmp_p
     """The real loading path (`restore_from` a .nemo) behind the real WebSocket server, two sessions at once."""
     from servers.asr import protocol
     from servers.asr.client import ASRClient
-    from tests.conftest import ServerProcess
+    from tests.conftest import RestartableServer
 
     path = tmp_path / "tiny.nemo"
     tiny_model.save_to(str(path))
-    server = ServerProcess("servers.asr", ["--engine", "nemotron", "--nemotron-model", str(path)], tmp_path / "log")
+    server = RestartableServer("servers.asr", ["--engine", "nemotron", "--nemotron-model", str(path)], tmp_path / "log")
     await asyncio.to_thread(server.run)
     try:
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 
 import numpy as np
 import pytest
@@ -138,19 +140,29 @@ class RecordingPiper(PiperEngine):
         return super().synthesize(text, voice, language, first)
 
 
-async def test_the_engines_unit_of_work_is_bounded_whatever_the_text():
-    """A 100-digit number in one segment: the engine gets it in parts of at most `max_part_chars`
-    (a call per part, each cut at a digit group), never the whole spoken text at once."""
-    engine, port = RecordingPiper(), free_port()
-    server = TTSServer(engine, max_lead_s=0)  # as fast as it can: only the unit of work matters here
+@asynccontextmanager
+async def in_process(server: TTSServer) -> AsyncIterator[str]:
+    """`server` serving in this test's event loop (to look inside it); yields its URL."""
+    port = free_port()
     serving = asyncio.create_task(server.serve("127.0.0.1", port, protocol.MAX_MESSAGE_BYTES))
     try:
         await asyncio.wait_for(server.loaded.wait(), 120)
-        engine.calls.clear()  # the warm-up call of load()
-        async with TTSClient(f"ws://127.0.0.1:{port}") as tts:
-            reply = await tts.speak("c", "4155552671" * 10)
+        yield f"ws://127.0.0.1:{port}"
     finally:
         serving.cancel()
+        with suppress(asyncio.CancelledError):
+            await serving
+        server.worker.shutdown()
+
+
+async def test_the_engines_unit_of_work_is_bounded_whatever_the_text():
+    """A 100-digit number in one segment: the engine gets it in parts of at most `max_part_chars`
+    (a call per part, each cut at a digit group), never the whole spoken text at once."""
+    engine = RecordingPiper()
+    async with in_process(TTSServer(engine, max_lead_s=0)) as url:  # as fast as it can: only the unit of work matters
+        engine.calls.clear()  # the warm-up call of load()
+        async with TTSClient(url) as tts:
+            reply = await tts.speak("c", "4155552671" * 10)
     spoken = normalize("4155552671" * 10)
     assert [s.text for s in reply.segments] == [spoken]
     assert max(map(len, engine.calls)) <= engine.max_part_chars < len(spoken)
@@ -160,20 +172,14 @@ async def test_the_engines_unit_of_work_is_bounded_whatever_the_text():
 async def test_a_long_reply_keeps_pace_with_its_playback():
     """A reply is synthesized at most `max_lead_s` (+ one part) ahead of real-time playback, so a
     long one leaves the engine free for others; a slow machine only falls behind, never ahead."""
-    engine, port, lead_s = PiperEngine(), free_port(), 1.0
-    server = TTSServer(engine, max_lead_s=lead_s)
-    serving = asyncio.create_task(server.serve("127.0.0.1", port, protocol.MAX_MESSAGE_BYTES))
+    engine, lead_s = PiperEngine(), 1.0
     arrivals: list[tuple[float, float]] = []
 
     async def on_audio(reply: Reply) -> None:
         arrivals.append((asyncio.get_running_loop().time(), len(reply.audio) / 2 / engine.sample_rate))
 
-    try:
-        await asyncio.wait_for(server.loaded.wait(), 120)
-        async with TTSClient(f"ws://127.0.0.1:{port}") as tts:
-            reply = await tts.speak("c", "The quick brown fox jumps over the lazy dog. " * 4, on_audio=on_audio)
-    finally:
-        serving.cancel()
+    async with in_process(TTSServer(engine, max_lead_s=lead_s)) as url, TTSClient(url) as tts:
+        reply = await tts.speak("c", "The quick brown fox jumps over the lazy dog. " * 4, on_audio=on_audio)
     part_s = 5.0  # the most audio one part of at most max_part_chars makes
     first = arrivals[0][0]
     assert all(audio_s - (at - first) <= lead_s + part_s for at, audio_s in arrivals)

@@ -25,7 +25,7 @@ from benchmarks.scoring import wer
 from pipecat_services.tts import TTSServerTTSService
 from servers.tts import protocol
 from benchmarks.scripted import Count, Watch, run_script
-from tests.conftest import ServerProcess
+from tests.conftest import RestartableServer
 
 REPLY = ["Sure, the capital of France ", "is Paris. ", "It is famous for the Eiffel Tower."]
 LONG_REPLY = ["Let me tell you a long story. "] + ["Once upon a time there was a very patient robot. "] * 40
@@ -114,7 +114,7 @@ async def test_interruption_cancels_on_the_server_and_drops_stale_audio(tts_serv
 
 
 async def test_reconnects_after_server_crash(tmp_path):
-    server = ServerProcess("servers.tts", ["--engine", "piper"], tmp_path / "tts.log")
+    server = RestartableServer("servers.tts", ["--engine", "piper"], tmp_path / "tts.log")
     server.run()
     tts = TTSServerTTSService(url=server.url)
     connections = Count()

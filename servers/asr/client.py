@@ -1,6 +1,6 @@
 """A minimal asyncio client of the ASR server, for benchmarks, tests and scripts.
 
-The bot uses `pipecat_services.asr_stt.LocalASRSTTService` instead; both speak `protocol`.
+The bot uses `pipecat_services.asr_stt.ASRServerSTTService` instead; both speak `protocol`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class ASRClient:
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ASRClient:
-        self.ws = await connect(self.url, max_size=protocol.MAX_MESSAGE_BYTES, additional_headers=auth_headers())
+        self.ws = await connect(self.url, max_size=protocol.MAX_MESSAGE_BYTES, additional_headers=auth_headers(self.url))
         message = protocol.parse_server_message(await self.ws.recv())
         if not isinstance(message, protocol.Ready):
             raise RuntimeError(f"expected ready, got {message}")

@@ -31,7 +31,6 @@ class ASRServer(ModelServer):
 
     async def handle(self, ws: ServerConnection) -> None:
         session = Session(ws, self.session_name())
-        self.sessions += 1
         logger.info(f"{session.name}: connected from {ws.remote_address}")
         ready_task = asyncio.create_task(session.become_ready(self))
         try:
@@ -39,7 +38,6 @@ class ASRServer(ModelServer):
         finally:
             ready_task.cancel()
             await session.close()
-            self.sessions -= 1
 
 
 class Session:

@@ -25,7 +25,7 @@ from pathlib import Path
 from loguru import logger
 
 from servers.auth import load_token
-from servers.cli import add_flag, add_server_flags, check_bind, setup_logging
+from servers.cli import add_flag, add_server_flags, refuse_insecure_bind, setup_logging
 from servers.processes import ServerExited, port_is_free, wait_healthy
 from servers.llm.binary import BinaryError, add_binary_flags, ensure
 from servers.llm.models import DEFAULT_MODEL, MODELS, ModelError, resolve
@@ -34,6 +34,10 @@ DEFAULT_PORT = 8002
 CACHE_REUSE = 256
 """Reuse cached KV chunks of >= this many tokens after an edit in the middle of the prompt
 (history trimmed); llama-server turns it off itself for models that cannot shift their cache."""
+CACHE_RAM_MIB = 512
+"""llama-server saves idle slots' prompts in host memory, to bring a conversation back without
+evaluating it again when calls outnumber slots; its default cap (8 GiB) made a 500-turn soak's
+llama-server grow past 1.3 GB and on. 512 MiB holds a few 4k-token conversations of the 1.5B."""
 LOG_LINE = re.compile(r"\d+\.\d+\.\d+\.\d+ (?P<level>[DIWE]) (?P<text>.*)")
 LOG_LEVELS = {"D": "DEBUG", "I": "INFO", "W": "WARNING", "E": "ERROR"}
 
@@ -50,6 +54,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     add_flag(parser, "--model", "LLM_MODEL", DEFAULT_MODEL, f"{', '.join(MODELS)}, or the path of a .gguf file")
     add_flag(parser, "--ctx-size", "LLM_CTX_SIZE", 4096, "context tokens per slot (llama-server: ctx-size x parallel)")
     add_flag(parser, "--parallel", "LLM_PARALLEL", 1, "conversation slots (each keeps its own prompt cache)")
+    add_flag(
+        parser, "--cache-ram", "LLM_CACHE_RAM", CACHE_RAM_MIB,
+        "MiB of host memory for conversations' prompts saved off their slot (llama-server's default: 8192)",
+    )
     add_flag(parser, "--threads", "LLM_THREADS", cores, "CPU threads (all of this machine's cores by default)")
     add_flag(parser, "--gpu-layers", "LLM_GPU_LAYERS", -1, "layers on the GPU; -1: all when llama-server sees a GPU")
     add_binary_flags(parser)
@@ -82,6 +90,7 @@ def llama_server_command(args: argparse.Namespace, binary: Path, model: Path, gp
         "--threads", str(args.threads),
         *offload,
         "--cache-reuse", str(CACHE_REUSE),
+        "--cache-ram", str(args.cache_ram),
         "--jinja",  # the GGUF's own chat template, for /apply-template and /v1/chat/completions
         "--reasoning", "off",  # a voice reply cannot wait for a thought (Nemotron, Qwen3 ...)
         "--no-webui",
@@ -144,7 +153,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 def main(argv: list[str] | None = None) -> None:
     args, extra = parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging(args.log_level)
-    check_bind("llm", args)
+    refuse_insecure_bind("llm", args)
     # Until llama-server runs, SIGTERM unwinds like Ctrl-C so half-written files are removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:

@@ -64,7 +64,7 @@ class TTSClient:
 
     async def __aenter__(self) -> TTSClient:
         self.ws = await connect(
-            self.url, max_size=None, open_timeout=self.open_timeout, additional_headers=auth_headers()
+            self.url, max_size=None, open_timeout=self.open_timeout, additional_headers=auth_headers(self.url)
         )
         message = await self.receive(timeout=self.open_timeout)
         if not isinstance(message, protocol.Ready):

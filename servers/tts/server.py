@@ -110,12 +110,7 @@ class TTSServer(ModelServer):
 
     async def handle(self, ws: ServerConnection) -> None:
         await self.loaded.wait()
-        session = Session(self, ws, self.session_name())
-        self.sessions += 1
-        try:
-            await session.serve()
-        finally:
-            self.sessions -= 1
+        await Session(self, ws, self.session_name()).serve()
 
 
 class Session:

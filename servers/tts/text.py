@@ -136,7 +136,7 @@ def normalize(text: str) -> str:
     text = _CURRENCY.sub(lambda m: _money(m[1], m[2]), text)
     text = _PERCENT.sub(lambda m: f"{_number(m[1], amount=True)} percent", text)
     text = _ORDINAL.sub(lambda m: num2words(int(m[1]), to="ordinal"), text)
-    text = _TIME.sub(lambda m: f"{_number(m[1])} {_minutes(m[2])}", text)
+    text = _TIME.sub(lambda m: f"{num2words(int(m[1]))} {_minutes(m[2])}", text)
     text = _YEAR.sub(lambda m: m[1] + num2words(int(m[2]), to="year"), text)
     text = _NUMBER.sub(lambda m: _number(m[0]), text)
     for symbol, spoken in SYMBOLS.items():

@@ -184,8 +184,6 @@ class WhisperEngine(ASREngine):
         self._model = None
 
 
-
-
 class _AudioBuffer:
     """The utterance's samples from absolute position `start` to `end`: appends are amortised O(1),
     views are free, and dropping the front keeps the array no larger than twice what is held."""
@@ -274,9 +272,12 @@ class WhisperStream(ASRStream):
         self._audio.drop_until(start)
 
     def _speculate(self) -> None:
-        """Start decoding the tail up to the end of speech, unless that decode already runs."""
+        """Start decoding the tail up to the end of speech, unless that decode already runs; a decode
+        of less audio is of no more use (cancelled: not yet started, it never takes the engine)."""
         start, end = self._tail_start, self._speech_end
         if self._speculation is None or (self._speculation.start, self._speculation.end) != (start, end):
+            if self._speculation is not None:
+                self._speculation.task.cancel()
             self._speculation = _Decode(start, end, self._decode(start, end))
 
     def _decode(self, start: int, end: int) -> asyncio.Future[str]:
@@ -347,6 +348,8 @@ class WhisperStream(ASRStream):
         transcript, commits, spec = self._transcript, self._commits, self._speculation
         reusable = spec is not None and spec.start == self._tail_start and self._speech_end <= spec.end
         audio = self._audio.view(self._tail_start).copy()
+        if spec is not None and not reusable:
+            spec.task.cancel()
         self._begin_utterance()
         for commit in commits:
             transcript.add(await commit.task)
@@ -354,4 +357,15 @@ class WhisperStream(ASRStream):
         return transcript.text(tail)
 
     async def reset(self) -> None:
+        self._cancel_decodes()
         self._begin_utterance()
+
+    async def close(self) -> None:
+        self._cancel_decodes()
+
+    def _cancel_decodes(self) -> None:
+        """Nobody will read these decodes: those not started never take the engine."""
+        for task in (d.task for d in (self._speculation, *self._commits) if d is not None):
+            task.cancel()
+        if self._interim_task is not None:
+            self._interim_task.cancel()
