@@ -70,6 +70,10 @@ async def one_call(url: str, clips: list[np.ndarray], turns: int, result: Sessio
         await client.close()
 
 
+def growth(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round(100 * (after.get(k, 0) - v) / v, 1) for k, v in before.items() if v}
+
+
 async def soak(args: argparse.Namespace) -> dict:
     logs = ROOT / "artifacts" / "soak"
     logs.mkdir(parents=True, exist_ok=True)
@@ -96,9 +100,11 @@ async def soak(args: argparse.Namespace) -> dict:
             await asyncio.sleep(1)
         rss_start = rss(pids)
         print(f"after {done[0]} warm-up turns: RSS MB {rss_start}", flush=True)
-        next_report = time.monotonic() + 60
+        next_report, rss_half = time.monotonic() + 60, None
         while not all(c.done() for c in calls):
             await asyncio.sleep(1)
+            if rss_half is None and done[0] >= total // 2:
+                rss_half = rss(pids)
             if time.monotonic() >= next_report:
                 print(f"{done[0]}/{total} turns, RSS MB {rss(pids)}", flush=True)
                 next_report += 60
@@ -118,8 +124,8 @@ async def soak(args: argparse.Namespace) -> dict:
         "errors": [e for r in results for e in r.errors], "restarts": restarts,
         "server_v2v_ms_first_tenth": summary(first) if first else None,
         "server_v2v_ms_last_tenth": summary(last) if last else None,
-        "rss_mb_after_warm_up": rss_start, "rss_mb_end": rss_end,
-        "rss_growth_pct": {k: round(100 * (rss_end.get(k, 0) - v) / v, 1) for k, v in rss_start.items() if v},
+        "rss_mb_after_warm_up": rss_start, "rss_mb_half_way": rss_half, "rss_mb_end": rss_end,
+        "rss_growth_pct": growth(rss_start, rss_end), "rss_growth_second_half_pct": growth(rss_half or {}, rss_end),
     }  # fmt: skip
 
 
@@ -139,9 +145,10 @@ def main() -> None:
         if s:
             print(f"server V2V, {when} tenth of each call: p50 {s['p50']:.0f} ms  p90 {s['p90']:.0f} ms")
     for name, start in report["rss_mb_after_warm_up"].items():
-        end = report["rss_mb_end"].get(name, 0.0)
-        print(f"RSS {name:<4} {start:>8.1f} MB after warm-up → {end:>8.1f} MB at the end "
-              f"({report['rss_growth_pct'].get(name, 0.0):+.1f} %)")  # fmt: skip
+        half, end = ((report[k] or {}).get(name, 0.0) for k in ("rss_mb_half_way", "rss_mb_end"))
+        print(f"RSS {name:<4} {start:>7.1f} MB after warm-up, {half:>7.1f} half-way, {end:>7.1f} at the end "
+              f"({report['rss_growth_pct'].get(name, 0.0):+.1f} %; second half "
+              f"{report['rss_growth_second_half_pct'].get(name, 0.0):+.1f} %)")  # fmt: skip
     for error in report["errors"][:20]:
         print(f"error: {error}")
 

@@ -117,8 +117,10 @@ def tool_bot_server(
     tts_server: RestartableServer,
     tool_llm_server: RestartableServer,
 ) -> Iterator[RestartableServer]:
-    """The bot with its default tools on the embedded 1.5B (SmolLM2 cannot call tools)."""
-    yield from serve_bot(tmp_path_factory, asr_server, tts_server, tool_llm_server)
+    """The bot with its default tools on the embedded 1.5B (SmolLM2 cannot call tools), writing
+    call transcripts (its `env["BOT_TRANSCRIPTS"]`)."""
+    transcripts = {"BOT_TRANSCRIPTS": str(tmp_path_factory.mktemp("transcripts"))}
+    yield from serve_bot(tmp_path_factory, asr_server, tts_server, tool_llm_server, transcripts)
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,10 @@ the embedded Whisper transcribes. The LLM is SmolLM2-135M at temperature 0 (CI-s
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,6 +86,12 @@ async def test_what_time_is_it_gets_the_current_time(tool_bot_server, whisper, s
     assert any(re.search(rf"\b{h}(:?\d\d)?\b", said) for h in spoken_hours), (said, spoken_hours)  # "1347" too
     assert latency is not None and latency["tool_ms"] is not None and latency["tool_ms"] >= 0, latency
     print(f"\nbot said {said!r}; {latency}")
+    # The call's transcript has the tool call and its result, after the user's turn.
+    (transcript,) = Path(tool_bot_server.env["BOT_TRANSCRIPTS"]).glob("*.jsonl")
+    events = [json.loads(line) for line in transcript.read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert "user" in kinds and kinds.index("user") < kinds.index("tool_call") < kinds.index("tool_result"), kinds
+    assert next(e for e in events if e["event"] == "tool_call")["name"] == "get_current_time", events
 
 
 async def test_two_sessions_each_get_their_own_answer(bot_server, whisper, say_wav):
