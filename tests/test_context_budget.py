@@ -16,7 +16,7 @@ from pipecat.tests.utils import run_test
 from benchmarks.llm import LONG_CHECKS, LONG_SYSTEM, long_script
 from pipecat_services.llama_llm import LlamaServerLLMService
 from pipecat_services.openai_llm import BudgetedOpenAILLMService
-from tests.conftest import ServerProcess, serve_for_session
+from tests.conftest import RestartableServer, serve_for_session
 
 SLOT = 1024
 """Small, so a conversation three times its size is cheap; a trim keeps ~500 tokens, more than
@@ -24,7 +24,7 @@ llama-server's 256-token minimum for shifting a cached chunk."""
 
 
 @pytest.fixture(scope="module")
-def small_slot_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def small_slot_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableServer]:
     yield from serve_for_session(tmp_path_factory, "servers.llm", ["--model", "smollm2-135m", "--ctx-size", str(SLOT)])
 
 
