@@ -226,7 +226,8 @@ def llm_command(port: int = LLM_PORT) -> list[str]:
         "/app/llama-server", "--hf-repo", LLM_HF_REPO, "--alias", "nemotron-3-nano",
         "--host", "0.0.0.0", "--port", str(port),
         "--ctx-size", str(LLM_CTX_PER_SLOT * LLM_PARALLEL), "--parallel", str(LLM_PARALLEL),
-        "--gpu-layers", "999", "--flash-attn", "on", "--cache-reuse", "256", "--cache-ram", "512",
+        "--gpu-layers", "999", "--device", "CUDA0",  # no CUDA backend: llama-server exits, never runs on the CPU
+        "--flash-attn", "on", "--cache-reuse", "256", "--cache-ram", "512",
         "--jinja", "--reasoning", "off", "--no-webui", "--cors-origins", "localhost", "--metrics",
         "--log-colors", "off",
     ]  # fmt: skip

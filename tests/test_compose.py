@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from servers.llm import binary as llm_binary
 from servers.llm.server import llama_server_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -265,3 +266,22 @@ def test_docker_compose_accepts_the_files():
         cmd = ["docker", "compose", *chosen, "--profile", "cpu", "--profile", "gpu", "config", "--quiet"]
         result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stderr
+
+
+def test_the_gpu_llm_fails_without_cuda_instead_of_running_on_the_cpu(services):
+    """`--device CUDA0`: where llama.cpp's CUDA backend does not load, llama-server exits at once
+    instead of running the 30B model on the CPU behind a passing health check. Our own llama-server
+    (a CPU build) is such a case."""
+    device = flags(services["llm-gpu"]["command"])["--device"]
+    assert device == "CUDA0"
+    binary = llm_binary.find()
+    assert binary is not None, "no llama-server binary: build it once with `python -m servers.llm.binary`"
+    result = subprocess.run(
+        [str(binary), "--device", device, "--model", "/nonexistent.gguf"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0 and f"invalid device: {device}" in result.stdout + result.stderr
+
+
+def test_the_stack_starts_from_the_repository_root():
+    root = yaml.load((ROOT / "compose.yaml").read_text(), Loader=ComposeLoader)
+    assert root["include"] == ["docker/compose.yaml"] and root["name"] == load("compose.yaml")["name"]

@@ -101,6 +101,7 @@ def test_llm_runs_with_the_wrappers_options(deployed):
     )
     wrapper = flags(llama_server_command(args, Path("llama-server"), Path("m.gguf"), True, []))
     command = flags(deployed.module.llm_command())
+    assert command["--device"] == "CUDA0"  # fails at start without CUDA, never runs on the CPU
     for option in LLAMA_POLICY + LLAMA_GPU_POLICY:
         assert command[option] == wrapper[option], option
 
