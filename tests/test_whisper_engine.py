@@ -71,7 +71,9 @@ async def test_speech_after_the_speculation_is_decoded_again(engine, speech):
     await feed(stream, audio2, silence_ms=0)
     final = await stream.finalize(hard=True)
     assert "capital" in final.lower() and "spider" in final.lower(), final
-    assert len(engine.calls) == 2
+    # The speculation of the first question alone is superseded (cancelled unless already running):
+    # the last decode covers both questions.
+    assert len(engine.calls) <= 2 and engine.calls[-1] > len(audio1), engine.calls
 
 
 async def test_silence_is_never_decoded(engine):
