@@ -22,10 +22,10 @@ from servers.auth import is_authorized, load_token
 
 HealthFn = Callable[[], tuple[bool, dict[str, Any]]]
 """Returns (ready, details) for GET /health: 200 when ready, 503 while loading."""
-AdmitFn = Callable[[str], Response | None]
-"""Given the client's address, None to admit its WebSocket, else the HTTP response that refuses it."""
+AdmitFn = Callable[[ServerConnection], Response | None]
+"""At the handshake: None to admit the WebSocket, else the HTTP response that refuses it."""
 IDLE_CLOSE_CODE = 4008
-"""WebSocket close code of a session that sent nothing for `SessionLimits.idle_timeout_s`."""
+"""WebSocket close code of a session with nothing sent either way for `SessionLimits.idle_timeout_s`."""
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def secured_asr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServe
 @pytest.fixture(scope="module")
 def secured_tts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     yield from serve_for_session(
-        tmp_path_factory, "servers.tts", ["--engine", "piper", "--max-sessions", "2", "--idle-timeout", "2"], env=SECURED
+        tmp_path_factory, "servers.tts", ["--engine", "piper", "--max-sessions", "2", "--idle-timeout", "5"], env=SECURED
     )
 
 
@@ -124,16 +124,18 @@ async def test_one_client_cannot_take_every_session(secured_asr, speech, monkeyp
 
 
 async def test_a_full_server_and_an_idle_session(secured_tts, monkeypatch):
+    """Two sessions fill the server: a third is refused (503), the two are served; a session with
+    nothing going either way is closed (4008), and that makes room again."""
     monkeypatch.setenv("MODEL_SERVER_TOKEN", TOKEN)
-    async with TTSClient(secured_tts.url) as busy, TTSClient(secured_tts.url) as idle:
+    async with TTSClient(secured_tts.url) as first, TTSClient(secured_tts.url) as idle:
         with pytest.raises(InvalidStatus) as refused:
             async with TTSClient(secured_tts.url):
                 pass
         assert refused.value.response.status_code == 503
-        reply = await busy.speak("c1", "Still here.")
+        reply = await first.speak("c1", "Still here.")
         assert reply.done is not None and len(reply.audio) > 0
         with pytest.raises(ConnectionClosed) as closed:
-            while True:  # the idle session sends nothing: the server closes it (after 2 s)
+            while True:  # the idle session sends nothing and is sent nothing: closed after the timeout
                 await asyncio.wait_for(idle.ws.recv(), timeout=60)
         assert closed.value.rcvd.code == 4008
 
