@@ -119,9 +119,12 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
     interleaver = Interleaver() if config.interleave != "off" and config.llm_api == "llama-server" else None
     tools = bot_tools(config.tool_names)
     context = LLMContext(tools=tools) if tools else LLMContext()
-    stt = ASRServerSTTService(url=config.asr_url)
+    stt = ASRServerSTTService(url=config.asr_url, server_wait_s=config.model_server_wait_s)
     llm = make_llm(config, interleaver, context)
-    tts = TTSServerTTSService(url=config.tts_url, voice=config.voice, language=config.language, interleaver=interleaver)
+    tts = TTSServerTTSService(
+        url=config.tts_url, voice=config.voice, language=config.language, interleaver=interleaver,
+        server_wait_s=config.model_server_wait_s,
+    )  # fmt: skip
     user_aggregator, assistant_aggregator = LLMContextAggregatorPair(context, user_params=user_turn_params(config))
 
     call_id = uuid.uuid4().hex[:12]

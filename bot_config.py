@@ -56,6 +56,7 @@ class BotConfig:
     vad_start_secs: float = 0.1
     vad_stop_secs: float = 0.2
     turn_fallback_secs: float = 1.0
+    model_server_wait_s: float = 60.0
     transcripts: str = ""
     record_audio: bool = False
     otlp_endpoint: str = ""
@@ -127,6 +128,10 @@ def add_bot_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_flag(
         group, "--turn-fallback-secs", "BOT_TURN_FALLBACK_SECS", d.turn_fallback_secs,
         "silence after which a turn Smart Turn judged unfinished ends anyway",
+    )
+    add_flag(
+        group, "--model-server-wait-s", "BOT_MODEL_SERVER_WAIT_S", d.model_server_wait_s,
+        "how long the ASR and TTS clients wait for a server that is down, restarting or cold (Modal: 600)",
     )
     add_flag(
         group, "--transcripts", "BOT_TRANSCRIPTS", d.transcripts,

@@ -52,6 +52,8 @@ GPU = "L40S"
 BOT_DEFAULTS = {
     # ASR, TTS and LLM have a GPU each here, so the LLM streams freely instead of taking turns.
     "BOT_INTERLEAVE": "off",
+    # The GPU classes scale to zero: a call's first model server may take minutes to start and load.
+    "BOT_MODEL_SERVER_WAIT_S": "600",
     # Modal containers sit behind NAT: STUN gives the browser an address that reaches the bot.
     "PIPECAT_ICE_SERVERS": "stun:stun.l.google.com:19302",
 }

@@ -29,7 +29,7 @@ from pipecat.transcriptions.language import Language
 from pipecat.utils.time import time_now_iso8601
 from pipecat.utils.tracing.service_decorators import traced_stt
 
-from pipecat_services.model_server import ModelServerConnection
+from pipecat_services.model_server import SERVER_WAIT_S, ModelServerConnection
 from servers.asr import protocol
 
 
@@ -43,9 +43,11 @@ class ASRServerSTTService(ModelServerConnection, WebsocketSTTService):
         ttfs_p99_latency: float = 0.6,
         reconnect_backoff_min_wait: float = 0.5,
         reconnect_backoff_max_wait: float = 2.0,
+        server_wait_s: float = SERVER_WAIT_S,
         **kwargs,
     ) -> None:
-        """`ttfs_p99_latency`: end of speech → final transcript, p99; the turn's fallback wait."""
+        """`ttfs_p99_latency`: end of speech → final transcript, p99; the turn's fallback wait.
+        `server_wait_s`: how long to wait for a server that is down or cold (`model_server.py`)."""
         super().__init__(
             settings=STTSettings(model=None, language=Language.EN),
             ttfs_p99_latency=ttfs_p99_latency,
@@ -55,6 +57,7 @@ class ASRServerSTTService(ModelServerConnection, WebsocketSTTService):
         )
         self._url = url
         self._wire = protocol
+        self._server_wait_s = server_wait_s
         self._resampler = create_stream_resampler()
 
     def can_generate_metrics(self) -> bool:

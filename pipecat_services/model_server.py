@@ -2,13 +2,18 @@
 
 Each server greets a connection with a `ready` message (engine, sample rate, protocol version)
 once its model is loaded; a service is connected only after that. The shared model-server token
-(`servers.auth`, from the environment) goes with every handshake. Reconnects retry for ~15 s,
-long enough for a local server to restart, bind and load.
+(`servers.auth`, from the environment) goes with every handshake.
+
+A service waits for its server up to `server_wait_s`, whether the server is not listening yet
+(it restarts, or starts after the bot), holds the handshake (Modal's proxy while a container
+scales up from zero) or is still loading its model: reconnects are bounded by that time, not by a
+count of attempts, so a cold server is waited for instead of given up on after a few seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from types import ModuleType
 from typing import Any
 
@@ -17,7 +22,8 @@ from websockets.protocol import State
 
 from servers.auth import auth_headers
 
-READY_TIMEOUT_S = 60.0
+SERVER_WAIT_S = 60.0
+"""Default of `server_wait_s`: a local server restarts and loads in well under it."""
 
 
 class ModelServerConnection:
@@ -29,6 +35,7 @@ class ModelServerConnection:
 
     _url: str
     _wire: ModuleType
+    _server_wait_s: float = SERVER_WAIT_S
     _receive_task: asyncio.Task | None = None
     server_info: Any = None
 
@@ -37,7 +44,10 @@ class ModelServerConnection:
         await self._connect()
 
     async def _try_reconnect(self, max_retries: int = 10, report_error: Any = None) -> bool:
-        return await super()._try_reconnect(max_retries=max_retries, report_error=report_error)
+        """Attempts enough to span `server_wait_s` at the longest backoff (each fails fast while
+        nothing listens)."""
+        window = math.ceil(self._server_wait_s / self._reconnect_backoff_max_wait)
+        return await super()._try_reconnect(max_retries=max(max_retries, window), report_error=report_error)
 
     async def _connect(self) -> None:
         await super()._connect()
@@ -56,9 +66,10 @@ class ModelServerConnection:
         """Connect and wait for the server's `ready`."""
         try:
             self._websocket = await self._websocket_connect(
-                self._url, max_size=self._wire.MAX_MESSAGE_BYTES, additional_headers=auth_headers(self._url)
-            )
-            first = await asyncio.wait_for(self._websocket.recv(), READY_TIMEOUT_S)
+                self._url, max_size=self._wire.MAX_MESSAGE_BYTES, additional_headers=auth_headers(self._url),
+                open_timeout=self._server_wait_s,
+            )  # fmt: skip
+            first = await asyncio.wait_for(self._websocket.recv(), self._server_wait_s)
             ready = self._wire.parse_server_message(first)
             if not isinstance(ready, self._wire.Ready):
                 raise ConnectionError(f"expected ready, got {first!r}")

@@ -23,7 +23,7 @@ from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TextAggregationMode, WebsocketTTSService
 from pipecat.utils.tracing.service_decorators import traced_tts
 
-from pipecat_services.model_server import ModelServerConnection
+from pipecat_services.model_server import SERVER_WAIT_S, ModelServerConnection
 from pipecat_services.interleaving import Interleaver, TTSMarkFrame
 from servers.tts import protocol
 
@@ -40,9 +40,11 @@ class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
         interleaver: Interleaver | None = None,
         reconnect_backoff_min_wait: float = 0.5,
         reconnect_backoff_max_wait: float = 2.0,
+        server_wait_s: float = SERVER_WAIT_S,
         **kwargs,
     ) -> None:
-        """`voice`/`language`: None picks the server's first (see its `ready` message)."""
+        """`voice`/`language`: None picks the server's first (see its `ready` message).
+        `server_wait_s`: how long to wait for a server that is down or cold (`model_server.py`)."""
         super().__init__(
             text_aggregation_mode=TextAggregationMode.TOKEN,
             push_start_frame=True,
@@ -56,6 +58,7 @@ class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
         )
         self._url = url
         self._wire = protocol
+        self._server_wait_s = server_wait_s
         self._started: set[str] = set()
         self._interleaver = interleaver
         self._last_context_id: str | None = None

@@ -100,3 +100,33 @@ async def test_reconnects_after_server_crash(tmp_path, speech):
         server.stop()
     texts = [r.text for r in finals(down)]
     assert len(texts) == 2 and wer([text1, text2], texts) <= 0.2, texts
+
+
+async def test_waits_for_a_server_that_starts_late(tmp_path, speech):
+    """Nothing listens when the call starts (the server restarts, or scales up from zero): the
+    client keeps trying for `server_wait_s`, not for a count of attempts (ten, 0.5 s apart, would be
+    over before the server below comes up), and transcribes once the server is there."""
+    text, audio = speech[0]
+    server = RestartableServer("servers.asr", ["--engine", "whisper"], tmp_path / "asr.log")
+    stt = ASRServerSTTService(url=server.url, reconnect_backoff_min_wait=0.5, reconnect_backoff_max_wait=0.5,
+                              server_wait_s=120)  # fmt: skip
+    connections = Count()
+    stt.add_event_handler("on_connected", connections.add)
+    transcripts = Watch(TranscriptionFrame)
+
+    async def start_late() -> None:
+        await asyncio.sleep(8)  # the scenario: down for longer than ten quick attempts take
+        await asyncio.to_thread(server.run)
+
+    starting = asyncio.create_task(start_late())
+    try:
+        down = await run_script(
+            stt,
+            transcripts,
+            steps=[lambda: starting, lambda: connections.reached(1), *utterance_frames(audio),
+                   lambda: transcripts.reached(1)],
+        )  # fmt: skip
+    finally:
+        starting.cancel()
+        server.stop()
+    assert wer([text], [r.text for r in finals(down)]) <= 0.2

@@ -131,6 +131,7 @@ def test_bot_settings_come_from_the_deploying_environment(deployed, monkeypatch)
     settings = deployed.module.deploy_settings(("BOT_", "PIPECAT_"), deployed.module.BOT_DEFAULTS)
     assert settings["BOT_LLM_API"] == "openai" and "OTHER_SETTING" not in settings
     assert settings["BOT_INTERLEAVE"] == "off"  # a GPU each: the LLM need not take turns with the TTS
+    assert float(settings["BOT_MODEL_SERVER_WAIT_S"]) >= 300  # a model server scaled to zero comes back
     assert settings["PIPECAT_ICE_SERVERS"].startswith("stun:")
     monkeypatch.setenv("BOT_INTERLEAVE", "all")
     assert deployed.module.deploy_settings(("BOT_",), deployed.module.BOT_DEFAULTS)["BOT_INTERLEAVE"] == "all"
