@@ -129,3 +129,20 @@ async def test_the_transcript_keeps_its_latest_characters():
     assert transcript.text("ten") == "four five six. seven eight nine. ten"
     transcript.add("x" * 100)
     assert len(transcript.text()) <= 40
+
+
+async def test_a_stream_closed_mid_interim_gives_the_interim_slot_back(speech):
+    """Interims take turns on one engine-wide slot: a session that leaves while its interim is
+    queued (not yet run) must not keep the slot, or no session would get interims again."""
+    engine = WhisperEngine(interim_interval_s=0.5)
+    engine.load()
+    stream = engine.open_stream(lambda _: None)
+    samples = as_float(speech[3][1])
+    for i in range(0, len(samples), 320):
+        await stream.feed(samples[i : i + 320])
+        if stream._interim_task is not None:
+            break
+    assert stream._interim_task is not None, "no interim started"
+    await stream.close()  # the interim task has not run a single step yet
+    assert engine.try_claim_interim_slot()
+    engine.close()

@@ -327,13 +327,19 @@ class WhisperStream(ASRStream):
         commits = list(self._commits)
         self._interim_task = asyncio.create_task(self._run_interim(self._utterance, prefix, commits, audio))
 
+    def _end_interim(self, task: asyncio.Task[None] | None) -> None:
+        """Give the engine's interim slot back, once per interim: when its decode ends, or when it is
+        cancelled (perhaps before it ever ran, and so before its own `finally` could)."""
+        if task is not None and self._interim_task is task:
+            self._interim_task = None
+            self.engine.release_interim_slot()
+
     async def _run_interim(self, utterance: int, prefix: str, commits: list[_Decode], audio: np.ndarray) -> None:
         """Decode the tail; the interim is the committed text, then the commits in flight, then the tail."""
         try:
             text = await self.engine.transcribe(audio)
         finally:
-            self.engine.release_interim_slot()
-            self._interim_task = None
+            self._end_interim(asyncio.current_task())
         pieces = [prefix, *[(await c.task).strip() for c in commits], text]
         text = " ".join(t for t in pieces if t)
         if utterance == self._utterance and text and text != self._interim_text:
@@ -367,5 +373,6 @@ class WhisperStream(ASRStream):
         """Nobody will read these decodes: those not started never take the engine."""
         for task in (d.task for d in (self._speculation, *self._commits) if d is not None):
             task.cancel()
-        if self._interim_task is not None:
-            self._interim_task.cancel()
+        if (interim := self._interim_task) is not None:
+            interim.cancel()
+            self._end_interim(interim)
