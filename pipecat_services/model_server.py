@@ -63,22 +63,27 @@ class ModelServerConnection:
         await self._disconnect_websocket()
 
     async def _connect_websocket(self) -> None:
-        """Connect and wait for the server's `ready`."""
+        """Connect and wait for the server's `ready`; only then is the connection ours to send on
+        (audio sent before it would be refused by the server, and the words in it lost)."""
+        websocket = None
         try:
-            self._websocket = await self._websocket_connect(
+            websocket = await self._websocket_connect(
                 self._url, max_size=self._wire.MAX_MESSAGE_BYTES, additional_headers=auth_headers(self._url),
                 open_timeout=self._server_wait_s,
             )  # fmt: skip
-            first = await asyncio.wait_for(self._websocket.recv(), self._server_wait_s)
+            first = await asyncio.wait_for(websocket.recv(), self._server_wait_s)
             ready = self._wire.parse_server_message(first)
             if not isinstance(ready, self._wire.Ready):
                 raise ConnectionError(f"expected ready, got {first!r}")
             if ready.protocol != self._wire.PROTOCOL_VERSION:
                 raise ConnectionError(f"server speaks protocol {ready.protocol}, we speak {self._wire.PROTOCOL_VERSION}")
             self.server_info = ready
+            self._websocket = websocket
             logger.info(f"{self}: connected to {self._url} ({ready.engine}, {ready.sample_rate} Hz)")
             await self._call_event_handler("on_connected")
         except Exception as e:
+            if websocket is not None and websocket is not self._websocket:
+                await websocket.close()
             self._websocket = None
             await self.push_error(error_msg=f"{self._url}: {e}", exception=e)
             await self._call_event_handler("on_connection_error", str(e))
