@@ -20,6 +20,7 @@ pytest.importorskip("nemo.collections.tts")
 
 import torch
 
+from benchmarks.real_size.magpie import EOS_IMPOSSIBLE, install_baked_speakers, set_eos_bias
 from servers.tts.engines.codec_stream import CodecStream, measure_context
 from servers.tts.engines.magpie import SPEAKERS, MagpieEngine
 
@@ -129,22 +130,9 @@ def build_magpie(codec_path: str, frame_stacking: int = 1) -> Any:
         for name, param in model.named_parameters():
             if not name.startswith("_codec_model") and param.dim() >= 2:
                 param.normal_(0.0, 0.1)  # large enough that text and speaker change what is sampled
-    set_eos_bias(model, -1e4)  # a random model would otherwise stop at random
-    # What load_state_dict does with a checkpoint's baked speaker embedding.
-    model.baked_context_embedding = torch.nn.Embedding(len(SPEAKERS), context_frames * d)
-    model._baked_embedding_T = torch.tensor(context_frames)
-    model._baked_embedding_D = torch.tensor(d)
-    model.baked_context_embedding_len = torch.full((len(SPEAKERS),), context_frames)
+    set_eos_bias(model, EOS_IMPOSSIBLE)  # a random model would otherwise stop at random
+    install_baked_speakers(model, len(SPEAKERS), context_frames)
     return model
-
-
-def set_eos_bias(model: Any, bias: float) -> None:
-    """Make audio EOS impossible (very negative) or certain (very positive) in every codebook's logits."""
-    per_codebook = model.num_all_tokens_per_codebook
-    with torch.no_grad():
-        for head in model.local_transformer_out_projections:
-            head.bias[model.audio_eos_id] = bias
-        model.final_proj.bias[model.audio_eos_id :: per_codebook] = bias
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -302,7 +290,7 @@ def test_end_of_speech_drops_the_eos_frame(engine: MagpieEngine, tiny_model: Any
         with StepCounter(tiny_model) as steps:
             chunks = run(engine)
     finally:
-        set_eos_bias(tiny_model, -1e4)
+        set_eos_bias(tiny_model, EOS_IMPOSSIBLE)
     frames = tiny_model.inference_parameters.min_generated_frames
     assert steps.calls == frames + 1
     assert sum(len(c) for c in chunks) == frames * SPF
