@@ -197,7 +197,7 @@ def run_tts(args: argparse.Namespace, work_dir: Path) -> Iterator[dict[str, Any]
         "build_s": round(time.perf_counter() - started, 1),
     }
     engine = MagpieEngine.from_model(model, seed=1)
-    runs = 2 if args.quick else 8
+    runs = 2 if args.quick else 5
     try:
         asyncio.run(tts_sessions(engine, 1, first=True))
         for sessions in args.sessions:
