@@ -50,8 +50,10 @@ from bot_config import BotConfig, add_bot_flags
 from bot_tools import bot_tools
 from pipecat_services.asr_stt import ASRServerSTTService
 from pipecat_services.call_records import CallRecording, CallTranscript
+from pipecat_services.interim_prefill import InterimPrefill
 from pipecat_services.llama_llm import LlamaServerLLMService
 from pipecat_services.openai_llm import BudgetedOpenAILLMService
+from pipecat_services.token_llm import TokenLLMService
 from pipecat_services.tts import TTSServerTTSService
 from pipecat_services.turn_end import SentenceEndUserTurnStopStrategy
 from pipecat_services.turn_metrics import TurnLatencyMetricsData, TurnLatencyObserver
@@ -130,8 +132,9 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
     call_id = uuid.uuid4().hex[:12]
     transcript = CallTranscript(Path(config.transcripts), call_id) if config.transcripts else None
     recording = CallRecording(Path(config.transcripts) / f"{call_id}.wav") if transcript and config.record_audio else None
+    prefill = [InterimPrefill(llm)] if config.prefill_interims and isinstance(llm, TokenLLMService) else []
     pipeline = Pipeline(
-        [transport.input(), stt, user_aggregator, llm, tts, transport.output(),
+        [transport.input(), stt, *prefill, user_aggregator, llm, tts, transport.output(),
          *([recording.processor] if recording else []), assistant_aggregator]
     )  # fmt: skip
 

@@ -33,7 +33,7 @@ TOOL_PROMPT = (
 model's first token (`LlamaServerLLMService.call_threshold`); this keeps chit-chat away from tools
 (`python -m benchmarks.tools --tool-prompt ...` measures a variant)."""
 
-SESSION_KEYS = {"interleave": str, "system_prompt": str, "voice": str}
+SESSION_KEYS = {"interleave": str, "prefill_interims": bool, "system_prompt": str, "voice": str}
 INTERLEAVE_MODES = ("all", "first", "off")
 
 
@@ -50,6 +50,7 @@ class BotConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     tools: str = "time,end_call"
     interleave: str = "first"
+    prefill_interims: bool = True
     max_tokens: int = 200
     context_tokens: int = 0
     temperature: float = 0.7
@@ -92,6 +93,11 @@ class BotConfig:
         return dataclasses.replace(self, **overrides)
 
 
+def on_off(value: str) -> bool:
+    """A boolean flag's or variable's value: 1/true/yes/on, anything else is off."""
+    return str(value).lower() in ("1", "true", "yes", "on")
+
+
 def add_bot_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     d = BotConfig()
     group = parser.add_argument_group("voice agent (env BOT_*)")
@@ -113,6 +119,12 @@ def add_bot_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "LLM and TTS take turns: all (one GPU shared by both), first (only the reply's first words; a "
         "few CPU cores), off (both stream at once)",
         choices=INTERLEAVE_MODES,
+    )
+    add_flag(
+        group, "--prefill-interims", "BOT_PREFILL_INTERIMS", d.prefill_interims,
+        "llama-server evaluates the user's words while they speak (interim transcripts), so a reply starts "
+        "after only the last ones",
+        type=on_off, nargs="?", const=True,
     )
     add_flag(group, "--max-tokens", "BOT_MAX_TOKENS", d.max_tokens, "longest reply in tokens")
     add_flag(
@@ -140,7 +152,7 @@ def add_bot_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_flag(
         group, "--record-audio", "BOT_RECORD_AUDIO", d.record_audio,
         "also record each call as a stereo WAV (user left, bot right) next to its transcript",
-        type=lambda value: str(value).lower() in ("1", "true", "yes", "on"), nargs="?", const=True,
+        type=on_off, nargs="?", const=True,
     )
     add_flag(
         group, "--otlp-endpoint", "BOT_OTLP_ENDPOINT", d.otlp_endpoint,

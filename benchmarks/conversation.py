@@ -9,7 +9,9 @@ has answered and been quiet for a while; the bot's audio is recorded as it arriv
 JSON line: what the ASR heard, what the bot said (its audio transcribed afterwards by the embedded
 Whisper), client V2V (end of the user's speech in the WAV → first non-silent bot audio at this
 client), and the bot's own per-stage numbers (server V2V = VAD stop → bot speaking + VAD stop_secs;
-STT final, LLM TTFB, TTS TTFB), then a summary with p50 / p90 / max.
+STT final, LLM TTFB, TTS TTFB) and timeline (each stage's first frame, in ms after the end of the
+user's speech; `pipecat_services/turn_metrics.py`), then a summary with p50 / p90 / max and the
+timeline's p50 per mark.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 from benchmarks.audio import read_wav, speak
 from benchmarks.stats import fmt, summary
 from benchmarks.webrtc_client import WebRTCVoiceClient
+from pipecat_services.turn_metrics import TIMELINE
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -40,6 +43,30 @@ QUESTIONS = [
     "Why do cats purr?",
     "Thanks, that is all.",
 ]
+VARIED_QUESTIONS = [
+    "Good morning!",
+    "How far away is the sun from the earth?",
+    "Could you explain what a black hole is, in simple words?",
+    "What should I cook for dinner tonight if I only have eggs, rice and some spinach?",
+    "Is it going to be cold this weekend?",
+    "Who wrote Romeo and Juliet?",
+    "Give me three tips for sleeping better.",
+    "What's the difference between a virus and a bacterium?",
+    "How do I convert twenty degrees Celsius to Fahrenheit?",
+    "Why is the ocean salty?",
+    "Can you help me plan a short trip to the mountains?",
+    "What does a software engineer do all day?",
+    "How many minutes are there in a day?",
+    "Tell me a joke about computers.",
+    "What is the tallest mountain in the world?",
+    "I feel a bit stressed today, any advice?",
+    "How do airplanes stay in the air?",
+    "What year did the first person walk on the moon?",
+    "Which is bigger, a blue whale or an elephant?",
+    "Say something nice about Mondays.",
+    "Okay, thank you, goodbye!",
+]
+"""`--questions varied`: greetings, facts, numbers, advice, long and short, ending the call."""
 STAGES = ["client_v2v_ms", "server_v2v_ms", "stt_final_ms", "llm_ttfb_ms", "tts_ttfb_ms"]
 
 
@@ -54,6 +81,8 @@ class TurnResult:
     stt_final_ms: float | None
     llm_ttfb_ms: float | None
     tts_ttfb_ms: float | None
+    timeline_ms: dict[str, float] | None = None
+    llm_evaluated_tokens: int | None = None
 
 
 async def converse(
@@ -78,6 +107,8 @@ async def converse(
                     said=None,
                     client_v2v_ms=round((reply[0] - speech_end) * 1000, 1) if reply else None,
                     **{k: latency.get(k) for k in STAGES[1:]},
+                    timeline_ms=latency.get("timeline_ms"),
+                    llm_evaluated_tokens=latency.get("llm_evaluated_tokens"),
                 )
             )
     finally:
@@ -94,10 +125,10 @@ async def transcribe_replies(replies: list[np.ndarray]) -> list[str]:
     return [(await engine.transcribe(r.astype(np.float32) / 32768)).strip() if len(r) else "" for r in replies]
 
 
-def load_clips(paths: list[str], folder: Path) -> list[tuple[str, np.ndarray]]:
-    """WAVs from files and folders (sorted), or the generated questions when none are given."""
+def load_clips(paths: list[str], folder: Path, questions: list[str] = QUESTIONS) -> list[tuple[str, np.ndarray]]:
+    """WAVs from files and folders (sorted), or `questions` spoken by espeak-ng when none are given."""
     if not paths:
-        return [(q, read_wav(speak(q, folder / f"q{i:02d}.wav", "en-us+m3", 150))) for i, q in enumerate(QUESTIONS)]
+        return [(q, read_wav(speak(q, folder / f"q{i:02d}.wav", "en-us+m3", 150))) for i, q in enumerate(questions)]
     files: list[Path] = []
     for p in map(Path, paths):
         files.extend(sorted(p.glob("*.wav")) if p.is_dir() else [p])
@@ -119,6 +150,22 @@ def report(results: list[TurnResult], as_json: bool, interleave: str | None) -> 
         values = [getattr(r, k) for r in results if getattr(r, k) is not None]
         if values:
             print(fmt(k, values))
+    print(timeline_summary(results))
+
+
+def timeline_summary(results: list[TurnResult]) -> str:
+    """Each timeline mark's p50 over the turns, and the step from the mark before it."""
+    lines, before = ["timeline p50, ms after the end of speech (step from the previous mark):"], 0.0
+    for mark in TIMELINE:
+        values = [r.timeline_ms[mark] for r in results if r.timeline_ms and mark in r.timeline_ms]
+        if values:
+            p50 = summary(values)["p50"]
+            lines.append(f"  {mark:<16} +{p50:6.0f}   (+{p50 - before:.0f})")
+            before = p50
+    evaluated = [r.llm_evaluated_tokens for r in results if r.llm_evaluated_tokens is not None]
+    if evaluated:
+        lines.append(f"  prompt tokens the LLM server evaluated per turn: p50 {summary(evaluated)['p50']:.0f}")
+    return "\n".join(lines)
 
 
 async def main() -> None:
@@ -130,12 +177,21 @@ async def main() -> None:
         "--interleave", choices=["all", "first", "off"], help="the bot's LLM/TTS turn-taking (default: its own)"
     )
     parser.add_argument("--no-interleave", action="store_true", help="the same as --interleave off")
+    parser.add_argument(
+        "--prefill-interims", choices=["on", "off"], help="the bot evaluates interim words early (default: its own)"
+    )
+    parser.add_argument(
+        "--questions", choices=["default", "varied"], default="default",
+        help=f"generated questions without WAVs: the {len(QUESTIONS)} default ones or {len(VARIED_QUESTIONS)} varied ones",
+    )  # fmt: skip
     parser.add_argument("--turn-timeout", type=float, default=30.0, help="seconds to wait for a reply")
     args = parser.parse_args()
     mode = "off" if args.no_interleave else args.interleave
-    body = {"interleave": mode} if mode else {}
+    body: dict[str, Any] = {"interleave": mode} if mode else {}
+    if args.prefill_interims:
+        body["prefill_interims"] = args.prefill_interims == "on"
     with tempfile.TemporaryDirectory() as tmp:
-        clips = load_clips(args.audio, Path(tmp))
+        clips = load_clips(args.audio, Path(tmp), VARIED_QUESTIONS if args.questions == "varied" else QUESTIONS)
     results, replies = await converse(args.url, clips, body, args.turn_timeout)
     for result, said in zip(results, await transcribe_replies(replies)):
         result.said = said

@@ -5,7 +5,8 @@ Every turn: the context's messages go through the model's own chat template (`ba
 the rendered prompt becomes tokens through the conversation's `TokenHistory` (exact prefix of
 what the server already holds), and generation streams token ids back into the history; the first
 response's timings report the cache hit. At pipeline start the system prompt is prefilled, so the
-first turn finds it cached too.
+first turn finds it cached too; while the user speaks, their words so far (interim transcripts,
+`prefill_user_words`) are prefilled as well, so a turn evaluates only its last words.
 
 Interleaved (an `Interleaver` given): the reply is generated in segments. The first ends at the
 first clause or sentence boundary, so the TTS can start on a few words; later ones at the first
@@ -53,7 +54,7 @@ from pipecat.frames.frames import (
     MetricsFrame,
     StartFrame,
 )
-from pipecat.metrics.metrics import LLMTokenUsage, MetricsData
+from pipecat.metrics.metrics import LLMTokenUsage
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.llm_service import LLMService
@@ -66,6 +67,7 @@ from pipecat_services.context_budget import ContextBudget, ContextBudgetError, t
 from pipecat_services.interleaving import Interleaver
 from pipecat_services.llm_backend import LLMBackend
 from pipecat_services.token_history import TokenHistory
+from pipecat_services.turn_metrics import PromptCacheMetricsData
 from servers.tts.text import FIRST_SEGMENT_WORDS, ends_clause, ends_sentence, phrase_cut
 
 MAX_FAILED_CALLS = 2
@@ -74,21 +76,6 @@ CALL_THRESHOLD = 0.25
 """Measured on the packaged Qwen2.5 1.5B with the bot's prompt and tools: requests for a tool put
 0.3-0.6 of the first token's probability on opening a call, other questions 0-0.18; with more tools
 (`benchmarks.tools`) the ranges overlap (0.06-0.87 vs 0-0.28)."""
-
-
-class PromptCacheMetricsData(MetricsData):
-    """The server's KV-cache reuse for a turn's prompt.
-
-    `value` (the cache hit ratio) = cached_tokens / reusable_tokens: of the prompt tokens the server
-    has already seen in this conversation (everything but the new user turn), the share it served
-    from its cache. cached_tokens / prompt_tokens is the share of the whole prompt, which can never
-    reach 1 because the new user turn is always new.
-    """
-
-    value: float
-    cached_tokens: int
-    reusable_tokens: int
-    prompt_tokens: int
 
 
 def without_earlier_calls(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -200,6 +187,10 @@ class TokenLLMService(LLMService):
         self.last_turn: dict[str, Any] = {}
         self._history_lock = asyncio.Lock()
         self._warm_context = warm_context
+        self._user_words: str | None = None
+        self._warming: asyncio.Task[None] | None = None
+        self._prefilling: asyncio.Task[None] | None = None
+        self._responding = False
         self.call_threshold = call_threshold
         self.context_tokens = context_tokens
         self.trims = 0
@@ -210,21 +201,57 @@ class TokenLLMService(LLMService):
 
     async def start(self, frame: StartFrame) -> None:
         await super().start(frame)
-        self.create_task(self._warm_up(), "warm_up")
+        self._warming = self.create_task(self._warm_up(), "warm_up")
 
     async def _warm_up(self) -> None:
         """Prefill the system prompt and tools while the user is still speaking, so turn 1 finds them cached."""
         try:
-            async with self._history_lock:
-                if self.history.blocks:
-                    return
-                await self._budget()
-                messages, tools, _ = await self._invocation(self._warm_context or LLMContext())
-                rendered = await self.backend.render(messages, tools)
-                prompt, _ = await self.history.prompt(rendered, self.backend.tokenize)
-                await self.backend.prefill(prompt)
+            await self._prefill(None)
         except Exception as e:
             logger.warning(f"{self}: warm-up failed ({e}); the first turn will prefill the system prompt")
+
+    def prefill_user_words(self, words: str) -> None:
+        """The user's words so far (an interim transcript): evaluate them into the server's cache now,
+        so that at the turn's end only the last words remain. Revised words cost only the tokens after
+        the first change (the server keeps the longest common prefix). The latest words win, one
+        prefill runs at a time, and none while a reply is being generated."""
+        self._user_words = words
+        if self._prefilling is None or self._prefilling.done():
+            self._prefilling = self.create_task(self._prefill_user_words(), "prefill_user_words")
+
+    async def prefilled(self) -> None:
+        """Wait until the warm-up and the words given so far are in the server's cache (or were skipped)."""
+        if self._warming is not None:
+            await asyncio.wait([self._warming])
+        while self._prefilling is not None and not self._prefilling.done():
+            await asyncio.wait([self._prefilling])
+
+    async def _prefill_user_words(self) -> None:
+        while (words := self._user_words) is not None and not self._responding:
+            self._user_words = None
+            try:
+                await self._prefill({"role": "user", "content": words})
+            except Exception as e:
+                logger.debug(f"{self}: prefill of the user's words failed ({e})")
+
+    async def _prefill(self, user: dict[str, Any] | None) -> None:
+        """Evaluate the conversation (and `user`, a speculative last message) into the server's cache.
+
+        Only after the last reply is in the context: before, a prompt without it would push that
+        reply's tokens out of the cache, which the next turn needs."""
+        async with self._history_lock:
+            messages, tools, _ = await self._invocation(self._warm_context or LLMContext())
+            last = messages[-1] if messages else {"role": "system"}
+            if user is None:
+                if self.history.blocks:  # the warm-up: only before anything else
+                    return
+            elif last["role"] in ("user", "tool") or last.get("tool_calls"):
+                return
+            budget = await self._budget()
+            rendered = await self.backend.render([*messages, *([user] if user else [])], tools)
+            prompt, _ = await self.history.prompt(rendered, self.backend.tokenize)
+            if budget is None or budget.fits(len(prompt)):
+                await self.backend.prefill(prompt)
 
     async def cleanup(self) -> None:
         await super().cleanup()
@@ -304,8 +331,12 @@ class TokenLLMService(LLMService):
 
     @traced_llm
     async def respond(self, context: LLMContext) -> None:
-        async with self._history_lock:
-            await self._respond(context)
+        self._responding, self._user_words = True, None
+        try:
+            async with self._history_lock:
+                await self._respond(context)
+        finally:
+            self._responding = False
 
     async def _respond(self, context: LLMContext) -> None:
         await self.start_ttfb_metrics()
@@ -432,6 +463,8 @@ class TokenLLMService(LLMService):
             cached_tokens=cached,
             reusable_tokens=reused,
             prompt_tokens=self.last_turn["prompt_tokens"],
+            evaluated_tokens=evaluated,
+            evaluation_ms=round(float(timings.get("prompt_ms", 0.0)), 1),
         )
         await self.push_frame(MetricsFrame(data=[data]))
 

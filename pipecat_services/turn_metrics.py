@@ -7,7 +7,11 @@ Watches the pipeline's frames and, when the bot starts speaking after a user tur
 - server V2V: VAD stop → BotStartedSpeaking, plus the VAD's stop_secs (the silence it waited out),
   i.e. from the moment the user really stopped talking, as the reference system reports it;
 - tool: in a turn that called tools, the time the calls ran (first call started → last result),
-  which the server V2V includes.
+  which the server V2V includes;
+- a timeline: when each stage's first frame passed, in ms after the end of the user's speech (the
+  VAD stop minus its stop_secs), so every millisecond of the server V2V has a place: VAD stop, STT
+  final, turn stopped (the context reaches the LLM), LLM first text, TTS first audio, bot speaking;
+  with the prompt tokens the LLM server evaluated and how long that took.
 
 The report goes out through the `on_turn_latency` event; bot.py logs it and queues it as a
 `MetricsFrame` (TurnLatencyMetricsData) and an RTVI server message, so clients see it too.
@@ -22,8 +26,11 @@ from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     FunctionCallInProgressFrame,
     FunctionCallResultFrame,
+    LLMContextFrame,
+    LLMTextFrame,
     MetricsFrame,
     TranscriptionFrame,
+    TTSAudioRawFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
@@ -32,6 +39,28 @@ from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.llm_service import LLMService
 from pipecat.services.tts_service import TTSService
+
+
+TIMELINE = ("vad_stop", "stt_final", "turn_stopped", "llm_first_text", "tts_first_audio", "bot_speaking")
+"""The marks of a turn's timeline, in the order a turn passes them."""
+
+
+class PromptCacheMetricsData(MetricsData):
+    """The server's KV-cache reuse for a turn's prompt.
+
+    `value` (the cache hit ratio) = cached_tokens / reusable_tokens: of the prompt tokens the server
+    has already seen in this conversation (everything but the new user turn), the share it served
+    from its cache. cached_tokens / prompt_tokens is the share of the whole prompt, which can never
+    reach 1 because the new user turn is always new.
+    """
+
+    value: float
+    cached_tokens: int
+    reusable_tokens: int
+    prompt_tokens: int
+    evaluated_tokens: int = 0
+    """Prompt tokens the server evaluated this turn (not from its cache), in `evaluation_ms`."""
+    evaluation_ms: float = 0.0
 
 
 class TurnLatencyMetricsData(MetricsData):
@@ -44,6 +73,10 @@ class TurnLatencyMetricsData(MetricsData):
     tts_ttfb_ms: float | None
     server_v2v_ms: float
     tool_ms: float | None = None
+    timeline_ms: dict[str, float] = {}
+    """TIMELINE marks passed this turn → ms after the end of the user's speech."""
+    llm_evaluated_tokens: int | None = None
+    llm_evaluation_ms: float | None = None
 
     def log_line(self) -> str:
         def ms(value: float | None) -> str:
@@ -53,7 +86,14 @@ class TurnLatencyMetricsData(MetricsData):
             f"turn {self.turn}: STT final {ms(self.stt_final_ms)} | LLM TTFB {ms(self.llm_ttfb_ms)} | "
             f"TTS TTFB {ms(self.tts_ttfb_ms)} | server V2V {ms(self.server_v2v_ms)}"
             f"{f' (tool {ms(self.tool_ms)})' if self.tool_ms is not None else ''} | heard {self.user_text!r}"
+            f"\n  timeline after speech end: {self.timeline_line()}"
         )
+
+    def timeline_line(self) -> str:
+        marks = " | ".join(f"{name} +{self.timeline_ms[name]:.0f}" for name in TIMELINE if name in self.timeline_ms)
+        if self.llm_evaluated_tokens is not None:
+            marks += f" (LLM evaluated {self.llm_evaluated_tokens} prompt tokens in {self.llm_evaluation_ms:.0f} ms)"
+        return marks
 
 
 class TurnLatencyObserver(BaseObserver):
@@ -74,6 +114,11 @@ class TurnLatencyObserver(BaseObserver):
         self._tts_ttfb: float | None = None
         self._tool_started: float | None = None
         self._tool_done: float | None = None
+        self._marks: dict[str, float] = {}
+        self._evaluated: tuple[int, float] | None = None
+
+    def _mark(self, name: str) -> None:
+        self._marks.setdefault(name, time.time())
 
     async def on_push_frame(self, data: FramePushed) -> None:
         if data.direction != FrameDirection.DOWNSTREAM:
@@ -84,11 +129,19 @@ class TurnLatencyObserver(BaseObserver):
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             self._reset()
             self._vad_stop, self._stop_secs = frame.timestamp, frame.stop_secs
+            self._marks["vad_stop"] = frame.timestamp
         elif self._vad_stop is None:
             return
         elif isinstance(frame, TranscriptionFrame) and frame.finalized:
             self._user_text = f"{self._user_text} {frame.text}".strip()
             self._stt_final = time.time() - self._vad_stop
+            self._mark("stt_final")
+        elif isinstance(frame, LLMContextFrame):
+            self._mark("turn_stopped")
+        elif isinstance(frame, LLMTextFrame) and isinstance(data.source, LLMService):
+            self._mark("llm_first_text")
+        elif isinstance(frame, TTSAudioRawFrame) and isinstance(data.source, TTSService):
+            self._mark("tts_first_audio")
         elif isinstance(frame, MetricsFrame):
             self._take_ttfb(data, frame)
         elif isinstance(frame, FunctionCallInProgressFrame):
@@ -96,10 +149,13 @@ class TurnLatencyObserver(BaseObserver):
         elif isinstance(frame, FunctionCallResultFrame):
             self._tool_done = time.time()
         elif isinstance(frame, BotStartedSpeakingFrame):
+            self._mark("bot_speaking")
             await self._report(time.time())
 
     def _take_ttfb(self, data: FramePushed, frame: MetricsFrame) -> None:
         for metric in frame.data:
+            if isinstance(metric, PromptCacheMetricsData) and self._evaluated is None:
+                self._evaluated = (metric.evaluated_tokens, metric.evaluation_ms)
             if not isinstance(metric, TTFBMetricsData) or metric.value <= 0:
                 continue
             if isinstance(data.source, LLMService) and self._llm_ttfb is None:
@@ -114,6 +170,7 @@ class TurnLatencyObserver(BaseObserver):
         def ms(seconds: float | None) -> float | None:
             return None if seconds is None else round(seconds * 1000, 1)
 
+        speech_end = self._vad_stop - self._stop_secs
         latency = TurnLatencyMetricsData(
             processor="TurnLatency",
             turn=self._turns,
@@ -123,6 +180,9 @@ class TurnLatencyObserver(BaseObserver):
             tts_ttfb_ms=ms(self._tts_ttfb),
             server_v2v_ms=round((bot_started - self._vad_stop + self._stop_secs) * 1000, 1),
             tool_ms=ms(self._tool_done - self._tool_started) if self._tool_started and self._tool_done else None,
+            timeline_ms={name: round((at - speech_end) * 1000, 1) for name, at in self._marks.items()},
+            llm_evaluated_tokens=self._evaluated[0] if self._evaluated else None,
+            llm_evaluation_ms=self._evaluated[1] if self._evaluated else None,
         )
         self._reset()
         logger.info(latency.log_line())

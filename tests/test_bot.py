@@ -19,6 +19,7 @@ import soxr
 from num2words import num2words
 
 from benchmarks.webrtc_client import WebRTCVoiceClient
+from pipecat_services.turn_metrics import TIMELINE
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -52,6 +53,10 @@ async def test_spoken_question_gets_a_spoken_answer(bot_server, whisper, say_wav
     assert latency is not None and "capital" in latency["user_text"].lower(), latency
     for stage in ("stt_final_ms", "llm_ttfb_ms", "tts_ttfb_ms", "server_v2v_ms"):
         assert latency[stage] is not None and 0 < latency[stage] < 20_000, (stage, latency)
+    timeline = latency["timeline_ms"]
+    assert list(timeline) == list(TIMELINE), timeline  # every stage passed, in the order a turn passes them
+    assert list(timeline.values()) == sorted(timeline.values()), timeline
+    assert abs(timeline["bot_speaking"] - latency["server_v2v_ms"]) < 1, latency
     print(f"\nbot: {latency}")
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 from pipecat.frames.frames import (
+    InterimTranscriptionFrame,
     InterruptionFrame,
     LLMContextFrame,
+    LLMFullResponseEndFrame,
     LLMTextFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline
@@ -14,10 +16,12 @@ from pipecat.processors.aggregators.llm_response_universal import LLMAssistantAg
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.settings import LLMSettings
 from pipecat.tests.utils import run_test
+from pipecat.utils.time import time_now_iso8601
 
 from benchmarks.llm import AnswerMarks
 from pipecat_services.llama_llm import LlamaServerLLMService
 from pipecat_services.tts import TTSServerTTSService
+from pipecat_services.interim_prefill import InterimPrefill
 from pipecat_services.interleaving import Interleaver
 from benchmarks.scripted import Watch, run_script
 
@@ -109,6 +113,33 @@ async def test_an_interruption_truncates_the_history_to_what_was_spoken(llm_serv
     await llm.backend.close()
 
 
+async def test_words_prefilled_while_the_user_speaks_are_not_evaluated_again(llm_server):
+    """Interim words go to the server as they come (InterimPrefill), so the turn evaluates only what
+    follows them; a revised interim shares its prefix; without interims the whole question is new."""
+    question = "Can you tell me about the history of the Eiffel Tower in Paris?"
+    interims = ["Can you tell me about", "Can you tell me about the history of the Eiffel"]
+    evaluated = {}
+    for with_interims in (False, True):
+        context = LLMContext(messages=[{"role": "system", "content": SYSTEM}])
+        llm = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY, warm_context=context)
+
+        async def end_turn(context: LLMContext = context) -> None:
+            context.add_message({"role": "user", "content": question})  # what the user aggregator does
+
+        steps: list = [llm.prefilled]
+        for words in interims if with_interims else []:
+            steps += [InterimTranscriptionFrame(words, "user", time_now_iso8601()), llm.prefilled]
+        steps += [end_turn, LLMContextFrame(context)]
+        replies = Watch(LLMFullResponseEndFrame)
+        down = await run_script(InterimPrefill(llm), llm, replies, steps=[*steps, lambda: replies.reached(1)])
+        assert reply_text(down).strip()
+        evaluated[with_interims] = llm.last_turn["prompt_n"]
+        await llm.backend.close()
+    question_tokens = len(await llm.backend.tokenize(question))
+    assert evaluated[False] >= question_tokens, evaluated
+    assert evaluated[True] <= evaluated[False] - question_tokens // 2, evaluated
+
+
 async def test_llm_and_tts_never_run_at_once(llm_server, tts_server):
     interleaver = Interleaver()
     llm = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY, interleaver=interleaver, segment_tokens=8)
@@ -129,7 +160,7 @@ async def test_reports_ttfb_usage_and_cache_metrics(llm_server, interleave):
     from pipecat.metrics.metrics import LLMUsageMetricsData, TTFBMetricsData
     from pipecat.pipeline.worker import PipelineParams
 
-    from pipecat_services.token_llm import PromptCacheMetricsData
+    from pipecat_services.turn_metrics import PromptCacheMetricsData
 
     interleaver = Interleaver() if interleave else None
     llm = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY, interleaver=interleaver)
