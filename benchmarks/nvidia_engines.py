@@ -49,8 +49,16 @@ TTS_TEXT = "Hello there, this is the first part of a reply, spoken as soon as it
 TTS_VOICE = "john"
 
 
+def reset_cuda_peak(device: str) -> None:
+    """Start a measurement's own CUDA peak (the process's RSS peak cannot be reset)."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
 def memory(device: str) -> dict[str, float]:
-    """Peak RSS of this process, and peak CUDA memory allocated on CUDA."""
+    """Peak RSS of this process, and peak CUDA memory allocated on CUDA since the last reset."""
     import torch
 
     out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
@@ -149,6 +157,7 @@ def run_asr(args: argparse.Namespace, work_dir: Path) -> Iterator[dict[str, Any]
     utterances, ticks = (2, 6) if args.quick else (4, 10)
     for right_context in args.right_contexts:
         for streams in args.streams:
+            reset_cuda_peak(args.device)
             result = asyncio.run(asr_case(model, right_context, streams, utterances, ticks))
             yield {"what": "streaming", **result, **memory(args.device)}
 
@@ -201,6 +210,7 @@ def run_tts(args: argparse.Namespace, work_dir: Path) -> Iterator[dict[str, Any]
     try:
         asyncio.run(tts_sessions(engine, 1, first=True))
         for sessions in args.sessions:
+            reset_cuda_peak(args.device)
             yield {"what": "synthesis", **synthesis(engine, sessions, runs, frames), **memory(args.device)}
             if args.llm_url:
                 from benchmarks.llm_load import generating

@@ -1,14 +1,16 @@
 """Hands the user's words to the LLM while they are still speaking.
 
-The user aggregator consumes interim transcripts, so the LLM service never sees them. This
-processor sits between the STT and the user aggregator, passes every frame on unchanged, and gives
-each interim's text to `TokenLLMService.prefill_user_words`: by the end of the turn the server has
-already evaluated the words said so far, and the reply starts after only the last ones.
+The user aggregator consumes transcripts, so the LLM service never sees interims. This processor
+sits between the STT and the user aggregator, passes every frame on unchanged, and gives the turn's
+words so far to `TokenLLMService.prefill_user_words`: the finals of this turn (the ASR finalizes at
+each pause, and the aggregator joins them into one user message) then the latest interim. By the
+end of the turn the server has already evaluated most of what the user said, and the reply starts
+after only the last words.
 """
 
 from __future__ import annotations
 
-from pipecat.frames.frames import Frame, InterimTranscriptionFrame
+from pipecat.frames.frames import Frame, InterimTranscriptionFrame, TranscriptionFrame, UserStartedSpeakingFrame
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from pipecat_services.token_llm import TokenLLMService
@@ -18,9 +20,15 @@ class InterimPrefill(FrameProcessor):
     def __init__(self, llm: TokenLLMService, **kwargs) -> None:
         super().__init__(**kwargs)
         self._llm = llm
+        self._finals: list[str] = []
+        """This turn's final transcripts so far."""
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
-        if isinstance(frame, InterimTranscriptionFrame) and frame.text.strip():
-            self._llm.prefill_user_words(frame.text.strip())
+        if isinstance(frame, UserStartedSpeakingFrame):
+            self._finals = []  # a new user turn (the aggregator sends this both ways)
+        elif isinstance(frame, TranscriptionFrame) and frame.text.strip():
+            self._finals.append(frame.text.strip())
+        elif isinstance(frame, InterimTranscriptionFrame) and frame.text.strip():
+            self._llm.prefill_user_words(" ".join([*self._finals, frame.text.strip()]))
         await self.push_frame(frame, direction)

@@ -191,6 +191,7 @@ class TokenLLMService(LLMService):
         self._warming: asyncio.Task[None] | None = None
         self._prefilling: asyncio.Task[None] | None = None
         self._responding = False
+        self._closed = False
         self.call_threshold = call_threshold
         self.context_tokens = context_tokens
         self.trims = 0
@@ -215,6 +216,8 @@ class TokenLLMService(LLMService):
         so that at the turn's end only the last words remain. Revised words cost only the tokens after
         the first change (the server keeps the longest common prefix). The latest words win, one
         prefill runs at a time, and none while a reply is being generated."""
+        if self._warm_context is None or self._closed:
+            return  # without the conversation a prefill would replace it in the server's cache
         self._user_words = words
         if self._prefilling is None or self._prefilling.done():
             self._prefilling = self.create_task(self._prefill_user_words(), "prefill_user_words")
@@ -238,22 +241,34 @@ class TokenLLMService(LLMService):
         """Evaluate the conversation (and `user`, a speculative last message) into the server's cache.
 
         Only after the last reply is in the context: before, a prompt without it would push that
-        reply's tokens out of the cache, which the next turn needs."""
+        reply's tokens out of the cache, which the next turn needs. A speculative message leaves the
+        history as it was: the server keeps what matches the real turn by token prefix anyway."""
+        context = self._warm_context or LLMContext()
         async with self._history_lock:
-            messages, tools, _ = await self._invocation(self._warm_context or LLMContext())
+            if user is None and self.history.blocks:
+                return  # the warm-up: only before anything else
+            messages, tools, _ = await self._invocation(context)
             last = messages[-1] if messages else {"role": "system"}
-            if user is None:
-                if self.history.blocks:  # the warm-up: only before anything else
+            if user is not None:
+                if last["role"] in ("user", "tool") or last.get("tool_calls"):
                     return
-            elif last["role"] in ("user", "tool") or last.get("tool_calls"):
-                return
+                messages = (await self._invocation(context, user))[0]
             budget = await self._budget()
-            rendered = await self.backend.render([*messages, *([user] if user else [])], tools)
-            prompt, _ = await self.history.prompt(rendered, self.backend.tokenize)
-            if budget is None or budget.fits(len(prompt)):
-                await self.backend.prefill(prompt)
+            blocks = list(self.history.blocks)
+            try:
+                rendered = await self.backend.render(messages, tools)
+                prompt, _ = await self.history.prompt(rendered, self.backend.tokenize)
+                if budget is None or budget.fits(len(prompt)):
+                    await self.backend.prefill(prompt)
+            finally:
+                if user is not None:
+                    self.history.blocks = blocks
 
     async def cleanup(self) -> None:
+        self._closed = True
+        for task in (self._warming, self._prefilling):
+            if task is not None and not task.done():
+                await self.cancel_task(task)
         await super().cleanup()
         await self.backend.close()
 
@@ -281,14 +296,17 @@ class TokenLLMService(LLMService):
         values = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "seed": s.seed}
         return {k: v for k, v in values.items() if is_given(v) and v is not None}
 
-    async def _invocation(self, context: LLMContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, Any]:
-        """(messages, tools, tool_choice) in OpenAI's format, as the template renders them."""
+    async def _invocation(
+        self, context: LLMContext, *then: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, Any]:
+        """(messages, tools, tool_choice) in OpenAI's format, as the template renders them; `then`:
+        messages that will follow (a turn not yet in the context), so they shape the prompt as they will."""
         params = await self.get_llm_adapter().get_llm_invocation_params(
             context, system_instruction=self._settings.system_instruction, convert_developer_to_user=True
         )
         tools = params.get("tools")
         tools = tools if is_given(tools) and tools else None
-        return without_earlier_calls(params["messages"]), tools, params.get("tool_choice")
+        return without_earlier_calls([*params["messages"], *then]), tools, params.get("tool_choice")
 
     async def _budget(self) -> ContextBudget | None:
         """The conversation's budget; the window is asked of the server once (None if it cannot say)."""

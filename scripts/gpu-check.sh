@@ -33,7 +33,7 @@ export PYTHONUNBUFFERED=1
 if [ -f .gpu/llama.cpp.tar.xz ]; then
   log "building llama-server in the background (log: $out/llama-build.log)"
   LLAMA_GPU_JOBS=10 setsid scripts/gpu-check-llm.sh "$out" --build-only >"$out/llama-prepare.txt" 2>&1 &
-  builder=$!  # its own process group, so a build that runs out of time can be stopped whole
+  builder=$!  # its own process group (no job control here: setsid runs in place), so a build that runs out of time can be stopped whole
 else
   log "no .gpu/llama.cpp.tar.xz (scripts/gpu-llama-sources.sh): skipping llama-server"
   builder=""
@@ -56,7 +56,7 @@ if [ -n "$builder" ]; then
     log "llama-server build did not finish in time: $(tail -3 "$out/llama-prepare.txt")"
   elif wait "$builder"; then
     log "llama-server: timing (and leaving it up for the shared-GPU measurement)"
-    timeout 60 scripts/gpu-check-llm.sh "$out" --serve | tee "$out/llm.txt"
+    timeout "$(until_left 10)" scripts/gpu-check-llm.sh "$out" --serve | tee "$out/llm.txt"
     if [ -f "$out/llama.pid" ] && [ "$(left)" -gt 30 ]; then
       timeout $(until_left 10) python3 -m benchmarks.nvidia_engines --device cuda --parts tts --sessions 1 --quick \
         --llm-url "http://127.0.0.1:${LLAMA_GPU_PORT:-8002}" --jsonl "$out/shared_gpu.jsonl" \

@@ -126,16 +126,21 @@ async def test_words_prefilled_while_the_user_speaks_are_not_evaluated_again(llm
         async def end_turn(context: LLMContext = context) -> None:
             context.add_message({"role": "user", "content": question})  # what the user aggregator does
 
+        seen = Watch(InterimTranscriptionFrame)  # after InterimPrefill: it has handed the words on
         steps: list = [llm.prefilled]
-        for words in interims if with_interims else []:
-            steps += [InterimTranscriptionFrame(words, "user", time_now_iso8601()), llm.prefilled]
+        for n, words in enumerate(interims if with_interims else [], 1):
+            steps += [
+                InterimTranscriptionFrame(words, "user", time_now_iso8601()),
+                lambda n=n: seen.reached(n),
+                llm.prefilled,
+            ]
         steps += [end_turn, LLMContextFrame(context)]
         replies = Watch(LLMFullResponseEndFrame)
-        down = await run_script(InterimPrefill(llm), llm, replies, steps=[*steps, lambda: replies.reached(1)])
+        down = await run_script(InterimPrefill(llm), seen, llm, replies, steps=[*steps, lambda: replies.reached(1)])
         assert reply_text(down).strip()
         evaluated[with_interims] = llm.last_turn["prompt_n"]
+        question_tokens = len(await llm.backend.tokenize(question))
         await llm.backend.close()
-    question_tokens = len(await llm.backend.tokenize(question))
     assert evaluated[False] >= question_tokens, evaluated
     assert evaluated[True] <= evaluated[False] - question_tokens // 2, evaluated
 
