@@ -33,6 +33,12 @@ from pipecat_services.model_server import SERVER_WAIT_S, ModelServerConnection
 from servers.asr import protocol
 
 
+FINAL_WAIT_S = 1.5
+"""How long after the end of speech a turn waits for its final transcript (Pipecat's
+`ttfs_p99_latency`). A final normally arrives within milliseconds and ends the wait at once; this is
+only the safety net for a slow one (a Whisper just restarted and cold, two busy cores), where
+Pipecat's 0.6 s closed the turn without the user's words."""
+
 class ASRServerSTTService(ModelServerConnection, WebsocketSTTService):
     """Streams audio to our ASR server and pushes interim and finalized transcriptions."""
 
@@ -40,7 +46,7 @@ class ASRServerSTTService(ModelServerConnection, WebsocketSTTService):
         self,
         *,
         url: str = "ws://127.0.0.1:8080",
-        ttfs_p99_latency: float = 0.6,
+        ttfs_p99_latency: float = FINAL_WAIT_S,
         reconnect_backoff_min_wait: float = 0.5,
         reconnect_backoff_max_wait: float = 2.0,
         server_wait_s: float = SERVER_WAIT_S,
