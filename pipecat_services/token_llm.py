@@ -64,11 +64,11 @@ from pipecat.utils.types import is_given
 
 from pipecat_services import tool_calls
 from pipecat_services.context_budget import ContextBudget, ContextBudgetError, trimmed
-from pipecat_services.interleaving import Interleaver
+from pipecat_services.interleaving import Interleaver, Segmenting
 from pipecat_services.llm_backend import LLMBackend
 from pipecat_services.token_history import TokenHistory
 from pipecat_services.turn_metrics import PromptCacheMetricsData
-from servers.tts.text import FIRST_SEGMENT_WORDS, ends_clause, ends_sentence, phrase_cut
+from servers.tts.text import FIRST_SEGMENT_WORDS
 
 MAX_FAILED_CALLS = 2
 """Failed tool calls one user turn may make (a call and one retry); then the model must speak."""
@@ -98,36 +98,6 @@ class Generated:
     held: str
     tokens: int
     finished: bool
-
-
-@dataclass
-class Segmenting:
-    """When a segment ends: the first at any clause or, with `first_words`, at a phrase boundary
-    (`phrase_cut`); later ones at a sentence end after `min_tokens`; any at `max_tokens`."""
-
-    first: bool
-    min_tokens: int
-    max_tokens: int
-    first_words: tuple[int, int] | None = None
-
-    def done(self, text: str, n_tokens: int) -> bool:
-        if n_tokens >= self.max_tokens:
-            return True
-        if self.first:
-            if self.first_words and phrase_cut(text, *self.first_words) is not None:
-                return True
-            return n_tokens >= 2 and (ends_sentence(text) or ends_clause(text))
-        return n_tokens >= self.min_tokens and ends_sentence(text)
-
-    def split(self, text: str) -> tuple[str, str]:
-        """(text to speak now, text held back for the next segment) of a segment that ended
-        mid-sentence: the words after the phrase cut, or a last word that may still be growing."""
-        if ends_sentence(text) or ends_clause(text):
-            return text, ""
-        cut = phrase_cut(text, *self.first_words) if self.first and self.first_words else None
-        if cut is None:
-            cut = text.rstrip().rfind(" ")
-        return (text[:cut], text[cut:]) if cut and cut > 0 else (text, "")
 
 
 class TokenLLMService(LLMService):
