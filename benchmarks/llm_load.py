@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.stats import summary
+from servers.processes import is_healthy
 
 TEXT = (
     "You are a friendly voice assistant. Keep answers short and speak in plain sentences. "
@@ -67,15 +68,9 @@ def wait_healthy(url: str, timeout: float = 300.0, pid: int | None = None) -> No
     With `pid`, the server's process: its exit ends the wait at once instead of at the timeout.
     """
     deadline = time.monotonic() + timeout
-    while True:
+    while not is_healthy(f"{url}/health"):
         if pid is not None and not Path(f"/proc/{pid}").exists():
             raise RuntimeError(f"llama-server (pid {pid}) exited before {url}/health answered; see its log")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url}/health did not answer 200 within {timeout:.0f} s")
         time.sleep(0.5)

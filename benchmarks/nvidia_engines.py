@@ -73,17 +73,24 @@ def stat(values: list[float]) -> dict[str, float]:
 
 
 class StepCounter:
-    """Counts the encoder steps and their batch sizes by wrapping the model's `conformer_stream_step`."""
+    """Within `with`: the batch size of every encoder step, by wrapping the model's `conformer_stream_step`."""
 
     def __init__(self, model: Any) -> None:
+        self.model = model
         self.batches: list[int] = []
-        original = model.conformer_stream_step
+
+    def __enter__(self) -> StepCounter:
+        original = self.model.conformer_stream_step
 
         def counted(*args: Any, **kwargs: Any) -> Any:
             self.batches.append(int(kwargs["processed_signal"].shape[0]))
             return original(*args, **kwargs)
 
-        model.conformer_stream_step = counted
+        self.model.conformer_stream_step = counted
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.model.conformer_stream_step
 
 
 def noise(seconds: float, seed: int) -> np.ndarray:
@@ -96,34 +103,33 @@ async def asr_case(model: Any, right_context: int, streams: int, utterances: int
     from servers.asr.engines.nemotron import NemotronEngine
 
     engine = NemotronEngine.from_model(model, right_context=right_context)
-    counter = StepCounter(model)
     chunk = (right_context + 1) * 1280
     try:
-        opened = [engine.open_stream(_ignore) for _ in range(streams)]
-        step_ms: list[float] = []
-        finalize_ms: list[float] = []
-        tokens = 0
-        audio_s = 0.0
-        for utterance in range(utterances + 1):
-            warmup = utterance == 0
-            audio = [noise((ticks + 1) * chunk / ASR_RATE, seed=utterance * 100 + i) for i in range(streams)]
-            for tick in range(ticks):
-                before = len(counter.batches)
+        with StepCounter(model) as counter:
+            opened = [engine.open_stream(no_interims) for _ in range(streams)]
+            step_ms: list[float] = []
+            finalize_ms: list[float] = []
+            tokens = 0
+            audio_s = 0.0
+            for utterance in range(utterances + 1):
+                warmup = utterance == 0
+                audio = [noise((ticks + 1) * chunk / ASR_RATE, seed=utterance * 100 + i) for i in range(streams)]
+                for tick in range(ticks):
+                    before = len(counter.batches)
+                    started = time.perf_counter()
+                    await asyncio.gather(*(s.feed(a[tick * chunk : (tick + 1) * chunk]) for s, a in zip(opened, audio)))
+                    if not warmup and len(counter.batches) > before:
+                        step_ms.append((time.perf_counter() - started) * 1000)
+                if not warmup:
+                    tokens += sum(len(s.state.hyp.y_sequence) for s in opened if s.state.hyp is not None)
+                    audio_s += streams * ticks * chunk / ASR_RATE
+                half = slice(ticks * chunk, ticks * chunk + chunk // 2)
+                await asyncio.gather(*(s.feed(a[half]) for s, a in zip(opened, audio)))
                 started = time.perf_counter()
-                await asyncio.gather(*(s.feed(a[tick * chunk : (tick + 1) * chunk]) for s, a in zip(opened, audio)))
-                if not warmup and len(counter.batches) > before:
-                    step_ms.append((time.perf_counter() - started) * 1000)
-            if not warmup:
-                tokens += sum(len(s.state.hyp.y_sequence) for s in opened if s.state.hyp is not None)
-                audio_s += streams * ticks * chunk / ASR_RATE
-            half = slice(ticks * chunk, ticks * chunk + chunk // 2)
-            await asyncio.gather(*(s.feed(a[half]) for s, a in zip(opened, audio)))
-            started = time.perf_counter()
-            await asyncio.gather(*(s.finalize(hard=True) for s in opened))
-            if not warmup:
-                finalize_ms.append((time.perf_counter() - started) * 1000)
+                await asyncio.gather(*(s.finalize(hard=True) for s in opened))
+                if not warmup:
+                    finalize_ms.append((time.perf_counter() - started) * 1000)
     finally:
-        del model.conformer_stream_step
         engine.close()
     steps = stat(step_ms)
     return {
@@ -138,7 +144,8 @@ async def asr_case(model: Any, right_context: int, streams: int, utterances: int
     }
 
 
-async def _ignore(text: str) -> None:
+async def no_interims(text: str) -> None:
+    """An interim callback for streams whose interims nobody reads."""
     return None
 
 

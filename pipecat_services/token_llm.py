@@ -222,7 +222,7 @@ class TokenLLMService(LLMService):
             if user is not None:
                 if last["role"] in ("user", "tool") or last.get("tool_calls"):
                     return
-                messages = (await self._invocation(context, user))[0]
+                messages = without_earlier_calls([*messages, user])  # shaped as the real turn will be
             budget = await self._budget()
             blocks = list(self.history.blocks)
             try:
@@ -266,17 +266,14 @@ class TokenLLMService(LLMService):
         values = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "seed": s.seed}
         return {k: v for k, v in values.items() if is_given(v) and v is not None}
 
-    async def _invocation(
-        self, context: LLMContext, *then: dict[str, Any]
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, Any]:
-        """(messages, tools, tool_choice) in OpenAI's format, as the template renders them; `then`:
-        messages that will follow (a turn not yet in the context), so they shape the prompt as they will."""
+    async def _invocation(self, context: LLMContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, Any]:
+        """(messages, tools, tool_choice) in OpenAI's format, as the template renders them."""
         params = await self.get_llm_adapter().get_llm_invocation_params(
             context, system_instruction=self._settings.system_instruction, convert_developer_to_user=True
         )
         tools = params.get("tools")
         tools = tools if is_given(tools) and tools else None
-        return without_earlier_calls([*params["messages"], *then]), tools, params.get("tool_choice")
+        return without_earlier_calls(params["messages"]), tools, params.get("tool_choice")
 
     async def _budget(self) -> ContextBudget | None:
         """The conversation's budget; the window is asked of the server once (None if it cannot say)."""

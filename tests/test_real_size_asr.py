@@ -10,32 +10,21 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("nemo.collections.asr")
 
 import torch
 
+from benchmarks.nvidia_engines import StepCounter, no_interims, noise
 from benchmarks.real_size import parameter_count
 from benchmarks.real_size.nemotron import PUBLISHED_PARAMETERS, build_nemotron_asr
 from servers.asr.engines.nemotron import NemotronEngine, StreamingGeometry
-
-RATE = 16_000
-
 
 @pytest.fixture(scope="module")
 def real_size_model(tmp_path_factory: pytest.TempPathFactory):
     with torch.no_grad():
         yield build_nemotron_asr(Path(tmp_path_factory.mktemp("real_size_asr")))
-
-
-def noise(seconds: float, seed: int) -> np.ndarray:
-    return (0.05 * np.random.default_rng(seed).standard_normal(int(RATE * seconds))).astype(np.float32)
-
-
-async def _no_interims(text: str) -> None:
-    return None
 
 
 def test_parameter_count_matches_the_published_size(real_size_model) -> None:
@@ -48,38 +37,30 @@ def test_parameter_count_matches_the_published_size(real_size_model) -> None:
 def test_two_streams_share_batched_steps_and_finalize(real_size_model) -> None:
     """Two concurrent streams at R=1: real cache shapes, batched steps, one token per frame, clean finalize."""
     engine = NemotronEngine.from_model(real_size_model, right_context=1)
-    batches: list[int] = []
-    original = real_size_model.conformer_stream_step
-
-    def counted(**kwargs):
-        batches.append(kwargs["processed_signal"].shape[0])
-        return original(**kwargs)
-
-    real_size_model.conformer_stream_step = counted
     try:
-        assert engine.geometry == StreamingGeometry(chunk=16, pre_cache=9, drop=2)
+        with StepCounter(real_size_model) as counter:
+            assert engine.geometry == StreamingGeometry(chunk=16, pre_cache=9, drop=2)
 
-        async def talk() -> list[str]:
-            streams = [engine.open_stream(_no_interims) for _ in range(2)]
-            audio = [noise(0.8, seed) for seed in range(2)]
-            for start in range(0, len(audio[0]), 2560):
-                await asyncio.gather(*(s.feed(a[start : start + 2560]) for s, a in zip(streams, audio)))
-            state = streams[0].state
-            assert state.cache_channel.shape == (24, 1, 70, 1024)
-            assert state.cache_time.shape == (24, 1, 1024, 8)
-            assert state.pre_cache.shape == (128, 9)
-            assert 0 < len(state.hyp.y_sequence) <= 10  # one token per 80 ms encoder frame
-            finals = await asyncio.gather(*(s.finalize(hard=True) for s in streams))
-            assert all(s.state.hyp is None and s.state.text == "" for s in streams)
-            assert streams[0].state.cache_channel.shape == (24, 1, 70, 1024)  # context carries over
-            return finals
+            async def talk() -> list[str]:
+                streams = [engine.open_stream(no_interims) for _ in range(2)]
+                audio = [noise(0.8, seed) for seed in range(2)]
+                for start in range(0, len(audio[0]), 2560):
+                    await asyncio.gather(*(s.feed(a[start : start + 2560]) for s, a in zip(streams, audio)))
+                state = streams[0].state
+                assert state.cache_channel.shape == (24, 1, 70, 1024)
+                assert state.cache_time.shape == (24, 1, 1024, 8)
+                assert state.pre_cache.shape == (128, 9)
+                assert 0 < len(state.hyp.y_sequence) <= 10  # one token per 80 ms encoder frame
+                finals = await asyncio.gather(*(s.finalize(hard=True) for s in streams))
+                assert all(s.state.hyp is None and s.state.text == "" for s in streams)
+                assert streams[0].state.cache_channel.shape == (24, 1, 70, 1024)  # context carries over
+                return finals
 
-        finals = asyncio.run(talk())
+            finals = asyncio.run(talk())
     finally:
-        del real_size_model.conformer_stream_step
         engine.close()
     assert all(isinstance(text, str) and text.strip() for text in finals)
-    assert 2 in batches, batches
+    assert 2 in counter.batches, counter.batches
 
 
 def test_longest_look_ahead_finalizes_a_short_utterance(real_size_model) -> None:
@@ -89,7 +70,7 @@ def test_longest_look_ahead_finalizes_a_short_utterance(real_size_model) -> None
         assert engine.geometry == StreamingGeometry(chunk=112, pre_cache=9, drop=2)
 
         async def talk() -> str:
-            stream = engine.open_stream(_no_interims)
+            stream = engine.open_stream(no_interims)
             await stream.feed(noise(0.3, seed=7))
             assert stream.state.hyp is None  # nothing encoded yet
             return await stream.finalize(hard=True)
