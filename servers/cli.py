@@ -24,9 +24,10 @@ def setup_logging(level: str) -> None:
 
 
 def add_flag(parser: argparse.ArgumentParser, flag: str, env: str, default: Any, help: str, **kwargs: Any) -> None:
-    """Add `--flag` whose default comes from the environment variable `env`, else `default`."""
+    """Add `--flag` whose default comes from the environment variable `env` (unless empty, as compose
+    passes an unset `${VAR:-}`), else `default`."""
     kind = kwargs.pop("type", type(default) if default is not None else str)
-    value = os.environ.get(env)
+    value = os.environ.get(env) or None
     parser.add_argument(
         flag,
         type=kind,

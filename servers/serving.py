@@ -170,11 +170,20 @@ class ModelServer:
     async def load_engine(self) -> None:
         await asyncio.to_thread(self.engine.load)
 
+    async def warm_up(self) -> None:
+        """One real inference through the loaded engine, so that "ready" means it has answered once
+        (CUDA kernels compiled, lazy allocations made) and the first caller does not pay for it."""
+
     async def load(self) -> None:
         started = time.perf_counter()
         await self.load_engine()
+        loaded_s = time.perf_counter() - started
+        await self.warm_up()
         self.loaded.set()
-        logger.info(f"engine {self.engine.name} ready in {time.perf_counter() - started:.1f} s")
+        logger.info(
+            f"engine {self.engine.name} ready in {time.perf_counter() - started:.1f} s "
+            f"(load {loaded_s:.1f} s, warm-up inference {time.perf_counter() - started - loaded_s:.1f} s)"
+        )
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         return self.loaded.is_set(), {"engine": self.engine.name, "sessions": self.sessions}

@@ -64,3 +64,43 @@ async def test_audio_before_ready_is_refused_then_accepted():
             final = protocol.parse_server_message(await asyncio.wait_for(ws.recv(), 5))
             assert isinstance(final, protocol.Final) and final.text == "160 samples"
             assert final.audio_ms == 10.0
+
+
+class HeldFinalizeStream(CountingStream):
+    def __init__(self, on_interim, finalizing: threading.Event, release: asyncio.Event) -> None:
+        super().__init__(on_interim)
+        self.finalizing, self.release = finalizing, release
+
+    async def finalize(self, hard: bool) -> str:
+        self.finalizing.set()
+        await self.release.wait()
+        return await super().finalize(hard)
+
+
+class WarmUpEngine(ASREngine):
+    name = "warm-up"
+
+    def __init__(self) -> None:
+        self.streams: list[HeldFinalizeStream] = []
+        self.finalizing = threading.Event()
+        self.release = asyncio.Event()
+
+    def load(self) -> None:
+        pass
+
+    def open_stream(self, on_interim) -> ASRStream:
+        self.streams.append(HeldFinalizeStream(on_interim, self.finalizing, self.release))
+        return self.streams[-1]
+
+
+async def test_ready_only_after_one_inference():
+    """/health turns ready once the loaded engine has transcribed a second of audio, not at load."""
+    engine = WarmUpEngine()
+    server = ASRServer(engine)
+    loading = asyncio.create_task(server.load())
+    assert await asyncio.to_thread(engine.finalizing.wait, 5)
+    assert server.health()[0] is False
+    engine.release.set()
+    await asyncio.wait_for(loading, 5)
+    assert server.health()[0] is True
+    assert [s.samples for s in engine.streams] == [engine.sample_rate]

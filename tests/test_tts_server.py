@@ -270,3 +270,25 @@ async def test_mark_is_echoed_once_the_text_before_it_is_synthesized(tts_server)
         reply = await tts.collect("c")
     events = [m.id if isinstance(m, protocol.Mark) else m.type for m in reply.messages]
     assert events == ["segment_done", "segment_done", "m1", "segment_done", "m2", "done"], events
+
+
+class CountingPiper(PiperEngine):
+    """The real Piper engine, counting the syntheses it is asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, bool]] = []
+
+    def synthesize(self, text: str, voice: str, language: str, first: bool):
+        self.calls.append((text, first))
+        return super().synthesize(text, voice, language, first)
+
+
+async def test_ready_only_after_one_synthesis():
+    """/health says ready once the engine has spoken once: its first caller does not pay for warm-up."""
+    engine = CountingPiper()
+    server = TTSServer(engine)
+    await server.load()
+    assert server.health()[0] is True
+    assert len(engine.calls) == 1 and engine.calls[0][1] is True
+    engine.close()

@@ -19,6 +19,7 @@ from servers.asr import protocol
 from servers.asr.engines.base import ASREngine, ASRStream
 from servers import metrics
 from servers.cli import add_flag, add_limit_flags, add_server_flags, main_with_clear_errors, session_limits
+from servers.nemo_loading import ASR_MODEL
 from servers.serving import ModelServer
 
 DEFAULT_PORT = 8080
@@ -28,6 +29,17 @@ class ASRServer(ModelServer):
     """Owns the engine and serves sessions; one session's failure never reaches another."""
 
     kind = "asr"
+
+    async def warm_up(self) -> None:
+        async def ignore(_: str) -> None:
+            pass
+
+        stream = self.engine.open_stream(ignore)
+        try:
+            await stream.feed(np.zeros(self.engine.sample_rate, dtype=np.float32))
+            await stream.finalize(hard=True)
+        finally:
+            await stream.close()
 
     async def handle(self, ws: ServerConnection) -> None:
         session = Session(ws, self.session_name())
@@ -132,7 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_flag(parser, "--whisper-model", "ASR_WHISPER_MODEL", None, "CTranslate2 Whisper dir (default: packaged tiny.en)")
     add_flag(parser, "--threads", "ASR_THREADS", 2, "CPU threads for the whisper engine")
     add_flag(
-        parser, "--nemotron-model", "ASR_NEMOTRON_MODEL", "nvidia/nemotron-speech-streaming-en-0.6b",
+        parser, "--nemotron-model", "ASR_NEMOTRON_MODEL", ASR_MODEL,
         "Hugging Face name or local .nemo path",
     )
     add_flag(

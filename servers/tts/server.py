@@ -31,6 +31,7 @@ from websockets.exceptions import ConnectionClosed
 
 from servers import metrics
 from servers.cli import add_flag, add_limit_flags, add_server_flags, main_with_clear_errors, session_limits
+from servers.nemo_loading import TTS_MODEL
 from servers.serving import ModelServer, SessionLimits
 from servers.tts import protocol
 from servers.tts.engines.base import TTSEngine
@@ -95,6 +96,10 @@ class TTSServer(ModelServer):
 
     async def load_engine(self) -> None:
         await self.run_on_worker(self.engine.load)
+
+    async def warm_up(self) -> None:
+        e = self.engine
+        await self.run_on_worker(lambda: list(e.synthesize("Hello there.", e.voices[0], e.languages[0], True)))
 
     def ready_message(self) -> protocol.Ready:
         e = self.engine
@@ -329,7 +334,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "synthesize a reply at most this many seconds of audio ahead of its playback (0: as fast as possible)",
     )
     add_flag(
-        parser, "--magpie-model", "TTS_MAGPIE_MODEL", "nvidia/magpie_tts_multilingual_357m",
+        parser, "--magpie-model", "TTS_MAGPIE_MODEL", TTS_MODEL,
         "Hugging Face name or local .nemo path",
     )
     return parser.parse_args(argv)

@@ -44,12 +44,11 @@ from servers import metrics
 from servers.asr.engines.base import ASREngine, ASRStream, InterimCallback
 from servers.asr.engines.nemotron_features import IncrementalFeaturizer, MelTail
 from servers.asr.engines.transcript import Transcript
-from servers.nemo_loading import load_nemo_model
+from servers.nemo_loading import ASR_MODEL, load_nemo_model
 
 if TYPE_CHECKING:
     from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
 
-DEFAULT_MODEL = "nvidia/nemotron-speech-streaming-en-0.6b"
 
 
 def _steady(value: int | list[int]) -> int:
@@ -122,7 +121,7 @@ class NemotronEngine(ASREngine):
 
     def __init__(
         self,
-        model: str = DEFAULT_MODEL,
+        model: str = ASR_MODEL,
         right_context: int = 1,
         device: str | None = None,
         max_batch: int = 32,

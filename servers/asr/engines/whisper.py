@@ -127,7 +127,6 @@ class WhisperEngine(ASREngine):
             self._model.hf_tokenizer, self._model.model.is_multilingual, task="transcribe", language="en"
         )
         self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
-        self._transcribe(np.zeros(SAMPLE_RATE, dtype=np.float32))
 
     def _transcribe(self, samples: np.ndarray) -> str:
         """Greedy decode of one utterance with a window just long enough for it.

@@ -31,11 +31,10 @@ import torch
 from loguru import logger
 from torch import Tensor
 
-from servers.nemo_loading import load_nemo_model
+from servers.nemo_loading import TTS_CODEC_MODEL, TTS_MODEL, load_nemo_model, require_local
 from servers.tts.engines.base import TTSEngine
 from servers.tts.engines.codec_stream import CodecStream, measure_context
 
-DEFAULT_MODEL = "nvidia/magpie_tts_multilingual_357m"
 SPEAKERS = ("john", "sofia", "aria", "jason", "leo")
 """The released checkpoint's baked speakers, in speaker-index order (the checkpoint stores no names)."""
 
@@ -77,7 +76,7 @@ class MagpieEngine(TTSEngine):
 
     def __init__(
         self,
-        model: str = DEFAULT_MODEL,
+        model: str = TTS_MODEL,
         device: str | None = None,
         first_chunk_frames: int = 4,
         chunk_frames: int = 10,
@@ -120,6 +119,8 @@ class MagpieEngine(TTSEngine):
     def load(self) -> None:
         from nemo.collections.tts.models import MagpieTTSModel
 
+        if self.model_name == TTS_MODEL:
+            require_local(TTS_CODEC_MODEL)  # named inside the checkpoint; NeMo loads it on the way
         self._setup(load_nemo_model(MagpieTTSModel, self.model_name, self.device))
 
     def _setup(self, tts_model: Any) -> None:

@@ -46,8 +46,6 @@ class PiperEngine(TTSEngine):
         self._voice = PiperVoice.load(model, config)
         self.sample_rate = self._voice.config.sample_rate
         self.voices = (str(model).rsplit("/", 1)[-1].split("-")[1],)
-        for _ in self.synthesize("Ready.", self.voices[0], "en", first=True):
-            pass
 
     def synthesize(self, text: str, voice: str, language: str, first: bool) -> Iterator[np.ndarray]:
         assert self._voice is not None, "load() first"

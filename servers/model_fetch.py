@@ -1,0 +1,164 @@
+"""Download and verify every weight a GPU deployment needs, before any server starts.
+
+    python -m servers.model_fetch --dest /models        (compose: the one-shot `models` service)
+
+The NeMo checkpoints go to the Hugging Face cache (HF_HOME), where NeMo's `from_pretrained` finds
+them with the hub off; the LLM's GGUF goes to `<dest>/gguf/` and is linked as `<dest>/gguf/llm.gguf`,
+the one path llama-server is started with. Every file is checked against the sha256 the hub publishes
+for it (git LFS) and a checked file is remembered (`<dest>/verified/<sha256>`), so a second run costs
+a few HTTP requests. The servers then start from local files only (HF_HUB_OFFLINE=1) and a missing
+file stops them with one line that names this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+
+from servers.cli import add_flag, setup_logging
+from servers.nemo_loading import ASR_MODEL, TTS_CODEC_MODEL, TTS_MODEL, nemo_filename
+
+LLM_REPO = "unsloth/Nemotron-3-Nano-30B-A3B-GGUF"
+LLM_QUANT = "IQ4_XS"
+"""Default quantization; docs/gpu-memory.md has why it fits a 32 GB card next to ASR and TTS."""
+LLM_LINK = "llm.gguf"
+HASH_CHUNK = 16 << 20
+REFERENCE_LINK_MBIT_S = 100
+
+
+@dataclass(frozen=True)
+class HubFile:
+    repo: str
+    filename: str
+    size: int
+    sha256: str
+    gguf: bool = False
+
+
+class FetchError(RuntimeError):
+    """A file that cannot be found, downloaded or verified."""
+
+
+def gguf_files(filenames: list[str], quant: str) -> list[str]:
+    """The GGUF file(s) of one quantization in a repo listing, split parts in order, as llama-server's
+    `--hf-repo repo:QUANT` picks them (case-insensitive tag; projector files excluded)."""
+    tag = quant.lower()
+    chosen = [
+        name for name in filenames
+        if name.lower().endswith(".gguf") and "mmproj" not in name.lower()
+        and (fnmatch.fnmatch(name.lower(), f"*-{tag}.gguf") or fnmatch.fnmatch(name.lower(), f"*-{tag}-*-of-*.gguf"))
+    ]  # fmt: skip
+    return sorted(chosen)
+
+
+def plan(asr_model: str, tts_model: str, llm_repo: str, llm_quant: str, token: str | None) -> list[HubFile]:
+    """Every file to fetch, with the size and sha256 the hub publishes (a few HTTP requests)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    wanted = [(name, [nemo_filename(name)], False) for name in (asr_model, tts_model, TTS_CODEC_MODEL)]
+    llm_names = gguf_files(api.list_repo_files(llm_repo), llm_quant)
+    if not llm_names:
+        raise FetchError(f"{llm_repo} has no GGUF file for quantization {llm_quant!r}")
+    wanted.append((llm_repo, llm_names, True))
+    files = []
+    for repo, names, gguf in wanted:
+        for info in api.get_paths_info(repo, names):
+            if info.lfs is None:
+                raise FetchError(f"{repo}/{info.path} has no published sha256 (not a git LFS file)")
+            files.append(HubFile(repo, info.path, info.size, info.lfs.sha256, gguf))
+    return files
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(path: Path, expected: HubFile, verified_dir: Path) -> None:
+    """Check size and sha256 once; remember a match in `verified_dir`."""
+    stamp = verified_dir / expected.sha256
+    if stamp.exists() and path.stat().st_size == expected.size:
+        return
+    size = path.stat().st_size
+    if size != expected.size:
+        raise FetchError(f"{expected.repo}/{expected.filename}: {size} bytes on disk, the hub says {expected.size}")
+    started = time.monotonic()
+    actual = sha256_of(path)
+    if actual != expected.sha256:
+        raise FetchError(f"{expected.repo}/{expected.filename}: sha256 {actual}, the hub says {expected.sha256}")
+    verified_dir.mkdir(parents=True, exist_ok=True)
+    stamp.touch()
+    logger.info(f"verified {expected.filename} (sha256, {time.monotonic() - started:.0f} s)")
+
+
+def link_llm(gguf_dir: Path, first_part: str) -> Path:
+    """`llm.gguf` → the chosen file (the first part of a split model: llama.cpp finds the rest)."""
+    link = gguf_dir / LLM_LINK
+    tmp = gguf_dir / (LLM_LINK + ".tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(first_part)
+    tmp.replace(link)
+    return link
+
+
+def download_minutes(total_bytes: int, mbit_s: float = REFERENCE_LINK_MBIT_S) -> float:
+    return total_bytes * 8 / (mbit_s * 1e6) / 60
+
+
+def fetch(files: list[HubFile], dest: Path, token: str | None) -> Path:
+    """Download what is missing (resumable), verify everything, link the LLM; returns the link."""
+    from huggingface_hub import hf_hub_download
+
+    total = sum(f.size for f in files)
+    logger.info(
+        f"{len(files)} files, {total / 1e9:.1f} GB "
+        f"(≈ {download_minutes(total):.0f} min at {REFERENCE_LINK_MBIT_S} Mbit/s the first time)"
+    )
+    gguf_dir, verified_dir = dest / "gguf", dest / "verified"
+    for number, file in enumerate(files, 1):
+        logger.info(f"[{number}/{len(files)}] {file.repo}/{file.filename} ({file.size / 1e9:.2f} GB)")
+        local_dir = str(gguf_dir) if file.gguf else None
+        path = Path(hf_hub_download(file.repo, file.filename, token=token, local_dir=local_dir))
+        verify(path, file, verified_dir)
+    llm_parts = [f.filename for f in files if f.gguf]
+    link = link_llm(gguf_dir, llm_parts[0])
+    logger.info(f"all {len(files)} files present and verified; the LLM is {link}")
+    return link
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_flag(parser, "--dest", "MODELS_DIR", "/models", "where the GGUF and the verification stamps go")
+    add_flag(parser, "--asr-model", "ASR_NEMOTRON_MODEL", ASR_MODEL, "Nemotron Speech checkpoint (hub name)")
+    add_flag(parser, "--tts-model", "TTS_MAGPIE_MODEL", TTS_MODEL, "Magpie TTS checkpoint (hub name)")
+    add_flag(parser, "--llm-repo", "LLM_GGUF_REPO", LLM_REPO, "hub repository of the LLM's GGUF files")
+    add_flag(parser, "--llm-quant", "LLM_GGUF_QUANT", LLM_QUANT, "quantization tag of the GGUF to fetch")
+    add_flag(parser, "--log-level", "MODELS_LOG_LEVEL", "INFO", "loguru level")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    token = os.environ.get("HF_TOKEN") or None
+    try:
+        files = plan(args.asr_model, args.tts_model, args.llm_repo, args.llm_quant, token)
+        fetch(files, Path(args.dest), token)
+    except Exception as e:
+        logger.opt(exception=e).debug("fetch failure")
+        raise SystemExit(f"model_fetch: {type(e).__name__}: {e}") from None
+
+
+if __name__ == "__main__":
+    main()
