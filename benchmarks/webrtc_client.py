@@ -139,8 +139,11 @@ class WebRTCVoiceClient:
         self._channel = self._pc.createDataChannel("rtvi")
         self._tasks: list[asyncio.Task] = []
         self._remote_audio = asyncio.Event()
+        self.session_id: str | None = None
 
-    async def connect(self, timeout: float = 20.0) -> None:
+    async def connect(self, timeout: float = 20.0, via_start: bool = False) -> None:
+        """Offer and wait for the media and data channel. `via_start`: first POST /start for a session,
+        then offer to /sessions/{id}/api/offer, as the Playground does; else one POST /api/offer."""
         self._pc.addTrack(self.mic)
         self._pc.on("track", self._on_track)
         self._channel.on("message", self._on_message)
@@ -149,7 +152,13 @@ class WebRTCVoiceClient:
         await self._pc.setLocalDescription(await self._pc.createOffer())
         offer = {"sdp": self._pc.localDescription.sdp, "type": "offer", "request_data": self.body}
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{self.base_url}/api/offer", json=offer) as response:
+            offer_url = f"{self.base_url}/api/offer"
+            if via_start:
+                async with http.post(f"{self.base_url}/start", json={"transport": "webrtc", "body": self.body}) as response:
+                    response.raise_for_status()
+                    self.session_id = (await response.json())["sessionId"]
+                offer_url = f"{self.base_url}/sessions/{self.session_id}/api/offer"
+            async with http.post(offer_url, json=offer) as response:
                 response.raise_for_status()
                 answer = await response.json()
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))

@@ -4,15 +4,18 @@
 # version servers/llm/binary.py builds and the tests run). The default is llama.cpp's prebuilt
 # image (docker/compose.yaml); build this one when that image does not run on a machine, e.g. a
 # driver older than its CUDA, or to pin the tested llama.cpp.
-#   CUDA_ARCH=120a-real   RTX 5090 (sm_120)
-#   CUDA_ARCH=121a-real   DGX Spark GB10 (sm_121)
+#   CUDA_ARCH=120a-real   RTX 5090 (sm_120): the default on amd64
+#   CUDA_ARCH=121a-real   DGX Spark GB10 (sm_121): the default on arm64
+#   CUDA_ARCH="120a-real;121a-real"   both, for an image shared by the two
 # One architecture keeps the build to minutes (llama.cpp's default list compiles seven).
 # The platform follows the host (nvidia/cuda images are multi-arch); builds need no GPU.
 ARG CUDA_VERSION=13.0.2
 ARG UBUNTU_VERSION=24.04
 
 FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu${UBUNTU_VERSION} AS build
-ARG CUDA_ARCH=120a-real
+# Empty: chosen by the platform being built (TARGETARCH, set by BuildKit).
+ARG CUDA_ARCH=
+ARG TARGETARCH
 ARG LLAMA_CPP_PYTHON=0.3.36
 ARG LLAMA_CPP_PYTHON_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 # Distribution packages follow the base image release (pinning their versions breaks on updates).
@@ -29,9 +32,11 @@ RUN pip3 download --no-deps --no-binary :all: --dest /tmp "llama-cpp-python==${L
         "llama_cpp_python-${LLAMA_CPP_PYTHON}/vendor/llama.cpp"
 # Same options as servers/llm/binary.py (static, no prebuilt web UI), plus CUDA for one architecture;
 # --allow-shlib-undefined: libcuda comes from the host driver at run time, not from this image.
-RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+RUN arch="${CUDA_ARCH:-$([ "${TARGETARCH}" = arm64 ] && echo 121a-real || echo 120a-real)}" \
+    && echo "CUDA architectures: ${arch}" \
+    && cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_USE_PREBUILT_UI=OFF \
-        -DGGML_NATIVE=OFF -DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH}" \
+        -DGGML_NATIVE=OFF -DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=${arch}" \
         -DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined \
     && cmake --build build --target llama-server -j"$(nproc)"
 

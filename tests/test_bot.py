@@ -34,10 +34,10 @@ async def heard(whisper, audio: np.ndarray) -> str:
     return (await whisper.transcribe(audio.astype(np.float32) / 32768)).lower()
 
 
-async def one_question(url: str, whisper, question: np.ndarray) -> tuple[str, dict | None]:
+async def one_question(url: str, whisper, question: np.ndarray, via_start: bool = False) -> tuple[str, dict | None]:
     """A session with one spoken question: what the bot said (transcribed) and its turn_latency."""
     client = WebRTCVoiceClient(url)
-    await client.connect()
+    await client.connect(via_start=via_start)
     try:
         speech_end, reply = await ask(client, question)
         assert reply is not None, "the bot never answered"

@@ -21,6 +21,7 @@ import yaml
 
 from servers.llm import binary as llm_binary
 from servers.llm.server import llama_server_command
+from servers.model_fetch import LLM_LINK
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -68,10 +69,13 @@ def dockerfile_cmd(name: str) -> list[str]:
     return json.loads(re.search(r"^CMD (\[.*\])$", text, re.MULTILINE).group(1))
 
 
+ONE_SHOT = ("model-token", "models")
+
+
 @pytest.fixture(scope="module")
 def services() -> dict[str, dict]:
-    """The long-running services (the one-shot model-token service: see its own test)."""
-    return {k: v for k, v in load("compose.yaml")["services"].items() if k != "model-token"}
+    """The long-running services (the one-shot model-token and models services: see their own tests)."""
+    return {k: v for k, v in load("compose.yaml")["services"].items() if k not in ONE_SHOT}
 
 
 def kind(name: str) -> str:
@@ -89,12 +93,46 @@ def test_every_service_checks_its_own_health_endpoint(services):
     for name, service in services.items():
         check = service["healthcheck"]
         path = "/status" if kind(name) == "bot" else "/health"
-        assert check["test"][0] == "CMD", name
+        assert check["test"][0] == ("CMD-SHELL" if kind(name) == "llm" else "CMD"), name
         assert f"http://127.0.0.1:{PORTS[kind(name)]}{path}" in " ".join(check["test"]), name
         assert {"interval", "timeout", "retries", "start_period"} <= set(check), name
-    # The first GPU start downloads the checkpoints: its grace period must cover that.
-    assert int(services["llm-gpu"]["healthcheck"]["start_period"].rstrip("s")) >= 1800
-    assert int(services["asr-gpu"]["healthcheck"]["start_period"].rstrip("s")) >= 600
+    # Nothing downloads inside a grace period any more (the models service does, before): minutes suffice.
+    for name in ("asr-gpu", "tts-gpu", "llm-gpu"):
+        assert int(services[name]["healthcheck"]["start_period"].rstrip("s")) <= 600, name
+
+
+def llm_health_script(service: dict) -> str:
+    return service["healthcheck"]["test"][1].replace("$$", "$")
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_llm_health_means_one_completion_answered(services, profile, tmp_path):
+    """The LLM's health check, run by a shell against a stand-in curl: the first check must answer a
+    completion with the token before /health counts; later checks ask /health only; a failed
+    completion fails the check."""
+    script = llm_health_script(services[f"llm-{profile}"])
+    calls = tmp_path / "calls"
+    curl = tmp_path / "bin" / "curl"
+    curl.parent.mkdir()
+    curl.write_text(f'#!/bin/sh\necho "$*" >> {calls}\ncase "$*" in *completion*) exit "${{COMPLETION_RC:-0}}";; esac\n')
+    curl.chmod(0o755)
+    token = tmp_path / "token"
+    token.write_text("s3cret")
+    script = script.replace("/tmp/answered", str(tmp_path / "answered")).replace(TOKEN_FILE, str(token))
+    env = {"PATH": f"{curl.parent}:/usr/bin:/bin"}
+
+    def check(**extra: str) -> int:
+        return subprocess.run(["sh", "-c", script], env=env | extra, check=False).returncode
+
+    assert check(COMPLETION_RC="22") != 0
+    assert "/completion" in calls.read_text() and "/health" not in calls.read_text()
+    calls.write_text("")
+    assert check() == 0
+    first = calls.read_text().splitlines()
+    assert "Bearer s3cret" in first[0] and "/completion" in first[0] and first[1].endswith("/health")
+    calls.write_text("")
+    assert check() == 0
+    assert [line.split()[-1] for line in calls.read_text().splitlines()] == ["http://127.0.0.1:8002/health"]
 
 
 def test_model_servers_listen_beyond_their_container(services):
@@ -118,13 +156,15 @@ def test_gpu_services_reserve_the_gpu(services):
 
 
 def test_start_order(services):
-    healthy = {"condition": "service_healthy"}
+    healthy, done = {"condition": "service_healthy"}, {"condition": "service_completed_successfully"}
     # The LLM sizes its buffers to the GPU memory left once ASR and TTS hold theirs.
-    assert services["llm-gpu"]["depends_on"] == {"asr-gpu": healthy, "tts-gpu": healthy}
+    assert services["llm-gpu"]["depends_on"] == {"asr-gpu": healthy, "tts-gpu": healthy, "models": done}
     for profile in PROFILES:
         assert services[f"bot-{profile}"]["depends_on"] == {f"{k}-{profile}": healthy for k in ("asr", "tts", "llm")}
-    for name in ("asr-gpu", "tts-gpu", "asr-cpu", "tts-cpu", "llm-cpu"):
-        assert services[name]["depends_on"] == {"model-token": {"condition": "service_completed_successfully"}}, name
+    for name in ("asr-cpu", "tts-cpu", "llm-cpu"):
+        assert services[name]["depends_on"] == {"model-token": done}, name
+    for name in ("asr-gpu", "tts-gpu"):
+        assert services[name]["depends_on"] == {"model-token": done, "models": done}, name
 
 
 def test_every_service_uses_the_model_server_token(services):
@@ -158,21 +198,57 @@ def test_bot_talks_to_its_own_profile(services):
         assert env["BOT_INTERLEAVE"] == interleave  # one GPU shared by LLM and TTS: take turns
 
 
-def test_model_caches_are_named_volumes(services):
-    declared = set(load("compose.yaml")["volumes"])
-    nemo_env = (DOCKER / "nemo.Dockerfile").read_text()
-    assert "HF_HOME=/cache/huggingface" in nemo_env and "NEMO_CACHE_DIR=/cache/nemo" in nemo_env
+def test_one_fetch_step_fills_the_models_volume_and_the_servers_read_it_offline(services):
+    """`models` downloads into the `models` volume; the GPU servers start from it with the hub off,
+    in the places model_fetch puts things (HF cache for NeMo, gguf/llm.gguf for llama-server)."""
+    fetch = load("compose.yaml")["services"]["models"]
+    assert fetch["profiles"] == ["gpu"] and "restart" not in fetch and "deploy" not in fetch
+    assert fetch["command"][:3] == ["python", "-m", "servers.model_fetch"]
+    dest = flags(fetch["command"])["--dest"]
+    assert fetch["volumes"] == [f"models:{dest}"]
+    hf_home = fetch["environment"]["HF_HOME"]
+    assert hf_home.startswith(dest + "/")
     for name in ("asr-gpu", "tts-gpu"):
-        assert "nemo-cache:/cache" in services[name]["volumes"], name
-    assert "gguf-cache:/cache" in services["llm-gpu"]["volumes"]
-    assert services["llm-gpu"]["environment"]["LLAMA_CACHE"] == "/cache"
-    assert declared == {"nemo-cache", "gguf-cache", "model-token"}
+        env = services[name]["environment"]
+        assert env["HF_HOME"] == hf_home and env["HF_HUB_OFFLINE"] == "1", name
+        assert f"models:{dest}" in services[name]["volumes"], name
+    assert f"models:{dest}:ro" in services["llm-gpu"]["volumes"]
+    assert flags(services["llm-gpu"]["command"])["--model"] == f"{dest}/gguf/{LLM_LINK}"
+    assert "--hf-repo" not in services["llm-gpu"]["command"]
+    assert set(load("compose.yaml")["volumes"]) == {"models", "model-token"}
+    nemo = (DOCKER / "nemo.Dockerfile").read_text()
+    assert f"HF_HOME={hf_home}" in nemo and "HF_HUB_OFFLINE=1" in nemo
 
 
-def test_hugging_face_token_comes_from_the_environment(services):
-    for name in ("asr-gpu", "tts-gpu", "llm-gpu"):
-        assert services[name]["environment"]["HF_TOKEN"] == "${HF_TOKEN:-}", name
+def test_hugging_face_token_goes_to_the_fetch_step_only(services):
+    assert load("compose.yaml")["services"]["models"]["environment"]["HF_TOKEN"] == "${HF_TOKEN:-}"
+    for name, service in services.items():
+        assert "HF_TOKEN" not in service.get("environment", {}), name
     assert "hf_" not in (DOCKER / "compose.yaml").read_text()
+
+
+def image_references() -> list[str]:
+    """Every image the stack pulls: compose `image:` defaults and Dockerfile FROM/ARG defaults."""
+    refs = []
+    for name in ("compose.yaml", "compose.llama-build.yaml"):
+        refs += [resolve(s["image"]) for s in load(name)["services"].values() if "image" in s]
+    for dockerfile in DOCKER.glob("*.Dockerfile"):
+        refs += re.findall(r"^ARG \w*IMAGE=(\S+)$", dockerfile.read_text(), re.MULTILINE)
+    return [r for r in refs if not r.startswith("nemotron-voice-agent/")]
+
+
+def test_pulled_images_are_pinned():
+    """No floating tag: llama.cpp images carry the release our tests build, so a `pull` never swaps
+    the llama-server whose flags and CUDA backend we rely on."""
+    refs = image_references()
+    assert refs, "no image references found"
+    for ref in refs:
+        assert ":" in ref and not ref.endswith(":latest"), ref
+        if "ggml-org/llama.cpp" in ref:
+            assert ref.endswith(f"-{llm_binary.LLAMA_CPP_BUILD}"), ref
+    assert any("server-cuda13-" in r for r in refs) and any(r.endswith(":server-" + llm_binary.LLAMA_CPP_BUILD) for r in refs)
+    env_example = (DOCKER / ".env.example").read_text()
+    assert f"server-cuda13-{llm_binary.LLAMA_CPP_BUILD}" in env_example
 
 
 def test_values_are_strings_as_docker_reads_them(services):
@@ -208,11 +284,20 @@ def test_builds_use_files_that_exist(services):
     assert (DOCKER / build["context"] / build["dockerfile"]).is_file()
 
 
-def test_llama_source_build_targets_one_cuda_architecture():
+@pytest.mark.parametrize(
+    ("target_arch", "cuda_arch", "expected"),
+    [("amd64", "", "120a-real"), ("arm64", "", "121a-real"), ("arm64", "120a-real;121a-real", "120a-real;121a-real")],
+)
+def test_llama_source_build_picks_the_cuda_architecture_of_its_platform(target_arch, cuda_arch, expected):
+    """The Dockerfile's own shell line, run: an RTX 5090 is amd64 and a DGX Spark arm64."""
     build = load("compose.llama-build.yaml")["services"]["llm-gpu"]["build"]
-    assert resolve(build["args"]["CUDA_ARCH"]) in {"120a-real", "121a-real"}
+    assert resolve(build["args"]["CUDA_ARCH"]) == ""
     dockerfile = (DOCKER / build["dockerfile"]).read_text()
-    assert "ARG CUDA_ARCH=" in dockerfile and "-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH}" in dockerfile
+    assert "-DCMAKE_CUDA_ARCHITECTURES=${arch}" in dockerfile
+    line = re.search(r'^RUN (arch="\$\{CUDA_ARCH.*?") \\$', dockerfile, re.MULTILINE).group(1)
+    shell = f'{line}; echo "$arch"'
+    env = {"TARGETARCH": target_arch, "CUDA_ARCH": cuda_arch, "PATH": "/usr/bin:/bin"}
+    assert subprocess.check_output(["sh", "-c", shell], env=env, text=True).strip() == expected
     assert re.search(r"ARG LLAMA_CPP_PYTHON_SHA256=[0-9a-f]{64}", dockerfile)
 
 

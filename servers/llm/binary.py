@@ -27,6 +27,9 @@ from servers.cli import add_flag, setup_logging
 
 LLAMA_CPP_PYTHON = "0.3.36"
 """Its sdist vendors the llama.cpp we build; the server's flags and endpoints are checked against it."""
+LLAMA_CPP_BUILD = "b11312"
+"""That llama.cpp's release (commit 0c1e57098): the tag of the prebuilt llama.cpp images our deployments
+pin (docker/compose.yaml, docker/llm-cpu.Dockerfile, modal_app.py), so they run the llama-server we test."""
 
 
 class BinaryError(Exception):
