@@ -26,7 +26,6 @@ ANSWER_TIMEOUT_S = 120.0
 """How long an offer waits for its worker's answer (a cold worker included); Modal cuts requests at 150 s."""
 OFFER_WAIT_S = 60.0
 """How long a started worker waits for the call's first offer before it gives up."""
-REPLY_TTL_S = 600
 
 
 class Mailbox(Protocol):

@@ -1,17 +1,25 @@
-"""The voice agent on Modal: ASR, TTS and LLM servers on their own GPUs, the bot on CPU.
+"""The voice agent on Modal: ASR, TTS and LLM servers on their own GPUs, one CPU container per call.
 
-    modal deploy modal_app.py                  then open https://<workspace>--nemotron-voice-agent-bot.modal.run/client
+    modal deploy modal_app.py                  then open https://<workspace>--nemotron-voice-agent-web.modal.run/client
 
 Each model server is the command it is everywhere else (`python -m servers.asr`, ...; llama.cpp's
-llama-server for the LLM), started and warmed up when its container starts, and served through
-`@modal.web_server`. `@modal.concurrent` admits what one server really serves at once: a WebSocket
-session or an HTTP request is one input. Weights live in one Modal Volume, downloaded by the first
-container and committed for the next ones. The bot is Pipecat's runner (Playground at /client,
-WebRTC offer at /api/offer); it finds the model servers when its container starts, never at import.
+llama-server for the LLM), served through `@modal.web_server`. A container first fetches and verifies
+its weights into one Modal Volume (`servers.model_fetch`: the first container downloads, the next ones
+find them), then starts its server offline, healthy once it has answered one request.
+`@modal.concurrent` admits what one server really serves at once: a WebSocket session or an HTTP
+request is one input.
+
+Calls (call_signalling.py): `web` serves the Playground and the WebRTC signalling, stateless; every
+call gets its own `Call` container (one input each), which answers the offer through a Modal Queue and
+runs the bot for that call only. Calls scale with Modal, and a redeploy lets running calls finish.
+When a call starts, the model classes are woken (a no-op method spawned on each), so containers that
+scaled to zero start loading while the browser still gathers its ICE candidates; the bot's clients
+wait for them (BOT_MODEL_SERVER_WAIT_S, bounded).
 
 Settings come from the deploying machine's environment: HF_TOKEN, and BOT_* / PIPECAT_ICE_SERVERS
-for the bot (e.g. BOT_LLM_API=openai BOT_LLM_URL=... to use another LLM). README.md (Deploy on Modal) has the
-commands.
+for the bot (e.g. BOT_LLM_API=openai BOT_LLM_URL=... to use another LLM). TURN credentials belong in a
+Modal Secret holding PIPECAT_ICE_SERVERS: name it in MODAL_TURN_SECRET at deploy time. README.md
+(Deploy on Modal) has the commands.
 
 The model servers' URLs are not open to the internet: Modal's proxy lets a request through only
 with the Modal-Key / Modal-Secret headers of a Proxy Auth Token, which the bot sends (MODAL_PROXY_KEY
@@ -21,17 +29,21 @@ public unless BOT_REQUIRE_PROXY_AUTH=1 at deploy time (then only clients that se
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
+import queue
 import subprocess
 import sys
 import tomllib
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import modal
 
+from servers.gpu_budget import MODAL_CTX_PER_SLOT, MODAL_QUANT, MODAL_SLOTS
+from servers.llm.binary import LLAMA_CPP_BUILD
+from servers.model_fetch import LLM_LINK
 from servers.processes import ServerProcess
 
 APP_NAME = "nemotron-voice-agent"
@@ -41,11 +53,15 @@ CACHE = "/cache"
 
 ASR_PORT, TTS_PORT, LLM_PORT, BOT_PORT = 8080, 8001, 8002, 7860
 NGC_PYTORCH_IMAGE = "nvcr.io/nvidia/pytorch:25.10-py3"
-LLAMA_CPP_CUDA_IMAGE = "ghcr.io/ggml-org/llama.cpp:server-cuda13"
-LLM_HF_REPO = "unsloth/Nemotron-3-Nano-30B-A3B-GGUF:Q4_K_M"
-LLM_PARALLEL = 4
+LLAMA_CPP_CUDA_IMAGE = f"ghcr.io/ggml-org/llama.cpp:server-cuda13-{LLAMA_CPP_BUILD}"
+LLM_QUANT = MODAL_QUANT
+LLM_PARALLEL = MODAL_SLOTS
 """llama-server slots: the requests one LLM container generates for at once."""
-LLM_CTX_PER_SLOT = 8192
+LLM_CTX_PER_SLOT = MODAL_CTX_PER_SLOT
+CALL_TIMEOUT = 60 * MINUTES
+"""The longest call: its Call container's one input."""
+SIGNALLING_TTL_S = 10 * MINUTES
+"""How long an unread signalling message is kept (a call's offer waits at most ANSWER_TIMEOUT_S)."""
 # L40S (48 GB, sm_89): room for the 30B-A3B model at Q4 with four slots, and llama.cpp's prebuilt
 # image carries sm_89 machine code (for an H100, sm_90, it would JIT-compile PTX at every cold start).
 GPU = "L40S"
@@ -54,9 +70,13 @@ BOT_DEFAULTS = {
     "BOT_INTERLEAVE": "off",
     # The GPU classes scale to zero: a call's first model server may take minutes to start and load.
     "BOT_MODEL_SERVER_WAIT_S": "600",
-    # Modal containers sit behind NAT: STUN gives the browser an address that reaches the bot.
+    # Modal containers sit behind NAT: STUN gives the browser an address that reaches the bot. Strict
+    # NATs need TURN as well: MODAL_TURN_SECRET (below).
     "PIPECAT_ICE_SERVERS": "stun:stun.l.google.com:19302",
 }
+TURN_SECRET = os.environ.get("MODAL_TURN_SECRET", "")
+"""Name of a Modal Secret with PIPECAT_ICE_SERVERS (STUN and TURN, with credentials, in Pipecat's JSON
+form); it replaces the STUN-only default for both the browser and the bot."""
 
 PROXY_AUTH_KEYS = ("MODAL_PROXY_KEY", "MODAL_PROXY_SECRET")
 BOT_REQUIRES_PROXY_AUTH = os.environ.get("BOT_REQUIRE_PROXY_AUTH", "0") == "1"
@@ -108,24 +128,25 @@ def _local(*extras: str) -> list[str]:
     return requirements(*extras) if modal.is_local() else []
 
 
+SERVER_ENV = {"HF_HOME": f"{CACHE}/huggingface", "NEMO_CACHE_DIR": f"{CACHE}/nemo", "PYTHONUNBUFFERED": "1"}
 nemo_image = (
     modal.Image.from_registry(NGC_PYTORCH_IMAGE)
-    .pip_install(*_local("nemo", "magpie"))
-    .env({"HF_HOME": f"{CACHE}/huggingface", "NEMO_CACHE_DIR": f"{CACHE}/nemo", "PYTHONUNBUFFERED": "1"})
+    .pip_install(*_local("nemo", "magpie", "fetch"))
+    .env(SERVER_ENV)
     .add_local_python_source("servers")
 )
 llm_image = (
     modal.Image.from_registry(LLAMA_CPP_CUDA_IMAGE, add_python="3.12")
     .entrypoint([])  # the image's entrypoint is llama-server; Modal runs its own
-    .env({"LLAMA_CACHE": f"{CACHE}/llama.cpp"})
-    .add_local_python_source("servers")  # this module imports servers.processes in every container
+    .pip_install(*_local("fetch"))  # servers.model_fetch, and what this module imports in every container
+    .env(SERVER_ENV)
+    .add_local_python_source("servers")
 )
 bot_image = (
     modal.Image.debian_slim(python_version="3.11")
     .pip_install(*_local("bot"))
     .env({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
-    .add_local_python_source("servers", "pipecat_services", "bot_config")
-    .add_local_file(ROOT / "bot.py", "/root/bot.py")
+    .add_local_python_source("servers", "pipecat_services", "bot_config", "bot", "call_signalling")
 )
 hf_secret = deploy_secret(("HF_TOKEN",))
 
@@ -147,24 +168,38 @@ MODAL_BIND = ("--host", "0.0.0.0", "--insecure")
 (`requires_proxy_auth`) lets only holders of the Proxy Auth Token reach them."""
 
 
+def fetch_command(part: str) -> list[str]:
+    """Download and verify one server's weights into the volume (a no-op when they are there)."""
+    return [sys.executable, "-m", "servers.model_fetch", "--dest", CACHE, "--parts", part, "--llm-quant", LLM_QUANT]
+
+
 class ServerContainer:
-    """Start the server, wait for its health, run one real request so the first caller does not pay
-    for CUDA initialisation, and save any weights it downloaded to the volume."""
+    """Fetch this server's weights into the volume, start the server from them with the hub off, and
+    return once it is healthy, which for our servers means it has answered one request."""
 
     port: int
+    part: str
+    """Which weights (servers.model_fetch --parts)."""
 
     def command(self) -> list[str]:
         raise NotImplementedError
 
     def warm_up(self) -> None:
-        raise NotImplementedError
+        """A first request, for a server whose health does not already include one."""
 
     @modal.enter()
     def start(self) -> None:
-        self.server = ServerProcess(self.command(), f"http://127.0.0.1:{self.port}/health", cwd="/root")
+        subprocess.run(fetch_command(self.part), cwd="/root", check=True)
+        models.commit()
+        health = f"http://127.0.0.1:{self.port}/health"
+        self.server = ServerProcess(self.command(), health, env={"HF_HUB_OFFLINE": "1"}, cwd="/root")
         self.server.run(timeout=30 * MINUTES)
         self.warm_up()
-        models.commit()
+
+    @modal.method()
+    def wake(self) -> None:
+        """Nothing: spawning it when a call starts brings a container up (see `start`) before the
+        call's first words need it."""
 
     @modal.exit()
     def stop(self) -> None:
@@ -176,21 +211,11 @@ class ServerContainer:
 class ASR(ServerContainer):
     """Nemotron Speech: one engine decodes every open stream in a batch, so one GPU serves dozens."""
 
-    port = ASR_PORT
+    port, part = ASR_PORT, "asr"
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "servers.asr", "--engine", "nemotron", "--right-context", "1",
                 *MODAL_BIND, "--port", str(self.port)]  # fmt: skip
-
-    def warm_up(self) -> None:
-        from servers.asr.client import ASRClient
-
-        async def hear_once() -> None:
-            async with ASRClient(f"ws://127.0.0.1:{self.port}") as asr:
-                await asr.send_audio(bytes(32_000))  # one second of silence
-                await asr.finalize(timeout=60)
-
-        asyncio.run(hear_once())
 
     @modal.web_server(ASR_PORT, startup_timeout=60, requires_proxy_auth=True)
     def serve(self) -> None:
@@ -203,19 +228,10 @@ class TTS(ServerContainer):
     """Magpie TTS: one worker thread per engine takes the sessions' chunks in turn, so a handful of
     sessions share a GPU before first audio slows down."""
 
-    port = TTS_PORT
+    port, part = TTS_PORT, "tts"
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "servers.tts", "--engine", "magpie", *MODAL_BIND, "--port", str(self.port)]
-
-    def warm_up(self) -> None:
-        from servers.tts.client import TTSClient
-
-        async def speak_once() -> None:
-            async with TTSClient(f"ws://127.0.0.1:{self.port}", open_timeout=60) as tts:
-                await tts.speak("warm-up", "Hello, nice to meet you.", timeout=120)
-
-        asyncio.run(speak_once())
 
     @modal.web_server(TTS_PORT, startup_timeout=60, requires_proxy_auth=True)
     def serve(self) -> None:
@@ -225,7 +241,7 @@ class TTS(ServerContainer):
 def llm_command(port: int = LLM_PORT) -> list[str]:
     """llama-server with the options of servers/llm/server.py on a GPU, and LLM_PARALLEL slots."""
     return [
-        "/app/llama-server", "--hf-repo", LLM_HF_REPO, "--alias", "nemotron-3-nano",
+        "/app/llama-server", "--model", f"{CACHE}/gguf/{LLM_LINK}", "--alias", "nemotron-3-nano",
         "--host", "0.0.0.0", "--port", str(port),
         "--ctx-size", str(LLM_CTX_PER_SLOT * LLM_PARALLEL), "--parallel", str(LLM_PARALLEL),
         "--gpu-layers", "999", "--device", "CUDA0",  # no CUDA backend: llama-server exits, never runs on the CPU
@@ -240,7 +256,7 @@ def llm_command(port: int = LLM_PORT) -> list[str]:
 class LLM(ServerContainer):
     """Nemotron 3 Nano 30B-A3B on llama.cpp: as many requests at once as it has slots."""
 
-    port = LLM_PORT
+    port, part = LLM_PORT, "llm"
 
     def command(self) -> list[str]:
         return llm_command(self.port)
@@ -271,21 +287,86 @@ def service_urls() -> dict[str, str]:
     return urls
 
 
-# One container for every call: Pipecat's runner keeps its WebRTC sessions in memory, and the
-# Playground's requests for one call (/start, the offer, ICE candidates) must reach the same process.
-# Calls are not Modal inputs once the offer is answered, so the container stays up (min_containers).
-@app.function(
-    image=bot_image,
-    cpu=4,
-    memory=4096,
-    secrets=[deploy_secret(("BOT_", "PIPECAT_", *PROXY_AUTH_KEYS), BOT_DEFAULTS)],
-    timeout=10 * MINUTES,
-    min_containers=1,
-    max_containers=1,
-)
+class QueueMailbox:
+    """call_signalling's Mailbox on a Modal Queue: a partition per call inbox and per reply."""
+
+    def __init__(self, signalling: modal.Queue) -> None:
+        self.queue = signalling
+
+    async def send(self, partition: str, message: dict[str, Any]) -> None:
+        await self.queue.put.aio(message, partition=partition, partition_ttl=SIGNALLING_TTL_S)
+
+    async def receive(self, partition: str, timeout: float) -> dict[str, Any] | None:
+        try:
+            return await self.queue.get.aio(timeout=timeout, partition=partition)
+        except queue.Empty:
+            return None
+
+    async def clear(self, partition: str) -> None:
+        await self.queue.clear.aio(partition=partition)
+
+
+signalling = modal.Queue.from_name(f"{APP_NAME}-signalling", create_if_missing=True)
+
+
+def ice_servers() -> list[dict[str, Any]]:
+    """PIPECAT_ICE_SERVERS in Pipecat's runner format (URLs, or JSON objects with TURN credentials)."""
+    from pipecat.runner.run import _parse_ice_servers
+
+    return _parse_ice_servers(os.environ.get("PIPECAT_ICE_SERVERS"))
+
+
+def bot_settings(turn_secret: str = TURN_SECRET) -> dict[str, str]:
+    """The deploying environment's BOT_*/PIPECAT_* settings and proxy credentials, over BOT_DEFAULTS;
+    with a TURN Secret named, PIPECAT_ICE_SERVERS comes from it alone (one source per variable)."""
+    settings = deploy_settings(("BOT_", "PIPECAT_", *PROXY_AUTH_KEYS), BOT_DEFAULTS)
+    if turn_secret:
+        settings.pop("PIPECAT_ICE_SERVERS")
+    return settings
+
+
+def bot_secrets(turn_secret: str = TURN_SECRET) -> list[modal.Secret]:
+    settings = bot_settings(turn_secret) if modal.is_local() else {}  # see deploy_secret
+    turn = [modal.Secret.from_name(turn_secret, required_keys=["PIPECAT_ICE_SERVERS"])] if turn_secret else []
+    return [modal.Secret.from_dict(settings), *turn]
+
+
+BOT_SECRETS = bot_secrets()
+
+
+@app.cls(image=bot_image, cpu=2, memory=2048, secrets=BOT_SECRETS, timeout=CALL_TIMEOUT, buffer_containers=1,
+         scaledown_window=5 * MINUTES)  # fmt: skip
+class Call:
+    """One call per container (no @modal.concurrent): its VAD, Smart Turn, Opus and aiortc have the
+    container's CPUs to themselves. One idle container waits ready (buffer_containers) for the next call."""
+
+    @modal.enter()
+    def prepare(self) -> None:
+        os.environ.update(service_urls())
+        import bot
+
+        self.bot = bot.bot
+
+    @modal.method()
+    async def run(self, session_id: str, body: dict[str, Any]) -> None:
+        from call_signalling import serve_call
+
+        await serve_call(QueueMailbox(signalling), session_id, body, ice_servers(), self.bot)
+
+
+async def start_call(session_id: str, body: dict[str, Any]) -> None:
+    """Spawn the call's container and wake the model servers it will use (not those set by URL)."""
+    await Call().run.spawn.aio(session_id, body)
+    for variable, server in (("BOT_ASR_URL", ASR), ("BOT_TTS_URL", TTS), ("BOT_LLM_URL", LLM)):
+        if not os.environ.get(variable):
+            await server().wake.spawn.aio()
+
+
+@app.function(image=bot_image, secrets=BOT_SECRETS, min_containers=1)
 @modal.concurrent(max_inputs=100)
-@modal.web_server(BOT_PORT, startup_timeout=2 * MINUTES, requires_proxy_auth=BOT_REQUIRES_PROXY_AUTH)
-def bot() -> None:
-    """Pipecat's runner with our bot: Playground at /client, WebRTC offer at /api/offer."""
-    command = [sys.executable, "/root/bot.py", "-t", "webrtc", "--host", "0.0.0.0", "--port", str(BOT_PORT)]
-    subprocess.Popen(command, cwd="/root", env={**os.environ, **service_urls()})
+@modal.asgi_app(requires_proxy_auth=BOT_REQUIRES_PROXY_AUTH)
+def web() -> Any:
+    """The Playground at /client and the WebRTC signalling: short requests, no call state."""
+    from call_signalling import signalling_app
+
+    return signalling_app(QueueMailbox(signalling), start_call, ice_servers())

@@ -1,10 +1,12 @@
 """modal_app.py, without a Modal account: import the app (with the network cut off, as it must not
 need one) and read back what each function asks Modal for: GPU, volume, timeouts, concurrency,
-autoscaling, web endpoints; then the bot's service discovery with Modal's lookup faked."""
+autoscaling, web endpoints; then the bot's service discovery and call start with Modal's calls faked.
+The call path itself (signalling, one worker per call, the real bot) runs in test_call_signalling.py."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import socket
 import sys
@@ -57,15 +59,16 @@ def deployed():
     sys.modules.pop("modal_app", None)
     module = importlib.import_module("modal_app")
     patch.undo()
-    options = {name: o for name in ("ASR", "TTS", "LLM", "bot") for r, o in registrations if r is getattr(module, name)}
+    names = ("ASR", "TTS", "LLM", "Call", "web")
+    options = {name: o for name in names for r, o in registrations if r is getattr(module, name)}
     yield SimpleNamespace(module=module, options=options, ports=ports, web_servers=web_servers)
     sys.modules.pop("modal_app", None)
 
 
-def info(deployed, name: str):
-    """Modal's own summary of a function: for a class, that of its web endpoint method."""
+def info(deployed, name: str, method: str = "serve"):
+    """Modal's own summary of a function: for a class, that of one of its methods (the web endpoint)."""
     target = getattr(deployed.module, name)
-    return (target().serve if isinstance(target, modal.Cls) else target).info()
+    return (getattr(target(), method) if isinstance(target, modal.Cls) else target).info()
 
 
 @pytest.mark.parametrize("name", ["ASR", "TTS", "LLM"])
@@ -75,8 +78,26 @@ def test_model_servers_run_on_a_gpu_with_the_model_volume(deployed, name):
     assert [(path, v.name) for path, v in summary.volumes.items()] == [("/cache", "nemotron-voice-agent-models")]
     assert summary.timeout >= 30 * MINUTES  # a WebSocket session is one input for a whole call
     assert summary.startup_timeout >= 20 * MINUTES  # the first container downloads the weights
-    assert set(summary.method_details) == {"serve"}  # the web endpoint
+    assert set(summary.method_details) == {"serve"}  # the one web endpoint
+    assert getattr(deployed.module, name)().wake.info().gpus == summary.gpus  # a no-op that starts a container
     assert getattr(deployed.module, name).port in deployed.ports
+
+
+@pytest.mark.parametrize("name", ["ASR", "TTS", "LLM"])
+def test_model_servers_fetch_their_own_weights_then_run_offline(deployed, name):
+    """Each container runs the fetch step for its part into the volume before its server, which
+    starts with the hub off; the LLM loads the fetch step's link, at the budgeted quantization."""
+    from servers.gpu_budget import MODAL_QUANT
+    from servers.model_fetch import parse_args
+
+    server = getattr(deployed.module, name)
+    command = deployed.module.fetch_command(server.part)
+    assert command[1:3] == ["-m", "servers.model_fetch"]
+    args = parse_args(command[3:])
+    assert args.parts == [name.lower()] and args.dest == deployed.module.CACHE and args.llm_quant == MODAL_QUANT
+    assert deployed.module.SERVER_ENV["HF_HOME"].startswith(args.dest + "/")
+    if name == "LLM":
+        assert flags(deployed.module.llm_command())["--model"] == f"{args.dest}/gguf/llm.gguf"
 
 
 @pytest.mark.parametrize(
@@ -114,15 +135,66 @@ def test_gpus_scale_to_zero_and_out(deployed, name):
     assert 5 * MINUTES <= options["scaledown_window"] <= 3600
 
 
-def test_bot_is_one_cpu_web_endpoint_that_stays_up(deployed):
-    summary = info(deployed, "bot")
+def test_signalling_is_a_stateless_cpu_web_app(deployed):
+    summary = info(deployed, "web")
     assert summary.gpus == [] and summary.web_info is not None
-    assert summary.concurrency_info.max_inputs >= 50  # short HTTP requests: page, offer, ICE candidates
-    options = deployed.options["bot"]
-    # The runner keeps sessions in memory: every request of a call must reach the one container.
-    assert options["min_containers"] == options["max_containers"] == 1
-    assert deployed.module.BOT_PORT in deployed.ports
-    assert sorted(deployed.ports) == sorted({8080, 8001, 8002, 7860})
+    assert summary.concurrency_info.max_inputs >= 50  # short HTTP requests: page, start, offer, ICE candidates
+    options = deployed.options["web"]
+    assert options["min_containers"] == 1 and options.get("max_containers") is None  # scales out: no call state
+    assert sorted(deployed.ports) == [8001, 8002, 8080]  # web is an ASGI app, not a server on a port
+
+
+def test_each_call_has_a_cpu_container_of_its_own(deployed):
+    summary = info(deployed, "Call", "run")
+    assert summary.gpus == [] and summary.web_info is None
+    assert summary.concurrency_info is None  # no @modal.concurrent: one call per container
+    assert summary.timeout >= 20 * MINUTES  # a 20-minute call is one input
+    options = deployed.options["Call"]
+    assert options["buffer_containers"] >= 1  # a warm container waits for the next call
+    assert options.get("max_containers") is None
+
+
+def test_starting_a_call_spawns_its_container_and_wakes_the_model_servers(deployed, monkeypatch):
+    spawned = []
+
+    def spawnable(name):
+        method = SimpleNamespace(spawn=SimpleNamespace(aio=lambda *a: _record(spawned, name, a)))
+        return lambda: SimpleNamespace(run=method, wake=method)
+
+    for name in ("Call", "ASR", "TTS", "LLM"):
+        monkeypatch.setattr(deployed.module, name, spawnable(name))
+    for variable in ("BOT_ASR_URL", "BOT_TTS_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("BOT_LLM_URL", "https://api.example.com/v1")  # not ours: nothing to wake
+    asyncio.run(deployed.module.start_call("s1", {"voice": "x"}))
+    assert spawned == [("Call", ("s1", {"voice": "x"})), ("ASR", ()), ("TTS", ())]
+
+
+async def _record(log: list, name: str, args: tuple) -> None:
+    log.append((name, args))
+
+
+def test_turn_credentials_come_from_a_modal_secret(deployed, monkeypatch):
+    """MODAL_TURN_SECRET names a Secret holding PIPECAT_ICE_SERVERS: it must exist at deploy time,
+    and it is the only source of that variable (the STUN default and the deployer's own are dropped)."""
+    named = []
+    monkeypatch.setattr(modal.Secret, "from_name", lambda name, **kw: named.append((name, kw)) or "secret")
+    monkeypatch.setenv("PIPECAT_ICE_SERVERS", "stun:example.org:3478")
+    assert "PIPECAT_ICE_SERVERS" not in deployed.module.bot_settings("voice-turn")
+    assert deployed.module.bot_settings("")["PIPECAT_ICE_SERVERS"] == "stun:example.org:3478"
+    secrets = deployed.module.bot_secrets("voice-turn")
+    assert named == [("voice-turn", {"required_keys": ["PIPECAT_ICE_SERVERS"]})] and secrets[-1] == "secret"
+    assert len(deployed.module.bot_secrets("")) == 1
+
+
+def test_ice_servers_with_turn_credentials_reach_browser_and_bot(deployed, monkeypatch):
+    turn = '[{"urls": "stun:stun.example.org:3478"}, {"urls": "turn:turn.example.org:3478", "username": "u", "credential": "p"}]'
+    monkeypatch.setenv("PIPECAT_ICE_SERVERS", turn)
+    servers = deployed.module.ice_servers()
+    assert servers[1]["username"] == "u" and servers[1]["credential"] == "p" and "turn:" in str(servers[1]["urls"])
+    from pipecat.transports.smallwebrtc.connection import IceServer
+
+    assert [IceServer(**s).username for s in servers] == [None, "u"]  # what call_signalling builds for aiortc
 
 
 def test_bot_settings_come_from_the_deploying_environment(deployed, monkeypatch):
@@ -174,7 +246,6 @@ def test_model_servers_are_behind_proxy_auth_and_the_bot_holds_the_credentials(d
     module = deployed.module
     for port in (module.ASR_PORT, module.TTS_PORT, module.LLM_PORT):
         assert deployed.web_servers[port]["requires_proxy_auth"] is True, port
-    assert deployed.web_servers[module.BOT_PORT]["requires_proxy_auth"] is False
     monkeypatch.setenv("MODAL_PROXY_KEY", "wk-test")
     monkeypatch.setenv("MODAL_PROXY_SECRET", "ws-test")
     settings = module.deploy_settings(("BOT_", "PIPECAT_", *module.PROXY_AUTH_KEYS), module.BOT_DEFAULTS)
