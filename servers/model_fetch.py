@@ -4,7 +4,7 @@
 
 The NeMo checkpoints go to the Hugging Face cache (HF_HOME), where NeMo's `from_pretrained` finds
 them with the hub off; the LLM's GGUF goes to `<dest>/gguf/` and is linked as `<dest>/gguf/llm.gguf`,
-the one path llama-server is started with. Every file is checked against the sha256 the hub publishes
+the one path llama-server is started with (single-file quantizations). Every file is checked against the sha256 the hub publishes
 for it (git LFS) and a checked file is remembered (`<dest>/verified/<sha256>`), so a second run costs
 a few HTTP requests. The servers then start from local files only (HF_HUB_OFFLINE=1) and a missing
 file stops them with one line that names this command.
@@ -13,8 +13,10 @@ file stops them with one line that names this command.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ from servers.nemo_loading import ASR_MODEL, TTS_CODEC_MODEL, TTS_MODEL, nemo_fil
 
 LLM_REPO = "unsloth/Nemotron-3-Nano-30B-A3B-GGUF"
 LLM_LINK = "llm.gguf"
+MANIFEST = "manifest.json"
+"""The last verified fetch (its files' repos, names, sizes and sha256), for starts without the network."""
 HASH_CHUNK = 16 << 20
 REFERENCE_LINK_MBIT_S = 100
 
@@ -69,8 +73,9 @@ def plan(args: argparse.Namespace, token: str | None) -> list[HubFile]:
     wanted = [(name, [nemo_filename(name)], False) for part in args.parts for name in nemo[part]]
     if "llm" in args.parts:
         llm_names = gguf_files(api.list_repo_files(args.llm_repo), args.llm_quant)
-        if not llm_names:
-            raise FetchError(f"{args.llm_repo} has no GGUF file for quantization {args.llm_quant!r}")
+        if len(llm_names) != 1:
+            found = f"{len(llm_names)} files (split GGUFs are not supported)" if llm_names else "no file"
+            raise FetchError(f"{args.llm_repo}: quantization {args.llm_quant!r} has {found}; choose a single-file one")
         wanted.append((args.llm_repo, llm_names, True))
     files = []
     for repo, names, gguf in wanted:
@@ -106,12 +111,12 @@ def verify(path: Path, expected: HubFile, verified_dir: Path) -> None:
     logger.info(f"verified {expected.filename} (sha256, {time.monotonic() - started:.0f} s)")
 
 
-def link_llm(gguf_dir: Path, first_part: str) -> Path:
-    """`llm.gguf` → the chosen file (the first part of a split model: llama.cpp finds the rest)."""
+def link_llm(gguf_dir: Path, filename: str) -> Path:
+    """`llm.gguf` → the chosen file (relative: the link works wherever the volume is mounted)."""
     link = gguf_dir / LLM_LINK
     tmp = gguf_dir / (LLM_LINK + ".tmp")
     tmp.unlink(missing_ok=True)
-    tmp.symlink_to(first_part)
+    tmp.symlink_to(filename)
     tmp.replace(link)
     return link
 
@@ -135,10 +140,34 @@ def fetch(files: list[HubFile], dest: Path, token: str | None) -> Path | None:
         local_dir = str(gguf_dir) if file.gguf else None
         path = Path(hf_hub_download(file.repo, file.filename, token=token, local_dir=local_dir))
         verify(path, file, verified_dir)
-    llm_parts = [f.filename for f in files if f.gguf]
-    link = link_llm(gguf_dir, llm_parts[0]) if llm_parts else None
+    llm = [f.filename for f in files if f.gguf]
+    link = link_llm(gguf_dir, llm[0]) if llm else None
+    (dest / MANIFEST).write_text(json.dumps([dataclasses.asdict(f) for f in files], indent=1))
     logger.info(f"all {len(files)} files present and verified" + (f"; the LLM is {link}" if link else ""))
     return link
+
+
+def offline_check(args: argparse.Namespace, dest: Path) -> bool:
+    """With the hub unreachable: are this request's files those of the last verified fetch, all there?
+    A machine that has its weights must start without the network."""
+    try:
+        files = [HubFile(**f) for f in json.loads((dest / MANIFEST).read_text())]
+    except (OSError, ValueError, TypeError):
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    by_part = {"asr": [args.asr_model], "tts": [args.tts_model, TTS_CODEC_MODEL], "llm": [args.llm_repo]}
+    wanted = {repo for part in args.parts for repo in by_part[part]}
+    files = [f for f in files if f.repo in wanted]
+    if {f.repo for f in files} != wanted:
+        return False
+    if "llm" in args.parts and not any(f.gguf and gguf_files([f.filename], args.llm_quant) for f in files):
+        return False
+    for f in files:
+        path = dest / "gguf" / f.filename if f.gguf else try_to_load_from_cache(f.repo, f.filename)
+        if not isinstance(path, (str, Path)) or not (dest / "verified" / f.sha256).exists() or not Path(path).exists():
+            return False
+    return True
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -162,7 +191,13 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(args.log_level)
     token = os.environ.get("HF_TOKEN") or None
     try:
-        files = plan(args, token)
+        try:
+            files = plan(args, token)
+        except Exception as e:  # the hub unreachable (or offline mode): fine if nothing is missing
+            if not offline_check(args, Path(args.dest)):
+                raise
+            logger.warning(f"cannot ask the hub ({e}); the files of the last verified fetch are all here")
+            return
         fetch(files, Path(args.dest), token)
     except Exception as e:
         logger.opt(exception=e).debug("fetch failure")

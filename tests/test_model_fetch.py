@@ -38,6 +38,16 @@ def test_one_quantization_is_chosen_like_llama_server_does():
     assert gguf_files(LISTING, "Q2_K") == []
 
 
+def test_split_or_missing_quantizations_are_refused_before_any_download(monkeypatch):
+    """llama-server is started with one path (`llm.gguf`): a split GGUF cannot sit behind it."""
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo: LISTING)
+    for quant, why in (("Q8_0", "2 files"), ("Q2_K", "no file")):
+        with pytest.raises(FetchError, match=why):
+            model_fetch.plan(model_fetch.parse_args(["--parts", "llm", "--llm-quant", quant]), token=None)
+
+
 def hub_file(path: Path, content: bytes, **overrides) -> HubFile:
     path.write_bytes(content)
     fields = {"repo": "org/repo", "filename": path.name, "size": len(content),
@@ -67,15 +77,14 @@ def test_a_file_is_verified_once_and_a_bad_one_refused(tmp_path, monkeypatch):
     assert not (stamps / ("0" * 64)).exists()
 
 
-def test_fetch_links_the_llm_to_its_first_part(tmp_path, monkeypatch):
-    """`fetch` with the hub download replaced by a local copy: every file verified, one stable LLM path."""
+def test_fetch_verifies_links_and_a_later_start_needs_no_network(tmp_path, monkeypatch):
+    """`fetch` with the hub download replaced by a local copy: every file verified, one stable LLM
+    path, a manifest; then `main` with the hub off succeeds on those files, and fails with one line
+    once one is missing or another quantization is asked for."""
     source = tmp_path / "hub"
     source.mkdir()
-    files = [
-        hub_file(source / "asr.nemo", b"asr"),
-        hub_file(source / "m-Q8_0-00001-of-00002.gguf", b"part one", gguf=True),
-        hub_file(source / "m-Q8_0-00002-of-00002.gguf", b"part two", gguf=True),
-    ]
+    gguf = hub_file(source / "m-IQ4_XS.gguf", b"weights", repo=model_fetch.LLM_REPO, gguf=True)
+    files = [hub_file(source / "asr.nemo", b"asr"), gguf]
 
     def download(repo: str, filename: str, token: str | None, local_dir: str | None) -> str:
         target = Path(local_dir or tmp_path / "hf-cache") / filename
@@ -84,11 +93,19 @@ def test_fetch_links_the_llm_to_its_first_part(tmp_path, monkeypatch):
         return str(target)
 
     monkeypatch.setattr("huggingface_hub.hf_hub_download", download)
-    link = model_fetch.fetch(files, tmp_path / "models", token=None)
-    assert link == tmp_path / "models" / "gguf" / "llm.gguf"
-    assert link.read_bytes() == b"part one" and not os.path.isabs(os.readlink(link))
-    assert sorted(p.name for p in (tmp_path / "models" / "verified").iterdir()) == sorted(f.sha256 for f in files)
-    assert link_llm(link.parent, "m-Q8_0-00002-of-00002.gguf").read_bytes() == b"part two"
+    models = tmp_path / "models"
+    link = model_fetch.fetch(files, models, token=None)
+    assert link == models / "gguf" / "llm.gguf"
+    assert link.read_bytes() == b"weights" and not os.path.isabs(os.readlink(link))
+    assert sorted(p.name for p in (models / "verified").iterdir()) == sorted(f.sha256 for f in files)
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    model_fetch.main(["--dest", str(models), "--parts", "llm"])  # offline, all there: no error
+    with pytest.raises(SystemExit, match="model_fetch: "):
+        model_fetch.main(["--dest", str(models), "--parts", "llm", "--llm-quant", "Q4_K_M"])
+    (models / "gguf" / gguf.filename).unlink()
+    with pytest.raises(SystemExit, match="model_fetch: "):
+        model_fetch.main(["--dest", str(models), "--parts", "llm"])
 
 
 @pytest.mark.parametrize(
