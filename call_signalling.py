@@ -91,15 +91,16 @@ def signalling_app(
 
     @app.post("/sessions/{session_id}/api/offer")
     async def offer(session_id: str, request: Request) -> dict[str, Any]:
-        return await relay_offer(session_id, await _json(request))
+        return await relay_offer(_checked(session_id), await _json(request))
 
     @app.patch("/sessions/{session_id}/api/offer")
     async def ice_candidates(session_id: str, request: Request) -> dict[str, str]:
         data = await _json(request)
-        if "pc_id" not in data:
-            raise HTTPException(400, "pc_id missing")
-        message = {"op": "ice", "pc_id": data["pc_id"], "candidates": data.get("candidates") or []}
-        await mailbox.send(inbox(session_id), message)
+        candidates = data.get("candidates") or []
+        if not isinstance(data.get("pc_id"), str) or not isinstance(candidates, list) or not all(map(_is_candidate, candidates)):
+            raise HTTPException(400, "expected {pc_id, candidates: [{candidate, sdp_mid, sdp_mline_index}]}")
+        message = {"op": "ice", "pc_id": data["pc_id"], "candidates": candidates}
+        await mailbox.send(inbox(_checked(session_id)), message)
         return {"status": "success"}
 
     async def relay_offer(session_id: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -118,6 +119,21 @@ def signalling_app(
         return reply["answer"]
 
     return app
+
+
+def _checked(session_id: str) -> str:
+    """Session ids are the UUIDs /start hands out (they name mailbox partitions: bounded, no surprises)."""
+    try:
+        return str(uuid.UUID(session_id))
+    except ValueError:
+        raise HTTPException(400, "not a session id") from None
+
+
+def _is_candidate(candidate: Any) -> bool:
+    return (
+        isinstance(candidate, dict) and isinstance(candidate.get("candidate"), str)
+        and isinstance(candidate.get("sdp_mid"), str | None) and isinstance(candidate.get("sdp_mline_index"), int | None)
+    )  # fmt: skip
 
 
 async def _json(request: Request) -> dict[str, Any]:
@@ -153,6 +169,7 @@ async def serve_call(
         ice_servers=[IceServer(**s) for s in ice_servers] or None, connection_mode=ConnectionMode.SINGLE
     )
     call: asyncio.Task | None = None
+    started = asyncio.Event()
 
     async def start_bot(connection: Any) -> None:
         nonlocal call
@@ -160,17 +177,25 @@ async def serve_call(
         call = asyncio.create_task(bot(arguments), name=f"call-{session_id}")
 
     async def answer(message: dict[str, Any]) -> dict[str, Any]:
+        nonlocal call
         request = SmallWebRTCRequest(
             sdp=message["sdp"], type=message["type"], pc_id=message.get("pc_id"),
             restart_pc=message.get("restart_pc"), request_data=message.get("request_data") or body,
         )  # fmt: skip
+        first = call is None
         try:
             return {"status": 200, "answer": await handler.handle_web_request(request, start_bot)}
-        except HTTPException as e:
-            return {"status": e.status_code, "detail": e.detail}
         except Exception as e:
+            if first and call is not None:  # a bot on a connection that was never answered: drop it
+                call.cancel()
+                call = None
+            if isinstance(e, HTTPException):
+                return {"status": e.status_code, "detail": e.detail}
             logger.exception(f"call {session_id}: offer failed")
             return {"status": 500, "detail": f"offer failed: {e}"}
+        finally:
+            if call is not None:
+                started.set()
 
     async def add_candidates(message: dict[str, Any]) -> None:
         candidates = [IceCandidate(c["candidate"], c["sdp_mid"], c["sdp_mline_index"]) for c in message["candidates"]]
@@ -179,27 +204,40 @@ async def serve_call(
         except HTTPException as e:
             logger.warning(f"call {session_id}: ICE candidates for {message['pc_id']}: {e.detail}")
 
+    async def next_message() -> dict[str, Any] | None:
+        try:
+            return await mailbox.receive(inbox(session_id), offer_wait_s if call is None else 30.0)
+        except Exception:
+            logger.exception(f"call {session_id}: mailbox read failed")
+            await asyncio.sleep(1.0)
+            return None
+
     async def relay() -> None:
+        deadline = asyncio.get_running_loop().time() + offer_wait_s
         while True:
-            message = await mailbox.receive(inbox(session_id), offer_wait_s if call is None else 30.0)
+            message = await next_message()
             if message is None:
-                if call is None:
+                if call is None and asyncio.get_running_loop().time() >= deadline:
                     logger.warning(f"call {session_id}: no offer within {offer_wait_s:.0f} s; giving up")
                     return
                 continue
-            if message.get("op") == "offer":
-                await mailbox.send(message["reply_to"], await answer(message))
-            elif message.get("op") == "ice":
-                await add_candidates(message)
+            try:
+                if message.get("op") == "offer":
+                    await mailbox.send(message["reply_to"], await answer(message))
+                elif message.get("op") == "ice":
+                    await add_candidates(message)
+            except Exception:  # one bad message never ends the call's signalling
+                logger.exception(f"call {session_id}: cannot handle a {message.get('op')!r} message")
 
     relaying = asyncio.create_task(relay(), name=f"signalling-{session_id}")
+    waiting = asyncio.create_task(started.wait())
     try:
-        while call is None and not relaying.done():
-            await asyncio.wait({relaying}, timeout=0.05)
+        await asyncio.wait({relaying, waiting}, return_when=asyncio.FIRST_COMPLETED)
         if call is not None:
             await call
     finally:
         relaying.cancel()
+        waiting.cancel()
         await handler.close()
         await mailbox.clear(inbox(session_id))
         logger.info(f"call {session_id}: ended")

@@ -29,6 +29,7 @@ public unless BOT_REQUIRE_PROXY_AUTH=1 at deploy time (then only clients that se
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
@@ -51,13 +52,9 @@ ROOT = Path(__file__).parent
 MINUTES = 60
 CACHE = "/cache"
 
-ASR_PORT, TTS_PORT, LLM_PORT, BOT_PORT = 8080, 8001, 8002, 7860
+ASR_PORT, TTS_PORT, LLM_PORT = 8080, 8001, 8002
 NGC_PYTORCH_IMAGE = "nvcr.io/nvidia/pytorch:25.10-py3"
 LLAMA_CPP_CUDA_IMAGE = f"ghcr.io/ggml-org/llama.cpp:server-cuda13-{LLAMA_CPP_BUILD}"
-LLM_QUANT = MODAL_QUANT
-LLM_PARALLEL = MODAL_SLOTS
-"""llama-server slots: the requests one LLM container generates for at once."""
-LLM_CTX_PER_SLOT = MODAL_CTX_PER_SLOT
 CALL_TIMEOUT = 60 * MINUTES
 """The longest call: its Call container's one input."""
 SIGNALLING_TTL_S = 10 * MINUTES
@@ -129,9 +126,14 @@ def _local(*extras: str) -> list[str]:
 
 
 SERVER_ENV = {"HF_HOME": f"{CACHE}/huggingface", "NEMO_CACHE_DIR": f"{CACHE}/nemo", "PYTHONUNBUFFERED": "1"}
+# As docker/nemo.Dockerfile: NVIDIA's own builds (torch...) pinned while NeMo installs around them,
+# and pyopenjtalk's dictionary fetched at build time rather than in a running server.
 nemo_image = (
     modal.Image.from_registry(NGC_PYTORCH_IMAGE)
-    .pip_install(*_local("nemo", "magpie", "fetch"))
+    .add_local_file(ROOT / "scripts" / "keep-image-builds.sh", "/opt/keep-image-builds.sh", copy=True)
+    .run_commands("bash /opt/keep-image-builds.sh > /opt/keep-image-builds.txt")
+    .pip_install(*_local("nemo", "magpie", "fetch"), extra_options="--constraint /opt/keep-image-builds.txt")
+    .run_commands("python -c \"import pyopenjtalk; pyopenjtalk.g2p('テスト')\"")
     .env(SERVER_ENV)
     .add_local_python_source("servers")
 )
@@ -170,7 +172,7 @@ MODAL_BIND = ("--host", "0.0.0.0", "--insecure")
 
 def fetch_command(part: str) -> list[str]:
     """Download and verify one server's weights into the volume (a no-op when they are there)."""
-    return [sys.executable, "-m", "servers.model_fetch", "--dest", CACHE, "--parts", part, "--llm-quant", LLM_QUANT]
+    return [sys.executable, "-m", "servers.model_fetch", "--dest", CACHE, "--parts", part, "--llm-quant", MODAL_QUANT]
 
 
 class ServerContainer:
@@ -198,7 +200,7 @@ class ServerContainer:
 
     @modal.method()
     def wake(self) -> None:
-        """Nothing: spawning it when a call starts brings a container up (see `start`) before the
+        """Nothing: spawning it when a call connects brings a container up (see `start`) before the
         call's first words need it."""
 
     @modal.exit()
@@ -239,11 +241,11 @@ class TTS(ServerContainer):
 
 
 def llm_command(port: int = LLM_PORT) -> list[str]:
-    """llama-server with the options of servers/llm/server.py on a GPU, and LLM_PARALLEL slots."""
+    """llama-server with the options of servers/llm/server.py on a GPU, and the budgeted slots."""
     return [
         "/app/llama-server", "--model", f"{CACHE}/gguf/{LLM_LINK}", "--alias", "nemotron-3-nano",
         "--host", "0.0.0.0", "--port", str(port),
-        "--ctx-size", str(LLM_CTX_PER_SLOT * LLM_PARALLEL), "--parallel", str(LLM_PARALLEL),
+        "--ctx-size", str(MODAL_CTX_PER_SLOT * MODAL_SLOTS), "--parallel", str(MODAL_SLOTS),
         "--gpu-layers", "999", "--device", "CUDA0",  # no CUDA backend: llama-server exits, never runs on the CPU
         "--flash-attn", "on", "--cache-reuse", "256", "--cache-ram", "512",
         "--jinja", "--reasoning", "off", "--no-webui", "--cors-origins", "localhost", "--metrics",
@@ -252,7 +254,7 @@ def llm_command(port: int = LLM_PORT) -> list[str]:
 
 
 @app.cls(image=llm_image, max_containers=4, **SERVER_OPTIONS)
-@modal.concurrent(max_inputs=LLM_PARALLEL)
+@modal.concurrent(max_inputs=MODAL_SLOTS)
 class LLM(ServerContainer):
     """Nemotron 3 Nano 30B-A3B on llama.cpp: as many requests at once as it has slots."""
 
@@ -274,13 +276,15 @@ class LLM(ServerContainer):
         """The server already runs: `start` launched it."""
 
 
+MODEL_SERVICES = (("BOT_ASR_URL", "ASR", "wss"), ("BOT_TTS_URL", "TTS", "wss"), ("BOT_LLM_URL", "LLM", "https"))
+
+
 def service_urls() -> dict[str, str]:
     """BOT_ASR_URL, BOT_TTS_URL and BOT_LLM_URL for those not set, from the deployed app's endpoints.
 
     Runs in the bot's container when it starts (a lookup through Modal's API), never at import."""
     urls = {}
-    for variable, name, scheme in (("BOT_ASR_URL", "ASR", "wss"), ("BOT_TTS_URL", "TTS", "wss"),
-                                   ("BOT_LLM_URL", "LLM", "https")):  # fmt: skip
+    for variable, name, scheme in MODEL_SERVICES:
         if not os.environ.get(variable):
             web_url = modal.Cls.from_name(APP_NAME, name)().serve.get_web_url()
             urls[variable] = scheme + web_url.removeprefix("https")
@@ -310,7 +314,8 @@ signalling = modal.Queue.from_name(f"{APP_NAME}-signalling", create_if_missing=T
 
 
 def ice_servers() -> list[dict[str, Any]]:
-    """PIPECAT_ICE_SERVERS in Pipecat's runner format (URLs, or JSON objects with TURN credentials)."""
+    """PIPECAT_ICE_SERVERS in Pipecat's runner format (URLs, or JSON objects with TURN credentials),
+    read by the runner's own parser (private in pipecat-ai 1.14.0, which pyproject pins; tested)."""
     from pipecat.runner.run import _parse_ice_servers
 
     return _parse_ice_servers(os.environ.get("PIPECAT_ICE_SERVERS"))
@@ -342,7 +347,9 @@ class Call:
 
     @modal.enter()
     def prepare(self) -> None:
-        os.environ.update(service_urls())
+        discovered = service_urls()
+        os.environ.update(discovered)
+        self.ours = [name for variable, name, _ in MODEL_SERVICES if variable in discovered]
         import bot
 
         self.bot = bot.bot
@@ -351,15 +358,21 @@ class Call:
     async def run(self, session_id: str, body: dict[str, Any]) -> None:
         from call_signalling import serve_call
 
-        await serve_call(QueueMailbox(signalling), session_id, body, ice_servers(), self.bot)
+        async def bot_waking_model_servers(runner_args: Any) -> None:
+            await wake(self.ours)
+            await self.bot(runner_args)
+
+        await serve_call(QueueMailbox(signalling), session_id, body, ice_servers(), bot_waking_model_servers)
+
+
+async def wake(names: list[str]) -> None:
+    """Once a call is connected (not at a mere /start: nobody wakes GPUs without a call), start the
+    deployed app's model servers it uses, all at once, should they have scaled to zero."""
+    await asyncio.gather(*(modal.Cls.from_name(APP_NAME, name)().wake.spawn.aio() for name in names))
 
 
 async def start_call(session_id: str, body: dict[str, Any]) -> None:
-    """Spawn the call's container and wake the model servers it will use (not those set by URL)."""
     await Call().run.spawn.aio(session_id, body)
-    for variable, server in (("BOT_ASR_URL", ASR), ("BOT_TTS_URL", TTS), ("BOT_LLM_URL", LLM)):
-        if not os.environ.get(variable):
-            await server().wake.spawn.aio()
 
 
 @app.function(image=bot_image, secrets=BOT_SECRETS, min_containers=1)

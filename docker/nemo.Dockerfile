@@ -12,7 +12,8 @@
 # a requirement that wants another torch would quietly replace NVIDIA's CUDA build with PyPI's. Every
 # installed package with a local version (`+...`: torch, torchvision, triton, flash-attn...) is a build
 # no index has; those are added to the constraints, and pip fails loudly instead.
-# scripts/nemo-image-resolve.sh runs this resolution offline against a stand-in of the image.
+# scripts/nemo_image_resolve.py runs this resolution without Docker or the NGC image (PyPI only),
+# against a stand-in of the image.
 # For another release, e.g. CUDA 13.1 on a Spark: --build-arg BASE_IMAGE=nvcr.io/nvidia/pytorch:25.12-py3
 ARG BASE_IMAGE=nvcr.io/nvidia/pytorch:25.10-py3
 FROM ${BASE_IMAGE}

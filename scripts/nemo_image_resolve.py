@@ -1,4 +1,4 @@
-"""Resolve docker/nemo.Dockerfile's `pip install ".[nemo,magpie]"` offline, against a stand-in of its base.
+"""Resolve docker/nemo.Dockerfile's `pip install ".[nemo,magpie]"` without Docker, against a stand-in of its base.
 
     python scripts/nemo_image_resolve.py [--build-sdists]      (needs python3.12 and PyPI; ~2 min)
 
@@ -61,8 +61,9 @@ def wheel_fits(filename: str, arch: str) -> bool:
 def _tag_fits(tag: Tag, arch: str) -> bool:
     if tag.interpreter not in ("py3", "cp312", "py312") and not re.fullmatch(r"cp3\d+", tag.interpreter):
         return False
-    if tag.interpreter.startswith("cp3") and tag.interpreter != "cp312" and tag.abi != "abi3":
-        return False
+    if tag.interpreter.startswith("cp3") and tag.interpreter != "cp312":
+        if tag.abi != "abi3" or int(tag.interpreter[2:]) > 312:  # abi3 wheels run on their version and later
+            return False
     if tag.platform == "any":
         return True
     m = re.fullmatch(rf"manylinux_(\d+)_(\d+)_{arch}", tag.platform)

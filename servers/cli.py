@@ -24,10 +24,9 @@ def setup_logging(level: str) -> None:
 
 
 def add_flag(parser: argparse.ArgumentParser, flag: str, env: str, default: Any, help: str, **kwargs: Any) -> None:
-    """Add `--flag` whose default comes from the environment variable `env` (unless empty, as compose
-    passes an unset `${VAR:-}`), else `default`."""
+    """Add `--flag` whose default comes from the environment variable `env`, else `default`."""
     kind = kwargs.pop("type", type(default) if default is not None else str)
-    value = os.environ.get(env) or None
+    value = os.environ.get(env)
     parser.add_argument(
         flag,
         type=kind,

@@ -121,7 +121,6 @@ def configured() -> list[Target]:
     )
 
 
-
 def main() -> None:
     print(render(configured()))
 

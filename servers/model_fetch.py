@@ -2,12 +2,16 @@
 
     python -m servers.model_fetch --dest /models        (compose: the one-shot `models` service)
 
-The NeMo checkpoints go to the Hugging Face cache (HF_HOME), where NeMo's `from_pretrained` finds
-them with the hub off; the LLM's GGUF goes to `<dest>/gguf/` and is linked as `<dest>/gguf/llm.gguf`,
-the one path llama-server is started with (single-file quantizations). Every file is checked against the sha256 the hub publishes
-for it (git LFS) and a checked file is remembered (`<dest>/verified/<sha256>`), so a second run costs
-a few HTTP requests. The servers then start from local files only (HF_HUB_OFFLINE=1) and a missing
-file stops them with one line that names this command.
+The NeMo checkpoints (and the ByT5 tokenizer files Magpie's text front end loads by name) go to the
+Hugging Face cache (HF_HOME), where NeMo finds them with the hub off; the LLM's GGUF goes to
+`<dest>/gguf/` and is linked as `<dest>/gguf/llm.gguf`, the one path llama-server is started with
+(single-file quantizations only). Every file is checked against the digest the hub publishes for it
+(sha256 for git-LFS files, the git blob hash for small ones) and a checked file is remembered
+(`<dest>/verified/<digest>`), so a second run costs a few HTTP requests. What a part fetched is
+written down (`<dest>/manifest-<part>.json`): with the hub unreachable, a run whose files are all
+there still succeeds, so a machine that has its weights starts without the network. The servers then
+start from local files only (HF_HUB_OFFLINE=1); a missing file stops them with one line naming this
+command.
 """
 
 from __future__ import annotations
@@ -26,23 +30,28 @@ from loguru import logger
 
 from servers.cli import add_flag, setup_logging
 from servers.gpu_budget import COMPOSE_QUANT
-from servers.nemo_loading import ASR_MODEL, TTS_CODEC_MODEL, TTS_MODEL, nemo_filename
+from servers.nemo_loading import ASR_MODEL, TTS_CODEC_MODEL, TTS_MODEL, TTS_TEXT_TOKENIZER, nemo_filename
 
 LLM_REPO = "unsloth/Nemotron-3-Nano-30B-A3B-GGUF"
 LLM_LINK = "llm.gguf"
-MANIFEST = "manifest.json"
-"""The last verified fetch (its files' repos, names, sizes and sha256), for starts without the network."""
+PARTS = ("asr", "tts", "llm")
 HASH_CHUNK = 16 << 20
 REFERENCE_LINK_MBIT_S = 100
 
 
 @dataclass(frozen=True)
 class HubFile:
+    part: str
     repo: str
     filename: str
     size: int
-    sha256: str
-    gguf: bool = False
+    digest: str
+    lfs: bool
+    """True: `digest` is the file's sha256 (git LFS); False: its git blob sha1 (small files)."""
+
+    @property
+    def gguf(self) -> bool:
+        return self.part == "llm"
 
 
 class FetchError(RuntimeError):
@@ -61,33 +70,44 @@ def gguf_files(filenames: list[str], quant: str) -> list[str]:
     return sorted(chosen)
 
 
-PARTS = ("asr", "tts", "llm")
+def part_repos(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The hub repositories each part fetches from."""
+    return {"asr": [args.asr_model], "tts": [args.tts_model, TTS_CODEC_MODEL, TTS_TEXT_TOKENIZER], "llm": [args.llm_repo]}
 
 
 def plan(args: argparse.Namespace, token: str | None) -> list[HubFile]:
-    """Every file of `args.parts` to fetch, with the size and sha256 the hub publishes (a few requests)."""
+    """Every file of `args.parts` to fetch, with the size and digest the hub publishes (a few requests)."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    nemo = {"asr": (args.asr_model,), "tts": (args.tts_model, TTS_CODEC_MODEL), "llm": ()}
-    wanted = [(name, [nemo_filename(name)], False) for part in args.parts for name in nemo[part]]
-    if "llm" in args.parts:
-        llm_names = gguf_files(api.list_repo_files(args.llm_repo), args.llm_quant)
-        if len(llm_names) != 1:
-            found = f"{len(llm_names)} files (split GGUFs are not supported)" if llm_names else "no file"
-            raise FetchError(f"{args.llm_repo}: quantization {args.llm_quant!r} has {found}; choose a single-file one")
-        wanted.append((args.llm_repo, llm_names, True))
+    wanted: list[tuple[str, str, list[str]]] = []
+    for part in args.parts:
+        for repo in part_repos(args)[part]:
+            if repo == TTS_TEXT_TOKENIZER:
+                names = [name for name in api.list_repo_files(repo) if name.endswith(".json")]
+            elif part == "llm":
+                names = gguf_files(api.list_repo_files(repo), args.llm_quant)
+                if len(names) != 1:
+                    found = f"{len(names)} files (split GGUFs are not supported)" if names else "no file"
+                    raise FetchError(f"{repo}: quantization {args.llm_quant!r} has {found}; choose a single-file one")
+            else:
+                names = [nemo_filename(repo)]
+            wanted.append((part, repo, names))
     files = []
-    for repo, names, gguf in wanted:
-        for info in api.get_paths_info(repo, names):
-            if info.lfs is None:
-                raise FetchError(f"{repo}/{info.path} has no published sha256 (not a git LFS file)")
-            files.append(HubFile(repo, info.path, info.size, info.lfs.sha256, gguf))
+    for part, repo, names in wanted:
+        infos = {info.path: info for info in api.get_paths_info(repo, names)}
+        if missing := sorted(set(names) - set(infos)):
+            raise FetchError(f"{repo} has no {', '.join(missing)}")
+        for name in names:
+            info = infos[name]
+            lfs = info.lfs is not None
+            files.append(HubFile(part, repo, name, info.size, info.lfs.sha256 if lfs else info.blob_id, lfs))
     return files
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+def digest_of(path: Path, lfs: bool) -> str:
+    """sha256 of the content (LFS files), or git's blob hash: sha1 of "blob <size>\\0" + content."""
+    digest = hashlib.sha256() if lfs else hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
     with open(path, "rb") as f:
         while chunk := f.read(HASH_CHUNK):
             digest.update(chunk)
@@ -95,20 +115,21 @@ def sha256_of(path: Path) -> str:
 
 
 def verify(path: Path, expected: HubFile, verified_dir: Path) -> None:
-    """Check size and sha256 once; remember a match in `verified_dir`."""
-    stamp = verified_dir / expected.sha256
-    if stamp.exists() and path.stat().st_size == expected.size:
-        return
+    """Check size and digest once; remember a match in `verified_dir`."""
+    stamp = verified_dir / expected.digest
     size = path.stat().st_size
+    if stamp.exists() and size == expected.size:
+        return
     if size != expected.size:
         raise FetchError(f"{expected.repo}/{expected.filename}: {size} bytes on disk, the hub says {expected.size}")
     started = time.monotonic()
-    actual = sha256_of(path)
-    if actual != expected.sha256:
-        raise FetchError(f"{expected.repo}/{expected.filename}: sha256 {actual}, the hub says {expected.sha256}")
+    actual = digest_of(path, expected.lfs)
+    if actual != expected.digest:
+        kind = "sha256" if expected.lfs else "git blob hash"
+        raise FetchError(f"{expected.repo}/{expected.filename}: {kind} {actual}, the hub says {expected.digest}")
     verified_dir.mkdir(parents=True, exist_ok=True)
     stamp.touch()
-    logger.info(f"verified {expected.filename} (sha256, {time.monotonic() - started:.0f} s)")
+    logger.info(f"verified {expected.filename} ({time.monotonic() - started:.0f} s)")
 
 
 def link_llm(gguf_dir: Path, filename: str) -> Path:
@@ -125,8 +146,13 @@ def download_minutes(total_bytes: int, mbit_s: float = REFERENCE_LINK_MBIT_S) ->
     return total_bytes * 8 / (mbit_s * 1e6) / 60
 
 
+def manifest(dest: Path, part: str) -> Path:
+    return dest / f"manifest-{part}.json"
+
+
 def fetch(files: list[HubFile], dest: Path, token: str | None) -> Path | None:
-    """Download what is missing (resumable), verify everything, link the LLM; returns the link if any."""
+    """Download what is missing (resumable), verify everything, link the LLM, write each part's
+    manifest; returns the LLM's link if the LLM was fetched."""
     from huggingface_hub import hf_hub_download
 
     total = sum(f.size for f in files)
@@ -142,37 +168,59 @@ def fetch(files: list[HubFile], dest: Path, token: str | None) -> Path | None:
         verify(path, file, verified_dir)
     llm = [f.filename for f in files if f.gguf]
     link = link_llm(gguf_dir, llm[0]) if llm else None
-    (dest / MANIFEST).write_text(json.dumps([dataclasses.asdict(f) for f in files], indent=1))
+    for part in {f.part for f in files}:
+        manifest(dest, part).write_text(json.dumps([dataclasses.asdict(f) for f in files if f.part == part], indent=1))
     logger.info(f"all {len(files)} files present and verified" + (f"; the LLM is {link}" if link else ""))
     return link
 
 
-def offline_check(args: argparse.Namespace, dest: Path) -> bool:
-    """With the hub unreachable: are this request's files those of the last verified fetch, all there?
-    A machine that has its weights must start without the network."""
-    try:
-        files = [HubFile(**f) for f in json.loads((dest / MANIFEST).read_text())]
-    except (OSError, ValueError, TypeError):
-        return False
+def local_path(file: HubFile, dest: Path) -> Path | None:
+    if file.gguf:
+        return dest / "gguf" / file.filename
     from huggingface_hub import try_to_load_from_cache
 
-    by_part = {"asr": [args.asr_model], "tts": [args.tts_model, TTS_CODEC_MODEL], "llm": [args.llm_repo]}
-    wanted = {repo for part in args.parts for repo in by_part[part]}
-    files = [f for f in files if f.repo in wanted]
-    if {f.repo for f in files} != wanted:
-        return False
-    if "llm" in args.parts and not any(f.gguf and gguf_files([f.filename], args.llm_quant) for f in files):
-        return False
-    for f in files:
-        path = dest / "gguf" / f.filename if f.gguf else try_to_load_from_cache(f.repo, f.filename)
-        if not isinstance(path, (str, Path)) or not (dest / "verified" / f.sha256).exists() or not Path(path).exists():
+    cached = try_to_load_from_cache(file.repo, file.filename)
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def all_present(args: argparse.Namespace, dest: Path) -> bool:
+    """Are the files this run asks for those of each part's last verified fetch, all on disk (and the
+    LLM's link on its file)?"""
+    for part in args.parts:
+        try:
+            files = [HubFile(**f) for f in json.loads(manifest(dest, part).read_text())]
+        except (OSError, ValueError, TypeError):
             return False
+        if {f.repo for f in files} != set(part_repos(args)[part]):
+            return False
+        for file in files:
+            path = local_path(file, dest)
+            if path is None or not path.exists() or not (dest / "verified" / file.digest).exists():
+                return False
+        if part == "llm":
+            link = dest / "gguf" / LLM_LINK
+            if not gguf_files([files[0].filename], args.llm_quant) or not link.is_symlink():
+                return False
+            if os.readlink(link) != files[0].filename:
+                return False
     return True
+
+
+def hub_unreachable(error: Exception) -> bool:
+    """No answer from the hub (offline mode, a network error, a 5xx or 429), unlike a wrong name."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(error, OfflineModeIsEnabled | ConnectionError | TimeoutError):
+        return True
+    if isinstance(error, HfHubHTTPError):
+        status = error.response.status_code if error.response is not None else 0
+        return status >= 500 or status == 429
+    return any(cls.__name__ == "TransportError" for cls in type(error).__mro__)  # httpx's network errors
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flag(parser, "--dest", "MODELS_DIR", "/models", "where the GGUF and the verification stamps go")
+    add_flag(parser, "--dest", "MODELS_DIR", "/models", "where the GGUF, manifests and verification stamps go")
     add_flag(parser, "--asr-model", "ASR_NEMOTRON_MODEL", ASR_MODEL, "Nemotron Speech checkpoint (hub name)")
     add_flag(parser, "--tts-model", "TTS_MAGPIE_MODEL", TTS_MODEL, "Magpie TTS checkpoint (hub name)")
     add_flag(parser, "--llm-repo", "LLM_GGUF_REPO", LLM_REPO, "hub repository of the LLM's GGUF files")
@@ -193,10 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         try:
             files = plan(args, token)
-        except Exception as e:  # the hub unreachable (or offline mode): fine if nothing is missing
-            if not offline_check(args, Path(args.dest)):
+        except Exception as e:
+            if not (hub_unreachable(e) and all_present(args, Path(args.dest))):
                 raise
-            logger.warning(f"cannot ask the hub ({e}); the files of the last verified fetch are all here")
+            logger.warning(f"cannot reach the hub ({e}); every file of the last verified fetch is here")
             return
         fetch(files, Path(args.dest), token)
     except Exception as e:

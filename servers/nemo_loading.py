@@ -17,6 +17,9 @@ ASR_MODEL = "nvidia/nemotron-speech-streaming-en-0.6b"
 TTS_MODEL = "nvidia/magpie_tts_multilingual_357m"
 TTS_CODEC_MODEL = "nvidia/nemo-nano-codec-22khz-1.89kbps-21.5fps"
 """The codec the Magpie checkpoint names in its `codecmodel_path`: NeMo loads it by that name."""
+TTS_TEXT_TOKENIZER = "google/byt5-small"
+"""The tokenizer the Magpie checkpoint's character front ends load by name (transformers'
+AutoTokenizer; not inside the .nemo): its JSON files must be in the cache too."""
 
 
 class ModelMissing(FileNotFoundError):
@@ -28,8 +31,9 @@ def nemo_filename(name: str) -> str:
     return PurePosixPath(name).name + ".nemo"
 
 
-def require_local(name: str) -> None:
-    """Raise `ModelMissing` if `name` (hub name or .nemo path) cannot be loaded without the network.
+def require_local(name: str, filename: str | None = None) -> None:
+    """Raise `ModelMissing` if `name` (hub name or .nemo path) cannot be loaded without the network;
+    `filename`: the file of the hub repository to look for (default: NeMo's `<name>.nemo`).
 
     A hub name is only checked when the hub is off (HF_HUB_OFFLINE=1, as in our images): online,
     NeMo downloads it itself."""
@@ -41,7 +45,7 @@ def require_local(name: str) -> None:
 
     if not constants.HF_HUB_OFFLINE:
         return
-    cached = try_to_load_from_cache(repo_id=name, filename=nemo_filename(name))
+    cached = try_to_load_from_cache(repo_id=name, filename=filename or nemo_filename(name))
     if not isinstance(cached, str):
         raise ModelMissing(
             f"{name} is not in the model cache ({constants.HF_HUB_CACHE}) and the hub is off (HF_HUB_OFFLINE): "

@@ -105,8 +105,9 @@ async def test_two_calls_two_workers_each_answered(bot_env, whisper, say_wav):
 
 
 async def test_signalling_errors_are_clear_and_bounded():
-    """No worker answers: 504 after the bound; a worker nobody offers to ends by itself; bad bodies
-    are refused; ICE candidates for an unknown connection are ignored without harm."""
+    """No worker answers: 504 after the bound; a worker nobody offers to ends by itself; bad bodies,
+    malformed candidates and made-up session ids are refused (400); ICE candidates for an unknown
+    connection are ignored without harm."""
     async with deployed(answer_timeout_s=1.0, offer_wait_s=0.5) as deployment, aiohttp.ClientSession() as http:
         async with http.post(f"{deployment.url}/start", json={"transport": "daily"}) as response:
             assert response.status == 400 and "webrtc only" in (await response.json())["detail"]
@@ -126,6 +127,11 @@ async def test_signalling_errors_are_clear_and_bounded():
         patch = {"pc_id": "nobody", "candidates": [{"candidate": "", "sdp_mid": "0", "sdp_mline_index": 0}]}
         async with http.patch(f"{deployment.url}/sessions/{live}/api/offer", json=patch) as response:
             assert response.status == 200
+        malformed = {"pc_id": "nobody", "candidates": [{"candidate": 7}]}
+        async with http.patch(f"{deployment.url}/sessions/{live}/api/offer", json=malformed) as response:
+            assert response.status == 400
+        async with http.post(f"{deployment.url}/sessions/{'x' * 80}/api/offer", json=offer) as response:
+            assert response.status == 400 and "session id" in (await response.json())["detail"]
         async with http.get(f"{deployment.url}/status") as response:
             assert (await response.json())["status"] == "ready"
         await asyncio.wait_for(deployment.workers[live], 10)

@@ -21,6 +21,7 @@ import yaml
 
 from servers.llm import binary as llm_binary
 from servers.llm.server import llama_server_command
+from servers.gpu_budget import COMPOSE_QUANT
 from servers.model_fetch import LLM_LINK
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,7 +119,7 @@ def test_llm_health_means_one_completion_answered(services, profile, tmp_path):
     curl.chmod(0o755)
     token = tmp_path / "token"
     token.write_text("s3cret")
-    script = script.replace("/tmp/answered", str(tmp_path / "answered")).replace(TOKEN_FILE, str(token))
+    script = script.replace("/dev/shm/answered", str(tmp_path / "answered")).replace(TOKEN_FILE, str(token))
     env = {"PATH": f"{curl.parent}:/usr/bin:/bin"}
 
     def check(**extra: str) -> int:
@@ -208,10 +209,12 @@ def test_one_fetch_step_fills_the_models_volume_and_the_servers_read_it_offline(
     assert fetch["volumes"] == [f"models:{dest}"]
     hf_home = fetch["environment"]["HF_HOME"]
     assert hf_home.startswith(dest + "/")
+    assert fetch["environment"]["HF_HUB_OFFLINE"] == "0"  # its image (python.Dockerfile) turns the hub off
+    assert resolve(fetch["environment"]["LLM_GGUF_QUANT"]) == COMPOSE_QUANT
     for name in ("asr-gpu", "tts-gpu"):
         env = services[name]["environment"]
         assert env["HF_HOME"] == hf_home and env["HF_HUB_OFFLINE"] == "1", name
-        assert f"models:{dest}" in services[name]["volumes"], name
+        assert f"models:{dest}:ro" in services[name]["volumes"], name
     assert f"models:{dest}:ro" in services["llm-gpu"]["volumes"]
     assert flags(services["llm-gpu"]["command"])["--model"] == f"{dest}/gguf/{LLM_LINK}"
     assert "--hf-repo" not in services["llm-gpu"]["command"]

@@ -50,7 +50,8 @@ def test_budget_uses_the_configured_llm():
     llm = modal_app.llm_command()
     assert llm[llm.index("--parallel") + 1] == str(gpu_budget.MODAL_SLOTS)
     assert llm[llm.index("--ctx-size") + 1] == str(gpu_budget.MODAL_CTX_PER_SLOT * gpu_budget.MODAL_SLOTS)
-    assert modal_app.LLM_QUANT == gpu_budget.MODAL_QUANT
+    fetch = modal_app.fetch_command("llm")
+    assert fetch[fetch.index("--llm-quant") + 1] == gpu_budget.MODAL_QUANT
 
 
 def test_readme_carries_the_table():

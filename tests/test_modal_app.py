@@ -112,7 +112,7 @@ def test_concurrency_matches_what_each_server_serves(deployed, name, max_inputs,
 def test_llm_concurrency_is_its_slot_count(deployed):
     command = flags(deployed.module.llm_command())
     assert int(command["--parallel"]) == info(deployed, "LLM").concurrency_info.max_inputs
-    assert int(command["--ctx-size"]) == deployed.module.LLM_CTX_PER_SLOT * int(command["--parallel"])
+    assert int(command["--ctx-size"]) == deployed.module.MODAL_CTX_PER_SLOT * int(command["--parallel"])
     assert command["--host"] == "0.0.0.0" and command["--port"] == str(deployed.module.LLM.port)
 
 
@@ -154,24 +154,36 @@ def test_each_call_has_a_cpu_container_of_its_own(deployed):
     assert options.get("max_containers") is None
 
 
-def test_starting_a_call_spawns_its_container_and_wakes_the_model_servers(deployed, monkeypatch):
+def test_a_connected_call_wakes_the_deployed_model_servers_it_uses(deployed, monkeypatch):
+    """/start only spawns the call's container; once its offer is answered the call wakes, at once,
+    the deployed app's model servers it found (not one set by URL, e.g. another LLM)."""
     spawned = []
 
-    def spawnable(name):
-        method = SimpleNamespace(spawn=SimpleNamespace(aio=lambda *a: _record(spawned, name, a)))
-        return lambda: SimpleNamespace(run=method, wake=method)
+    async def record(*args):
+        spawned.append(args)
 
-    for name in ("Call", "ASR", "TTS", "LLM"):
-        monkeypatch.setattr(deployed.module, name, spawnable(name))
-    for variable in ("BOT_ASR_URL", "BOT_TTS_URL"):
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setenv("BOT_LLM_URL", "https://api.example.com/v1")  # not ours: nothing to wake
+    def from_name(app_name, class_name):
+        url = f"https://ws--{app_name}-{class_name.lower()}-serve.modal.run"
+        spawn = SimpleNamespace(aio=lambda *args: record(app_name, class_name, *args))
+        return lambda: SimpleNamespace(serve=SimpleNamespace(get_web_url=lambda: url), wake=SimpleNamespace(spawn=spawn))
+
+    call = deployed.module.Call._get_user_cls()()
+    monkeypatch.setattr(modal.Cls, "from_name", from_name)
+    spawn_call = SimpleNamespace(aio=lambda *args: record("Call", *args))
+    monkeypatch.setattr(deployed.module, "Call", lambda: SimpleNamespace(run=SimpleNamespace(spawn=spawn_call)))
     asyncio.run(deployed.module.start_call("s1", {"voice": "x"}))
-    assert spawned == [("Call", ("s1", {"voice": "x"})), ("ASR", ()), ("TTS", ())]
+    assert spawned == [("Call", "s1", {"voice": "x"})]
 
-
-async def _record(log: list, name: str, args: tuple) -> None:
-    log.append((name, args))
+    spawned.clear()
+    for variable in ("BOT_ASR_URL", "BOT_TTS_URL"):
+        monkeypatch.setenv(variable, "")  # so that what prepare() sets is undone after the test
+        monkeypatch.delenv(variable)
+    monkeypatch.setenv("BOT_LLM_URL", "https://api.example.com/v1")
+    monkeypatch.setitem(sys.modules, "bot", SimpleNamespace(bot=lambda args: record("bot", args)))
+    call.prepare()
+    assert call.ours == ["ASR", "TTS"]
+    asyncio.run(deployed.module.wake(call.ours))
+    assert spawned == [("nemotron-voice-agent", "ASR"), ("nemotron-voice-agent", "TTS")]
 
 
 def test_turn_credentials_come_from_a_modal_secret(deployed, monkeypatch):

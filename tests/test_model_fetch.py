@@ -1,16 +1,20 @@
 """The one-shot model fetch of GPU deployments, and servers that refuse to start without their files.
 
-The hub cannot be reached from here: the choice of files, the verification and the LLM link are
-tested on real files; the servers are started for real with the hub off and an empty cache.
+The hub cannot be reached from here: what `plan` asks it is answered from a listing (RepoFile objects
+built as huggingface_hub builds them), downloads are local copies; the verification, the LLM link, the
+manifests and the start without the network run for real on real files. The servers are started for
+real with the hub off and an empty cache.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -38,40 +42,96 @@ def test_one_quantization_is_chosen_like_llama_server_does():
     assert gguf_files(LISTING, "Q2_K") == []
 
 
-def test_split_or_missing_quantizations_are_refused_before_any_download(monkeypatch):
-    """llama-server is started with one path (`llm.gguf`): a split GGUF cannot sit behind it."""
-    import huggingface_hub
+class HubListing:
+    """What `plan` asks the hub, answered from `files`: repo -> filename -> (size, LFS sha256 or None, blob id)."""
 
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo: LISTING)
+    def __init__(self, files: dict[str, dict[str, tuple[int, str | None, str]]]) -> None:
+        self.files = files
+
+    def install(self, monkeypatch) -> None:
+        import huggingface_hub
+        from huggingface_hub.hf_api import RepoFile
+
+        def paths_info(api, repo, names):
+            return [
+                RepoFile(path=n, size=size, oid=blob, lfs={"size": size, "oid": sha, "pointerSize": 130} if sha else None)
+                for n in names if n in self.files[repo] for size, sha, blob in [self.files[repo][n]]
+            ]  # fmt: skip
+
+        monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda api, repo: list(self.files[repo]))
+        monkeypatch.setattr(huggingface_hub.HfApi, "get_paths_info", paths_info)
+
+
+def hub_listing() -> HubListing:
+    nemo_names = ("nemotron-speech-streaming-en-0.6b", "magpie_tts_multilingual_357m", "nemo-nano-codec-22khz-1.89kbps-21.5fps")
+    nemo = {f"nvidia/{n}": {f"{n}.nemo": (10, "a" * 64, "b" * 40)} for n in nemo_names}
+    byt5 = {"google/byt5-small": {"config.json": (5, None, "c" * 40), "tokenizer_config.json": (6, None, "d" * 40),
+                                  "pytorch_model.bin": (99, "e" * 64, "f" * 40)}}  # fmt: skip
+    gguf = {model_fetch.LLM_REPO: {n: (20, "9" * 64, "8" * 40) for n in LISTING}}
+    return HubListing(nemo | byt5 | gguf)
+
+
+def test_plan_lists_every_part_with_the_hubs_digests(monkeypatch):
+    """ASR: its .nemo; TTS: Magpie, its codec and the ByT5 tokenizer's JSON files (git blob hashes,
+    not LFS); LLM: the one GGUF of the quantization."""
+    hub_listing().install(monkeypatch)
+    files = model_fetch.plan(model_fetch.parse_args([]), token=None)
+    names = {p: [f.filename for f in files if f.part == p] for p in model_fetch.PARTS}
+    assert names["asr"] == ["nemotron-speech-streaming-en-0.6b.nemo"]
+    assert names["tts"] == [
+        "magpie_tts_multilingual_357m.nemo", "nemo-nano-codec-22khz-1.89kbps-21.5fps.nemo",
+        "config.json", "tokenizer_config.json",
+    ]  # fmt: skip
+    assert names["llm"] == ["Nemotron-3-Nano-30B-A3B-IQ4_XS.gguf"]
+    assert {(f.filename, f.digest) for f in files if not f.lfs} == {("config.json", "c" * 40), ("tokenizer_config.json", "d" * 40)}
+    assert all(f.digest == "a" * 64 for f in files if f.filename.endswith(".nemo"))
+
+
+def test_split_missing_or_absent_files_are_refused_before_any_download(monkeypatch):
+    """llama-server is started with one path (`llm.gguf`): a split GGUF cannot sit behind it; a file
+    the hub does not have is an error, never silently skipped."""
+    hub = hub_listing()
+    hub.install(monkeypatch)
     for quant, why in (("Q8_0", "2 files"), ("Q2_K", "no file")):
         with pytest.raises(FetchError, match=why):
             model_fetch.plan(model_fetch.parse_args(["--parts", "llm", "--llm-quant", quant]), token=None)
+    del hub.files["nvidia/nemotron-speech-streaming-en-0.6b"]["nemotron-speech-streaming-en-0.6b.nemo"]
+    with pytest.raises(FetchError, match="has no nemotron-speech-streaming-en-0.6b.nemo"):
+        model_fetch.plan(model_fetch.parse_args(["--parts", "asr"]), token=None)
 
 
 def hub_file(path: Path, content: bytes, **overrides) -> HubFile:
     path.write_bytes(content)
-    fields = {"repo": "org/repo", "filename": path.name, "size": len(content),
-              "sha256": hashlib.sha256(content).hexdigest()} | overrides  # fmt: skip
+    fields = {"part": "asr", "repo": "org/repo", "filename": path.name, "size": len(content),
+              "digest": hashlib.sha256(content).hexdigest(), "lfs": True} | overrides  # fmt: skip
     return HubFile(**fields)
+
+
+def git_blob_id(content: bytes) -> str:
+    """What `git hash-object` prints: the id the hub gives a small (non-LFS) file."""
+    done = subprocess.run(["git", "hash-object", "--stdin"], input=content, capture_output=True, check=True)
+    return done.stdout.decode().strip()
 
 
 def test_a_file_is_verified_once_and_a_bad_one_refused(tmp_path, monkeypatch):
     stamps = tmp_path / "verified"
     good = hub_file(tmp_path / "a.nemo", b"weights" * 1000)
     verify(tmp_path / "a.nemo", good, stamps)
-    assert (stamps / good.sha256).exists()
+    assert (stamps / good.digest).exists()
+    small = hub_file(tmp_path / "config.json", b'{"a": 1}', digest=git_blob_id(b'{"a": 1}'), lfs=False)
+    verify(tmp_path / "config.json", small, stamps)  # git's blob hash, computed as git does
 
-    def no_hashing(path: Path) -> str:
+    def no_hashing(path: Path, lfs: bool) -> str:
         raise AssertionError("a verified file is hashed again")
 
-    monkeypatch.setattr(model_fetch, "sha256_of", no_hashing)
+    monkeypatch.setattr(model_fetch, "digest_of", no_hashing)
     verify(tmp_path / "a.nemo", good, stamps)
     monkeypatch.undo()
 
     truncated = hub_file(tmp_path / "b.nemo", b"weights", size=10)
     with pytest.raises(FetchError, match="7 bytes on disk, the hub says 10"):
         verify(tmp_path / "b.nemo", truncated, stamps)
-    corrupt = hub_file(tmp_path / "c.nemo", b"weights", sha256="0" * 64)
+    corrupt = hub_file(tmp_path / "c.nemo", b"weights", digest="0" * 64)
     with pytest.raises(FetchError, match="sha256"):
         verify(tmp_path / "c.nemo", corrupt, stamps)
     assert not (stamps / ("0" * 64)).exists()
@@ -79,11 +139,11 @@ def test_a_file_is_verified_once_and_a_bad_one_refused(tmp_path, monkeypatch):
 
 def test_fetch_verifies_links_and_a_later_start_needs_no_network(tmp_path, monkeypatch):
     """`fetch` with the hub download replaced by a local copy: every file verified, one stable LLM
-    path, a manifest; then `main` with the hub off succeeds on those files, and fails with one line
-    once one is missing or another quantization is asked for."""
+    path, a manifest per part; then `main` with the hub off succeeds on those files, and fails with
+    one line once one is missing, the link moved, or another quantization or repo is asked for."""
     source = tmp_path / "hub"
     source.mkdir()
-    gguf = hub_file(source / "m-IQ4_XS.gguf", b"weights", repo=model_fetch.LLM_REPO, gguf=True)
+    gguf = hub_file(source / "m-IQ4_XS.gguf", b"weights", repo=model_fetch.LLM_REPO, part="llm")
     files = [hub_file(source / "asr.nemo", b"asr"), gguf]
 
     def download(repo: str, filename: str, token: str | None, local_dir: str | None) -> str:
@@ -97,15 +157,34 @@ def test_fetch_verifies_links_and_a_later_start_needs_no_network(tmp_path, monke
     link = model_fetch.fetch(files, models, token=None)
     assert link == models / "gguf" / "llm.gguf"
     assert link.read_bytes() == b"weights" and not os.path.isabs(os.readlink(link))
-    assert sorted(p.name for p in (models / "verified").iterdir()) == sorted(f.sha256 for f in files)
+    assert sorted(p.name for p in (models / "verified").iterdir()) == sorted(f.digest for f in files)
+    assert [f["filename"] for f in json.loads((models / "manifest-llm.json").read_text())] == ["m-IQ4_XS.gguf"]
 
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     model_fetch.main(["--dest", str(models), "--parts", "llm"])  # offline, all there: no error
+    for other in (["--llm-quant", "Q4_K_M"], ["--llm-repo", "someone/else"], ["--parts", "asr,llm"]):
+        with pytest.raises(SystemExit, match="model_fetch: OfflineModeIsEnabled"):
+            model_fetch.main(["--dest", str(models), "--parts", "llm", *other])
+    link_llm(models / "gguf", "another.gguf")  # an interrupted switch: the link is off the verified file
     with pytest.raises(SystemExit, match="model_fetch: "):
-        model_fetch.main(["--dest", str(models), "--parts", "llm", "--llm-quant", "Q4_K_M"])
+        model_fetch.main(["--dest", str(models), "--parts", "llm"])
+    link_llm(models / "gguf", gguf.filename)
     (models / "gguf" / gguf.filename).unlink()
     with pytest.raises(SystemExit, match="model_fetch: "):
         model_fetch.main(["--dest", str(models), "--parts", "llm"])
+
+
+def test_only_an_unreachable_hub_falls_back_to_the_files_on_disk():
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    def http_error(cls, status: int) -> Exception:
+        return cls("x", response=SimpleNamespace(status_code=status, headers={}, request=None))
+
+    assert model_fetch.hub_unreachable(OfflineModeIsEnabled("off"))
+    assert model_fetch.hub_unreachable(ConnectionError("refused"))
+    assert model_fetch.hub_unreachable(http_error(HfHubHTTPError, 503))
+    assert not model_fetch.hub_unreachable(http_error(RepositoryNotFoundError, 404))  # a typo stays an error
+    assert not model_fetch.hub_unreachable(FetchError("no file"))
 
 
 @pytest.mark.parametrize(

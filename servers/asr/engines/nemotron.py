@@ -50,7 +50,6 @@ if TYPE_CHECKING:
     from nemo.collections.asr.parts.utils.rnnt_utils import Hypothesis
 
 
-
 def _steady(value: int | list[int]) -> int:
     """streaming_cfg gives [first step, later steps] pairs for causal subsampling; every step here is a later one."""
     return value[-1] if isinstance(value, (list, tuple)) else value

@@ -31,7 +31,7 @@ import torch
 from loguru import logger
 from torch import Tensor
 
-from servers.nemo_loading import TTS_CODEC_MODEL, TTS_MODEL, load_nemo_model, require_local
+from servers.nemo_loading import TTS_CODEC_MODEL, TTS_MODEL, TTS_TEXT_TOKENIZER, load_nemo_model, require_local
 from servers.tts.engines.base import TTSEngine
 from servers.tts.engines.codec_stream import CodecStream, measure_context
 
@@ -119,8 +119,9 @@ class MagpieEngine(TTSEngine):
     def load(self) -> None:
         from nemo.collections.tts.models import MagpieTTSModel
 
-        if self.model_name == TTS_MODEL:
-            require_local(TTS_CODEC_MODEL)  # named inside the checkpoint; NeMo loads it on the way
+        if self.model_name == TTS_MODEL:  # named inside the checkpoint; NeMo loads them on the way
+            require_local(TTS_CODEC_MODEL)
+            require_local(TTS_TEXT_TOKENIZER, "tokenizer_config.json")
         self._setup(load_nemo_model(MagpieTTSModel, self.model_name, self.device))
 
     def _setup(self, tts_model: Any) -> None:
