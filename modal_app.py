@@ -12,9 +12,9 @@ request is one input.
 Calls (call_signalling.py): `web` serves the Playground and the WebRTC signalling, stateless; every
 call gets its own `Call` container (one input each), which answers the offer through a Modal Queue and
 runs the bot for that call only. Calls scale with Modal, and a redeploy lets running calls finish.
-When a call starts, the model classes are woken (a no-op method spawned on each), so containers that
-scaled to zero start loading while the browser still gathers its ICE candidates; the bot's clients
-wait for them (BOT_MODEL_SERVER_WAIT_S, bounded).
+When a call connects, the model classes it uses are woken at once (a no-op method spawned on each),
+so containers that scaled to zero start loading together; the bot's clients wait for them
+(BOT_MODEL_SERVER_WAIT_S, bounded).
 
 Settings come from the deploying machine's environment: HF_TOKEN, and BOT_* / PIPECAT_ICE_SERVERS
 for the bot (e.g. BOT_LLM_API=openai BOT_LLM_URL=... to use another LLM). TURN credentials belong in a
