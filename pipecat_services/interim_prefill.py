@@ -6,11 +6,22 @@ words so far to `TokenLLMService.prefill_user_words`: the finals of this turn (t
 each pause, and the aggregator joins them into one user message) then the latest interim. By the
 end of the turn the server has already evaluated most of what the user said, and the reply starts
 after only the last words.
+
+Only while the user speaks: once the VAD hears silence the ASR is computing the final transcript, the
+turn's end is near, and on two cores a prefill then would slow the final (past the turn's wait for it,
+which then ends the turn without the last words). The words left are evaluated with the reply.
 """
 
 from __future__ import annotations
 
-from pipecat.frames.frames import Frame, InterimTranscriptionFrame, TranscriptionFrame, UserStartedSpeakingFrame
+from pipecat.frames.frames import (
+    Frame,
+    InterimTranscriptionFrame,
+    TranscriptionFrame,
+    UserStartedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from pipecat_services.token_llm import TokenLLMService
@@ -22,13 +33,17 @@ class InterimPrefill(FrameProcessor):
         self._llm = llm
         self._finals: list[str] = []
         """This turn's final transcripts so far."""
+        self._speaking = False
+        """The VAD hears the user (the aggregator broadcasts its VAD frames both ways)."""
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, UserStartedSpeakingFrame):
             self._finals = []  # a new user turn (the aggregator sends this both ways)
+        elif isinstance(frame, VADUserStartedSpeakingFrame | VADUserStoppedSpeakingFrame):
+            self._speaking = isinstance(frame, VADUserStartedSpeakingFrame)
         elif isinstance(frame, TranscriptionFrame) and frame.text.strip():
             self._finals.append(frame.text.strip())
-        elif isinstance(frame, InterimTranscriptionFrame) and frame.text.strip():
+        elif isinstance(frame, InterimTranscriptionFrame) and frame.text.strip() and self._speaking:
             self._llm.prefill_user_words(" ".join([*self._finals, frame.text.strip()]))
         await self.push_frame(frame, direction)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from pipecat.frames.frames import (
     InterimTranscriptionFrame,
@@ -9,6 +11,9 @@ from pipecat.frames.frames import (
     LLMContextFrame,
     LLMFullResponseEndFrame,
     LLMTextFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -127,7 +132,7 @@ async def test_words_prefilled_while_the_user_speaks_are_not_evaluated_again(llm
             context.add_message({"role": "user", "content": question})  # what the user aggregator does
 
         seen = Watch(InterimTranscriptionFrame)  # after InterimPrefill: it has handed the words on
-        steps: list = [llm.prefilled]
+        steps: list = [llm.prefilled, VADUserStartedSpeakingFrame()]
         for n, words in enumerate(interims if with_interims else [], 1):
             steps += [
                 InterimTranscriptionFrame(words, "user", time_now_iso8601()),
@@ -143,6 +148,28 @@ async def test_words_prefilled_while_the_user_speaks_are_not_evaluated_again(llm
         await llm.backend.close()
     assert evaluated[False] >= question_tokens, evaluated
     assert evaluated[True] <= evaluated[False] - question_tokens // 2, evaluated
+
+
+async def test_interims_are_prefilled_only_while_the_user_speaks():
+    """Once the VAD hears silence the ASR computes the final: no prefill competes with it then.
+    (The LLM here only records what it is handed: this is InterimPrefill's own rule.)"""
+    handed: list[str] = []
+    recorder = SimpleNamespace(prefill_user_words=handed.append)
+    seen = Watch(InterimTranscriptionFrame)
+    vad = Watch(VADUserStoppedSpeakingFrame)
+    steps = [
+        VADUserStartedSpeakingFrame(),
+        InterimTranscriptionFrame("what is", "user", time_now_iso8601()),
+        TranscriptionFrame("What is the", "user", time_now_iso8601()),
+        InterimTranscriptionFrame("capital", "user", time_now_iso8601()),
+        lambda: seen.reached(2),
+        VADUserStoppedSpeakingFrame(),
+        lambda: vad.reached(1),
+        InterimTranscriptionFrame("capital of France", "user", time_now_iso8601()),
+        lambda: seen.reached(3),
+    ]
+    await run_script(InterimPrefill(recorder), seen, vad, steps=steps)
+    assert handed == ["what is", "What is the capital"]
 
 
 async def test_llm_and_tts_never_run_at_once(llm_server, tts_server):
