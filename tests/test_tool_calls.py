@@ -211,3 +211,29 @@ def test_calls_of_earlier_turns_leave_the_prompt_but_not_the_current_turns():
                {"role": "assistant", "content": "It is 13:05."}]
     current = [{"role": "user", "content": "And the date?"}, call, result]
     assert without_earlier_calls(earlier + current) == [earlier[0], earlier[3], *current]
+
+
+@pytest.mark.parametrize(
+    ("said", "ends"),
+    [("Thanks, goodbye!", True), ("Okay, I'm done, you can hang up now.", True), ("Good night!", True),
+     ("Good morning!", False), ("Hello there.", False), ("What time is it?", False)],  # fmt: skip
+)
+async def test_end_call_needs_the_users_own_farewell(said, ends):
+    """The model may call end_call on a greeting (the 1.5B did on "Good morning!"); the call ends
+    only if the user's last words are a farewell, else the model gets an error and answers."""
+    from bot_tools import end_call
+
+    results, pushed = [], []
+    context = LLMContext(messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": said}])
+
+    async def result_callback(result, properties=None):
+        results.append(result)
+
+    async def push_frame(frame, direction=None):
+        pushed.append(type(frame).__name__)
+
+    llm = type("Recorder", (), {"push_frame": staticmethod(push_frame)})()
+    params = FunctionCallParams("end_call", "call-1", {}, llm, None, context, result_callback)
+    await end_call(params)
+    assert ("EndWorkerFrame" in pushed) is ends and ("TTSSpeakFrame" in pushed) is ends
+    assert tool_calls.is_error(results[0]) is not ends
