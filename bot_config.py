@@ -50,7 +50,7 @@ class BotConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     tools: str = "time,end_call"
     interleave: str = "first"
-    prefill_interims: bool = False
+    prefill_interims: bool = True
     max_tokens: int = 200
     context_tokens: int = 0
     temperature: float = 0.7
