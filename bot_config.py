@@ -33,7 +33,7 @@ TOOL_PROMPT = (
 model's first token (`LlamaServerLLMService.call_threshold`); this keeps chit-chat away from tools
 (`python -m benchmarks.tools --tool-prompt ...` measures a variant)."""
 
-SESSION_KEYS = {"interleave": str, "prefill_interims": bool, "system_prompt": str, "voice": str}
+SESSION_KEYS = {"interleave": str, "prefill_interims": bool, "system_prompt": str, "voice": str, "temperature": float}
 INTERLEAVE_MODES = ("all", "first", "off")
 
 
@@ -86,7 +86,9 @@ class BotConfig:
             kind = SESSION_KEYS.get(key)
             if kind is None:
                 continue
-            if isinstance(value, kind) and (key != "interleave" or value in INTERLEAVE_MODES):
+            if kind is float and isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 2:
+                overrides[key] = float(value)  # JSON has no float type of its own: 0 arrives as an int
+            elif isinstance(value, kind) and kind is not float and (key != "interleave" or value in INTERLEAVE_MODES):
                 overrides[key] = value
             else:
                 logger.warning(f"ignoring session setting {key}={value!r}")

@@ -86,15 +86,25 @@ class TurnResult:
 
 
 async def converse(
-    url: str, clips: list[tuple[str, np.ndarray]], body: dict[str, Any] | None = None, turn_timeout: float = 30.0
+    url: str,
+    clips: list[tuple[str, np.ndarray]],
+    body: dict[str, Any] | None = None,
+    turn_timeout: float = 30.0,
+    fresh_sessions: bool = False,
 ) -> tuple[list[TurnResult], list[np.ndarray]]:
-    """Play each clip as a turn; returns the results (without `said`) and each reply's audio."""
-    client = WebRTCVoiceClient(url, body)
-    await client.connect()
-    await asyncio.sleep(1.0)
+    """Play each clip as a turn; returns the results (without `said`) and each reply's audio.
+    `fresh_sessions`: each clip in a session of its own, so that no answer depends on earlier ones
+    (a fair comparison of two settings' answers)."""
     results, replies = [], []
+    client = None
     try:
         for i, (name, audio) in enumerate(clips, 1):
+            if client is None or fresh_sessions:
+                if client is not None:
+                    await client.close()
+                client = WebRTCVoiceClient(url, body)
+                await client.connect()
+                await asyncio.sleep(1.0)
             speech_end = await client.say(audio)
             reply = await client.wait_for_reply(speech_end, timeout=turn_timeout)
             latency = await client.wait_for_message("turn_latency", speech_end, timeout=2.0 if reply else 0.1) or {}
@@ -112,7 +122,8 @@ async def converse(
                 )
             )
     finally:
-        await client.close()
+        if client is not None:
+            await client.close()
     return results, replies
 
 
@@ -185,14 +196,18 @@ async def main() -> None:
         help=f"generated questions without WAVs: the {len(QUESTIONS)} default ones or {len(VARIED_QUESTIONS)} varied ones",
     )  # fmt: skip
     parser.add_argument("--turn-timeout", type=float, default=30.0, help="seconds to wait for a reply")
+    parser.add_argument("--fresh-sessions", action="store_true", help="one session per question (answers independent)")
+    parser.add_argument("--temperature", type=float, help="the bot's LLM sampling temperature (default: its own)")
     args = parser.parse_args()
     mode = "off" if args.no_interleave else args.interleave
     body: dict[str, Any] = {"interleave": mode} if mode else {}
     if args.prefill_interims:
         body["prefill_interims"] = args.prefill_interims == "on"
+    if args.temperature is not None:
+        body["temperature"] = args.temperature
     with tempfile.TemporaryDirectory() as tmp:
         clips = load_clips(args.audio, Path(tmp), VARIED_QUESTIONS if args.questions == "varied" else QUESTIONS)
-    results, replies = await converse(args.url, clips, body, args.turn_timeout)
+    results, replies = await converse(args.url, clips, body, args.turn_timeout, args.fresh_sessions)
     for result, said in zip(results, await transcribe_replies(replies)):
         result.said = said
     report(results, args.json, body.get("interleave"))

@@ -49,3 +49,15 @@ async def test_fires_on_a_finished_sentence_after_speech_stops_only() -> None:
     assert not fired, "an unfinished sentence"
     await strategy.process_frame(final("What time is it?"))
     assert fired == [True]
+
+
+def test_session_settings_take_a_json_temperature_and_refuse_bad_values():
+    """A client's body may set the temperature (JSON 0 is an int); nonsense keeps the default."""
+    from bot_config import BotConfig
+
+    default = BotConfig()
+    chosen = default.for_session({"temperature": 0, "voice": "x", "interleave": "sideways"})
+    assert chosen.temperature == 0.0 and isinstance(chosen.temperature, float) and chosen.voice == "x"
+    assert chosen.interleave == default.interleave
+    for bad in (True, 5, "0.2", None):
+        assert default.for_session({"temperature": bad}).temperature == default.temperature
