@@ -1,6 +1,7 @@
 """The voice agent: Pipecat pipeline over our ASR, LLM and TTS servers.
 
-    transport in → STT (ASR server) → user aggregator (Silero VAD, Smart Turn v3 + sentence end)
+    transport in → STT (ASR server) → interim prefill (the user's words to the LLM while they speak)
+                 → user aggregator (Silero VAD, Smart Turn v3 + sentence end)
                  → LLM (llama-server, or any OpenAI-compatible server) → TTS (TTS server)
                  → transport out → assistant aggregator
 

@@ -42,6 +42,8 @@ class InterimPrefill(FrameProcessor):
             self._finals = []  # a new user turn (the aggregator sends this both ways)
         elif isinstance(frame, VADUserStartedSpeakingFrame | VADUserStoppedSpeakingFrame):
             self._speaking = isinstance(frame, VADUserStartedSpeakingFrame)
+            if not self._speaking:
+                self._llm.drop_pending_prefill()
         elif isinstance(frame, TranscriptionFrame) and frame.text.strip():
             self._finals.append(frame.text.strip())
         elif isinstance(frame, InterimTranscriptionFrame) and frame.text.strip() and self._speaking:

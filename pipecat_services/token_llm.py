@@ -192,6 +192,10 @@ class TokenLLMService(LLMService):
         if self._prefilling is None or self._prefilling.done():
             self._prefilling = self.create_task(self._prefill_user_words(), "prefill_user_words")
 
+    def drop_pending_prefill(self) -> None:
+        """Forget words handed over but not yet sent (a prefill already under way finishes)."""
+        self._user_words = None
+
     async def prefilled(self) -> None:
         """Wait until the warm-up and the words given so far are in the server's cache (or were skipped)."""
         if self._warming is not None:

@@ -154,7 +154,7 @@ async def test_interims_are_prefilled_only_while_the_user_speaks():
     """Once the VAD hears silence the ASR computes the final: no prefill competes with it then.
     (The LLM here only records what it is handed: this is InterimPrefill's own rule.)"""
     handed: list[str] = []
-    recorder = SimpleNamespace(prefill_user_words=handed.append)
+    recorder = SimpleNamespace(prefill_user_words=handed.append, drop_pending_prefill=lambda: handed.append("<drop>"))
     seen = Watch(InterimTranscriptionFrame)
     vad = Watch(VADUserStoppedSpeakingFrame)
     steps = [
@@ -169,7 +169,7 @@ async def test_interims_are_prefilled_only_while_the_user_speaks():
         lambda: seen.reached(3),
     ]
     await run_script(InterimPrefill(recorder), seen, vad, steps=steps)
-    assert handed == ["what is", "What is the capital"]
+    assert handed == ["what is", "What is the capital", "<drop>"]  # words not yet sent are dropped at the stop
 
 
 async def test_llm_and_tts_never_run_at_once(llm_server, tts_server):

@@ -213,10 +213,30 @@ def test_calls_of_earlier_turns_leave_the_prompt_but_not_the_current_turns():
     assert without_earlier_calls(earlier + current) == [earlier[0], earlier[3], *current]
 
 
+FAREWELLS = [
+    "Thanks, goodbye!", "Okay, I'm done, you can hang up now.", "Good night!", "Goodnight", "see ya later",
+    "Bye-bye", "cheers, bye", "Goodbye, that's all for today.", "Thanks, that is all.", "That’s all, thanks",
+    "Take care", "Nothing else, thanks.", "I have to go, bye.", "End call",
+]
+NOT_FAREWELLS = [
+    "Good morning!", "Hello there.", "What time is it?", "Don't hang up, I have another question.",
+    "How do I say bye in French?", "I'm done with the first part, next question.",
+    "That's all I know about it, what do you think?", "I have to go to the store, what's open now?",
+    "Remind me what the farewell tour was.", "standby mode please",
+]
+
+
+def test_farewells_are_told_from_greetings_questions_and_negations():
+    from bot_tools import is_farewell
+
+    assert [s for s in FAREWELLS if not is_farewell(s)] == []
+    assert [s for s in NOT_FAREWELLS if is_farewell(s)] == []
+
+
 @pytest.mark.parametrize(
     ("said", "ends"),
-    [("Thanks, goodbye!", True), ("Okay, I'm done, you can hang up now.", True), ("Good night!", True),
-     ("Good morning!", False), ("Hello there.", False), ("What time is it?", False)],  # fmt: skip
+    [("Thanks, goodbye!", True), ("Okay, I'm done, you can hang up now.", True), ("Good morning!", False),
+     ("Don't hang up, I have another question.", False)],  # fmt: skip
 )
 async def test_end_call_needs_the_users_own_farewell(said, ends):
     """The model may call end_call on a greeting (the 1.5B did on "Good morning!"); the call ends
