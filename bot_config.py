@@ -35,6 +35,8 @@ model's first token (`LlamaServerLLMService.call_threshold`); this keeps chit-ch
 
 SESSION_KEYS = {"interleave": str, "prefill_interims": bool, "system_prompt": str, "voice": str, "temperature": float}
 INTERLEAVE_MODES = ("all", "first", "off")
+SESSION_CHECKS = {"interleave": lambda mode: mode in INTERLEAVE_MODES, "temperature": lambda t: 0 <= t <= 2}
+"""Session settings whose values are limited beyond their type."""
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,9 @@ class BotConfig:
             kind = SESSION_KEYS.get(key)
             if kind is None:
                 continue
-            if kind is float and isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 2:
-                overrides[key] = float(value)  # JSON has no float type of its own: 0 arrives as an int
-            elif isinstance(value, kind) and kind is not float and (key != "interleave" or value in INTERLEAVE_MODES):
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)  # JSON has no float type of its own: 0 arrives as an int
+            if isinstance(value, kind) and SESSION_CHECKS.get(key, lambda _: True)(value):
                 overrides[key] = value
             else:
                 logger.warning(f"ignoring session setting {key}={value!r}")

@@ -177,12 +177,13 @@ class ModelServer:
     async def load(self) -> None:
         started = time.perf_counter()
         await self.load_engine()
-        loaded_s = time.perf_counter() - started
+        loaded = time.perf_counter()
         await self.warm_up()
         self.loaded.set()
+        ready = time.perf_counter()
         logger.info(
-            f"engine {self.engine.name} ready in {time.perf_counter() - started:.1f} s "
-            f"(load {loaded_s:.1f} s, warm-up inference {time.perf_counter() - started - loaded_s:.1f} s)"
+            f"engine {self.engine.name} ready in {ready - started:.1f} s "
+            f"(load {loaded - started:.1f} s, warm-up inference {ready - loaded:.1f} s)"
         )
 
     def health(self) -> tuple[bool, dict[str, Any]]:
