@@ -102,6 +102,7 @@ class TurnLatencyObserver(BaseObserver):
     def __init__(self) -> None:
         super().__init__(observe_every_push=False)
         self._turns = 0
+        self._user_speaking = False
         self._reset()
         self._register_event_handler("on_turn_latency")
 
@@ -120,17 +121,24 @@ class TurnLatencyObserver(BaseObserver):
     def _mark(self, name: str) -> None:
         self._marks.setdefault(name, time.time())
 
-    async def on_push_frame(self, data: FramePushed) -> None:
-        if data.direction != FrameDirection.DOWNSTREAM:
+    def _on_vad(self, frame: VADUserStartedSpeakingFrame | VADUserStoppedSpeakingFrame) -> None:
+        """The user aggregator sends each VAD frame both ways: upstream at once (the STT finalizes on
+        it), downstream after its own turn analysis, which may be after the final it caused. The first
+        copy counts, so that final is never reset away."""
+        speaking = isinstance(frame, VADUserStartedSpeakingFrame)
+        if speaking == self._user_speaking:
             return
-        frame = data.frame
-        if isinstance(frame, VADUserStartedSpeakingFrame):
-            self._reset()
-        elif isinstance(frame, VADUserStoppedSpeakingFrame):
-            self._reset()
+        self._user_speaking = speaking
+        self._reset()
+        if isinstance(frame, VADUserStoppedSpeakingFrame):
             self._vad_stop, self._stop_secs = frame.timestamp, frame.stop_secs
             self._marks["vad_stop"] = frame.timestamp
-        elif self._vad_stop is None:
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        frame = data.frame
+        if isinstance(frame, VADUserStartedSpeakingFrame | VADUserStoppedSpeakingFrame):
+            self._on_vad(frame)
+        elif data.direction != FrameDirection.DOWNSTREAM or self._vad_stop is None:
             return
         elif isinstance(frame, TranscriptionFrame) and frame.finalized:
             self._user_text = f"{self._user_text} {frame.text}".strip()

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
-from pipecat.frames.frames import TranscriptionFrame, VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.observers.base_observer import FramePushed
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.utils.time import time_now_iso8601
 
 from pipecat_services.turn_end import SentenceEndUserTurnStopStrategy, ends_sentence
+from pipecat_services.turn_metrics import TurnLatencyObserver
 
 
 @pytest.mark.parametrize(
@@ -61,3 +72,30 @@ def test_session_settings_take_a_json_temperature_and_refuse_bad_values():
     assert chosen.interleave == default.interleave
     for bad in (True, 5, "0.2", None):
         assert default.for_session({"temperature": bad}).temperature == default.temperature
+
+
+async def test_turn_latency_keeps_a_final_that_overtook_the_vad_stop():
+    """The aggregator sends its VAD stop upstream at once (the STT finalizes on it) and downstream
+    after its turn analysis: the final can pass the observer between the two copies. The turn still
+    reports what was heard and when."""
+    observer, reports = TurnLatencyObserver(), []
+
+    @observer.event_handler("on_turn_latency")
+    async def report(_, latency):
+        reports.append(latency)
+
+    here, there = FrameProcessor(), FrameProcessor()
+    up, down = FrameDirection.UPSTREAM, FrameDirection.DOWNSTREAM
+    final = TranscriptionFrame("What is the capital of France?", "user", time_now_iso8601(), finalized=True)
+    for frame, direction in [
+        (VADUserStartedSpeakingFrame(), up), (VADUserStartedSpeakingFrame(), down),
+        (VADUserStoppedSpeakingFrame(stop_secs=0.2), up), (final, down),
+        (VADUserStoppedSpeakingFrame(stop_secs=0.2), down), (BotStartedSpeakingFrame(), down),
+    ]:  # fmt: skip
+        await observer.on_push_frame(FramePushed(here, there, frame, direction, 0))
+    for _ in range(100):  # event handlers run as tasks
+        if reports:
+            break
+        await asyncio.sleep(0.01)
+    assert [r.user_text for r in reports] == ["What is the capital of France?"]
+    assert reports[0].stt_final_ms is not None and list(reports[0].timeline_ms)[:2] == ["vad_stop", "stt_final"]
