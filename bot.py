@@ -43,7 +43,6 @@ from pipecat.services.llm_service import LLMService
 from pipecat.services.settings import LLMSettings
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams
-from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.workers.runner import WorkerRunner
 
@@ -56,7 +55,7 @@ from pipecat_services.llama_llm import LlamaServerLLMService
 from pipecat_services.openai_llm import BudgetedOpenAILLMService
 from pipecat_services.token_llm import TokenLLMService
 from pipecat_services.tts import TTSServerTTSService
-from pipecat_services.turn_end import SentenceEndUserTurnStopStrategy
+from pipecat_services.turn_end import BackgroundTurnAnalyzerUserTurnStopStrategy, SentenceEndUserTurnStopStrategy
 from pipecat_services.turn_metrics import TurnLatencyMetricsData, TurnLatencyObserver
 from pipecat_services import tracing
 from pipecat_services.interleaving import Interleaver
@@ -113,7 +112,10 @@ def user_turn_params(config: BotConfig) -> LLMUserAggregatorParams:
             )
         ),
         user_turn_strategies=UserTurnStrategies(
-            stop=[TurnAnalyzerUserTurnStopStrategy(turn_analyzer=smart_turn), SentenceEndUserTurnStopStrategy()]
+            stop=[
+                BackgroundTurnAnalyzerUserTurnStopStrategy(turn_analyzer=smart_turn),
+                SentenceEndUserTurnStopStrategy(),
+            ]
         ),
     )
 

@@ -4,8 +4,8 @@
   serves Nemotron and the embedded Qwen alike.
 - `/tokenize`: text → token ids, special tokens parsed.
 - `/props`: the context size of a slot (`default_generation_settings.n_ctx`), the conversation's budget.
-- `/completion` with `n_probs` and one token: the model's next-token distribution (does the reply
-  begin with a tool call?).
+- `/completion` with `n_probs` and one token: the reply's first token and the distribution it came
+  from (does the reply begin with a tool call?); the reply's stream goes on from it.
 - `/completion` with a token-id prompt, `cache_prompt` and a slot (-1: the server picks the one
   whose cache matches best), streamed (SSE) with the ids of every generated token. Closing the
   stream stops generation on the server. Constraints are llama.cpp GBNF grammars (`tool_calls.py`).
@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from pipecat_services.llm_backend import LLMBackend, Piece
+from pipecat_services.llm_backend import FirstToken, LLMBackend, Piece
 from servers.auth import auth_headers
 from pipecat_services.tool_calls import SPEECH_ONLY_GBNF, CallGrammar
 
@@ -80,12 +80,28 @@ class LlamaServerBackend(LLMBackend):
         body = {"prompt": tokens, "n_predict": 0, "cache_prompt": True, "id_slot": self.slot}
         return (await self._post("/completion", body)).get("timings", {})
 
-    async def next_token(self, tokens: list[int], top: int = 10) -> tuple[list[tuple[str, float]], dict[str, Any]]:
-        """Also evaluates the prompt into the slot's cache, so what follows starts there."""
-        body = {"prompt": tokens, "n_predict": 1, "n_probs": top, "cache_prompt": True, "id_slot": self.slot}
+    async def first_token(self, tokens: list[int], fields: dict[str, Any], top: int = 10) -> FirstToken:
+        body = {
+            "prompt": tokens,
+            "n_predict": 1,
+            "n_probs": top,
+            "cache_prompt": True,
+            "id_slot": self.slot,
+            "return_tokens": True,
+            **fields,
+        }
         reply = await self._post("/completion", body)
-        probabilities = reply["completion_probabilities"][0]["top_logprobs"]
-        return [(p["token"], math.exp(p["logprob"])) for p in probabilities], reply.get("timings", {})
+        probabilities = (reply.get("completion_probabilities") or [{}])[0].get("top_logprobs", [])
+        return FirstToken(
+            top=[(p["token"], math.exp(p["logprob"])) for p in probabilities],
+            piece=Piece(
+                text=reply.get("content", ""),
+                tokens=reply.get("tokens", []),
+                stop=reply.get("stop_type") in ("eos", "word"),  # not "limit": the one token asked for
+                stop_type=reply.get("stop_type"),
+                timings=reply.get("timings", {}),
+            ),
+        )
 
     async def stream(self, tokens: list[int], n_predict: int, fields: dict[str, Any]) -> AsyncIterator[Piece]:
         body = {

@@ -1,6 +1,7 @@
 """The small interface an LLM server implements for `TokenLLMService`, the way engines do for our
 model servers: the service owns what is generic (token history, segments, interleaving with the TTS,
-tool calls, metrics); a backend only renders prompts, tokenizes, streams tokens and constrains them.
+tool calls, metrics); a backend only renders prompts, tokenizes, samples and streams tokens, and
+constrains them.
 
 llama-server is the one backend today (`llama_backend.py`). Another server fits if it can continue
 a prompt given as token ids (so the token history stays an exact prefix of its cache), return the
@@ -9,6 +10,7 @@ ids it generates, and report the next token's distribution.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,6 +29,16 @@ class Piece:
     timings: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class FirstToken:
+    """A reply's first token, sampled by itself: it tells whether the reply should be a tool call
+    (`top`), and a speech reply goes on from it (`piece`, with the prompt's timings)."""
+
+    top: list[tuple[str, float]]
+    """The most likely first tokens as (text, probability), before sampling and constraints."""
+    piece: Piece
+
+
 class LLMBackend(ABC):
     @abstractmethod
     async def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
@@ -42,8 +54,9 @@ class LLMBackend(ABC):
         """Evaluate `tokens` into the cache, generate nothing; returns the timings."""
 
     @abstractmethod
-    async def next_token(self, tokens: list[int], top: int = 10) -> tuple[list[tuple[str, float]], dict[str, Any]]:
-        """The `top` most likely tokens after `tokens` as (text, probability), and the timings."""
+    async def first_token(self, tokens: list[int], fields: dict[str, Any], top: int = 10) -> FirstToken:
+        """Evaluate `tokens` into the cache and sample the one token after them under `fields`; with
+        the `top` most likely next tokens, before any constraint."""
 
     @abstractmethod
     def stream(self, tokens: list[int], n_predict: int, fields: dict[str, Any]) -> AsyncIterator[Piece]:
@@ -64,3 +77,28 @@ class LLMBackend(ABC):
 
     async def close(self) -> None:
         """Release connections."""
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """A backend's answers for one prompt, up to the reply's first token, as a prefill of the user's
+    words computed them. When the final transcript is the prefilled words, the turn's prompt is the
+    same, so the turn skips rendering, tokenizing and sampling its first token: it costs one
+    streaming request."""
+
+    messages: str
+    """The messages and tools it was rendered from, as JSON."""
+    rendered: str
+    pieces: dict[str, list[int]]
+    """The text it tokenized, and its tokens."""
+    prompt: tuple[int, ...]
+    fields: dict[str, Any]
+    first: FirstToken
+    """The reply's first token after `prompt`, sampled under `fields`."""
+
+    async def tokenize(self, text: str, backend: LLMBackend) -> list[int]:
+        return self.pieces[text] if text in self.pieces else await backend.tokenize(text)
+
+
+def messages_key(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+    return json.dumps([messages, tools], sort_keys=True, default=str)

@@ -3,10 +3,13 @@
 
 Every turn: the context's messages go through the model's own chat template (`backend.render`),
 the rendered prompt becomes tokens through the conversation's `TokenHistory` (exact prefix of
-what the server already holds), and generation streams token ids back into the history; the first
-response's timings report the cache hit. At pipeline start the system prompt is prefilled, so the
-first turn finds it cached too; while the user speaks, their words so far (interim transcripts,
-`prefill_user_words`) are prefilled as well, so a turn evaluates only its last words.
+what the server already holds). The reply's first token is sampled by itself (its distribution
+decides whether the reply is a tool call) and the stream goes on from it, its token ids going back
+into the history; the first response's timings report the cache hit. At pipeline start the system
+prompt is prefilled, so the first turn finds it cached too; while the user speaks, their words so
+far (interim transcripts, `prefill_user_words`) are prefilled as well, up to the reply's first
+token, so a turn evaluates only its last words, and when the final transcript is the last words
+prefilled, the turn is one streaming request that goes on from that token (`PreparedPrompt`).
 
 Interleaved (an `Interleaver` given): the reply is generated in segments. The first ends at the
 first clause or sentence boundary, so the TTS can start on a few words; later ones at the first
@@ -37,7 +40,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, replace
 from typing import Any
 
 from loguru import logger
@@ -65,30 +70,10 @@ from pipecat.utils.types import is_given
 from pipecat_services import tool_calls
 from pipecat_services.context_budget import ContextBudget, ContextBudgetError, trimmed
 from pipecat_services.interleaving import Interleaver, Segmenting
-from pipecat_services.llm_backend import LLMBackend
+from pipecat_services.llm_backend import FirstToken, LLMBackend, Piece, PreparedPrompt, messages_key
 from pipecat_services.token_history import TokenHistory
 from pipecat_services.turn_metrics import PromptCacheMetricsData
 from servers.tts.text import FIRST_SEGMENT_WORDS
-
-MAX_FAILED_CALLS = 2
-"""Failed tool calls one user turn may make (a call and one retry); then the model must speak."""
-CALL_THRESHOLD = 0.25
-"""Measured on the packaged Qwen2.5 1.5B with the bot's prompt and tools: requests for a tool put
-0.3-0.6 of the first token's probability on opening a call, other questions 0-0.18; with more tools
-(`benchmarks.tools`) the ranges overlap (0.06-0.87 vs 0-0.28)."""
-
-
-def without_earlier_calls(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The messages the model sees: tool calls and results of earlier user turns leave the prompt
-    (their spoken answers stay). A small model that sees one call in its history calls a tool on
-    every later turn (first-token call probability 0.4-0.99 for "How many legs does a spider have?"
-    after one "What time is it?"). Costs one re-prefill of the tool turn's answer on the next turn."""
-    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=0)
-    return [
-        m for i, m in enumerate(messages)
-        if i >= last_user or not (m["role"] == "tool" or (m["role"] == "assistant" and m.get("tool_calls")))
-    ]
-
 
 @dataclass(frozen=True)
 class Generated:
@@ -117,7 +102,7 @@ class TokenLLMService(LLMService):
         first_segment_words: tuple[int, int] | None = FIRST_SEGMENT_WORDS,
         interleaved_segments: int | None = None,
         warm_context: LLMContext | None = None,
-        call_threshold: float | None = CALL_THRESHOLD,
+        call_threshold: float | None = tool_calls.CALL_THRESHOLD,
         context_tokens: int | None = None,
         settings: LLMSettings | None = None,
         **kwargs: Any,
@@ -160,6 +145,7 @@ class TokenLLMService(LLMService):
         self._user_words: str | None = None
         self._warming: asyncio.Task[None] | None = None
         self._prefilling: asyncio.Task[None] | None = None
+        self._prepared: PreparedPrompt | None = None
         self._responding = False
         self._closed = False
         self.call_threshold = call_threshold
@@ -221,19 +207,32 @@ class TokenLLMService(LLMService):
         async with self._history_lock:
             if user is None and self.history.blocks:
                 return  # the warm-up: only before anything else
-            messages, tools, _ = await self._invocation(context)
+            messages, tools, tool_choice = await self._invocation(context)
             last = messages[-1] if messages else {"role": "system"}
             if user is not None:
                 if last["role"] in ("user", "tool") or last.get("tool_calls"):
                     return
-                messages = without_earlier_calls([*messages, user])  # shaped as the real turn will be
+                messages = tool_calls.without_earlier_calls([*messages, user])  # shaped as the real turn will be
             budget = await self._budget()
             blocks = list(self.history.blocks)
             try:
                 rendered = await self.backend.render(messages, tools)
-                prompt, _ = await self.history.prompt(rendered, self.backend.tokenize)
-                if budget is None or budget.fits(len(prompt)):
+                pieces: dict[str, list[int]] = {}
+
+                async def tokenize(text: str) -> list[int]:
+                    pieces[text] = await self.backend.tokenize(text)
+                    return pieces[text]
+
+                prompt, _ = await self.history.prompt(rendered, tokenize)
+                if budget is not None and not budget.fits(len(prompt)):
+                    return
+                if user is None:
                     await self.backend.prefill(prompt)
+                else:  # evaluates the prompt too, and samples no more than the one token
+                    fields, _ = self._reply_fields(messages, tools, tool_choice)
+                    first = await self.backend.first_token(prompt, fields)
+                    key = messages_key(messages, tools)
+                    self._prepared = PreparedPrompt(key, rendered, pieces, tuple(prompt), fields, first)
             finally:
                 if user is not None:
                     self.history.blocks = blocks
@@ -277,7 +276,7 @@ class TokenLLMService(LLMService):
         )
         tools = params.get("tools")
         tools = tools if is_given(tools) and tools else None
-        return without_earlier_calls(params["messages"]), tools, params.get("tool_choice")
+        return tool_calls.without_earlier_calls(params["messages"]), tools, params.get("tool_choice")
 
     async def _budget(self) -> ContextBudget | None:
         """The conversation's budget; the window is asked of the server once (None if it cannot say)."""
@@ -300,8 +299,13 @@ class TokenLLMService(LLMService):
         budget, unsent = await self._budget(), 0
         while True:
             messages, tools, tool_choice = await self._invocation(context)
-            rendered = await self.backend.render(messages, tools)
-            prompt, reused = await self.history.prompt(rendered, self.backend.tokenize)
+            prepared = self._prepared
+            if prepared is not None and prepared.messages == messages_key(messages, tools):
+                rendered = prepared.rendered
+                prompt, reused = await self.history.prompt(rendered, lambda text: prepared.tokenize(text, self.backend))
+            else:
+                rendered = await self.backend.render(messages, tools)
+                prompt, reused = await self.history.prompt(rendered, self.backend.tokenize)
             if budget is None or budget.fits(len(prompt)):
                 return messages, tools, tool_choice, prompt, max(0, reused - unsent)
             unsent = unsent or len(prompt) - reused
@@ -332,11 +336,16 @@ class TokenLLMService(LLMService):
         trims = self.trims
         messages, tools, tool_choice, prompt, reused = await self._prompt(context)
         self.last_turn = {"prompt_tokens": len(prompt), "reusable_tokens": reused, "trimmed": self.trims > trims}
-        fields = self._sampling()
-        if tools:
-            fields |= await self._tool_fields(prompt, tools, self._calls_allowed(messages, tool_choice))
+        fields, decides_call = self._reply_fields(messages, tools, tool_choice)
+        first = await self._first_token(prompt, fields)
+        piece: Piece | None = first.piece
+        if decides_call and tools:
+            self.last_turn["call_probability"] = round(tool_calls.call_probability(first.top), 3)
+            if self.last_turn["call_probability"] >= self.call_threshold:
+                names = tuple(t["function"]["name"] for t in tools)
+                fields, piece = self._sampling() | self.backend.call_fields(names, forced=True), None
         generate = self._interleaved if self.interleaver else self._streamed
-        completion, held = await generate(fields, watch_calls=bool(tools))
+        completion, held = await generate(fields, piece, watch_calls=bool(tools))
         await self.start_llm_usage_metrics(
             LLMTokenUsage(
                 prompt_tokens=len(prompt),
@@ -349,30 +358,33 @@ class TokenLLMService(LLMService):
         if held:
             await self._end_reply(held, context, tools or [])
 
-    @staticmethod
-    def _calls_allowed(messages: list[dict[str, Any]], tool_choice: Any) -> bool:
-        """No call once one of this user turn has succeeded, after `MAX_FAILED_CALLS` failures, or
-        with `tool_choice: none`."""
-        since_user = next((i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "user"), -1)
-        results = [m.get("content") for m in messages[since_user + 1 :] if m["role"] == "tool"]
-        failed = sum(tool_calls.is_error(r) for r in results)
-        return tool_choice != "none" and len(results) == failed and failed < MAX_FAILED_CALLS
-
-    async def _tool_fields(self, prompt: list[int], tools: list[dict[str, Any]], calls_allowed: bool) -> dict:
-        """The constraints of this reply: speech only, or decided by the model's first token: a call
-        when the tokens that open one are at least `call_threshold` likely (None: the model may
-        speak and then call)."""
-        if not calls_allowed:
-            return self.backend.speech_fields()
-        names = tuple(t["function"]["name"] for t in tools)
+    def _reply_fields(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, tool_choice: Any
+    ) -> tuple[dict[str, Any], bool]:
+        """The sampling settings and constraints of the reply unless it turns out a call, and whether
+        its first token decides that: a call when the tokens that open one are at least
+        `call_threshold` likely (None: the model may speak and then call)."""
+        fields = self._sampling()
+        if not tools:
+            return fields, False
+        if not tool_calls.calls_allowed(messages, tool_choice):
+            return fields | self.backend.speech_fields(), False
         if self.call_threshold is None:
-            return self.backend.call_fields(names, forced=False)
-        next_tokens, timings = await self.backend.next_token(prompt)
-        await self._report_cache(timings)
-        self.last_turn["call_probability"] = round(tool_calls.call_probability(next_tokens), 3)
-        if self.last_turn["call_probability"] >= self.call_threshold:
-            return self.backend.call_fields(names, forced=True)
-        return self.backend.speech_fields()
+            names = tuple(t["function"]["name"] for t in tools)
+            return fields | self.backend.call_fields(names, forced=False), False
+        return fields | self.backend.speech_fields(), True
+
+    async def _first_token(self, prompt: list[int], fields: dict[str, Any]) -> FirstToken:
+        """The reply's first token: the one the last prefill sampled if it had this very prompt and
+        fields (the turn's cache use is then reported from its stream), else sampled now."""
+        prepared = self._prepared
+        if prepared is not None and prepared.prompt == tuple(prompt) and prepared.fields == fields:
+            self.last_turn["first_token_prefilled"] = True
+            first = prepared.first
+        else:
+            first = await self.backend.first_token(prompt, fields)
+            await self._report_cache(first.piece.timings)
+        return replace(first, piece=replace(first.piece, timings={}))
 
     async def _end_reply(self, held: str, context: LLMContext, tools: list[dict[str, Any]]) -> None:
         """The text held back as a possible call: run the calls in it, or speak it if it was none.
@@ -409,29 +421,40 @@ class TokenLLMService(LLMService):
                 FunctionCallResultFrame, **common, result={"error": reason}, run_llm=i == len(calls) - 1, error=reason
             )
 
-    async def _generate(
-        self, budget: int, segmenting: Segmenting | None, fields: dict[str, Any], watch_calls: bool
-    ) -> Generated:
-        """Stream from the history's end; stop at the segment boundary, never inside a possible call.
-
-        Without `segmenting` the speech is pushed as it arrives (free streaming)."""
-        text, n_tokens, pushed, speech_end = "", 0, 0, 0
+    async def _pieces(self, budget: int, fields: dict[str, Any], first: Piece | None) -> AsyncIterator[Piece]:
+        """`first` (a token already sampled), then the stream from the history's end, which by then
+        holds it."""
+        if first is not None:
+            yield first
+            if first.stop:
+                return
+            budget -= len(first.tokens)
         async for piece in self.backend.stream(self.history.tokens, budget, fields):
-            if "cache_n" not in self.last_turn and piece.timings:
-                await self._report_cache(piece.timings)
-            if piece.tokens:
-                self.history.add_generated(piece.text, piece.tokens)
-                n_tokens += len(piece.tokens)
-                text += piece.text
-            speech_end = tool_calls.call_start(text) if watch_calls else len(text)
-            if segmenting is None and speech_end > pushed:
-                await self.stop_ttfb_metrics()
-                await self._push_llm_text(text[pushed:speech_end])
-                pushed = speech_end
-            if piece.stop:
-                break
-            if segmenting is not None and speech_end == len(text) and segmenting.done(text, n_tokens):
-                return Generated(text, "", n_tokens, False)
+            yield piece
+
+    async def _generate(
+        self, budget: int, segmenting: Segmenting | None, fields: dict[str, Any], first: Piece | None, watch_calls: bool
+    ) -> Generated:
+        """Stream from `first` and the history's end; stop at the segment boundary, never inside a
+        possible call. Without `segmenting` the speech is pushed as it arrives (free streaming)."""
+        text, n_tokens, pushed, speech_end = "", 0, 0, 0
+        async with aclosing(self._pieces(budget, fields, first)) as pieces:
+            async for piece in pieces:
+                if "cache_n" not in self.last_turn and piece.timings:
+                    await self._report_cache(piece.timings)
+                if piece.tokens:
+                    self.history.add_generated(piece.text, piece.tokens)
+                    n_tokens += len(piece.tokens)
+                    text += piece.text
+                speech_end = tool_calls.call_start(text) if watch_calls else len(text)
+                if segmenting is None and speech_end > pushed:
+                    await self.stop_ttfb_metrics()
+                    await self._push_llm_text(text[pushed:speech_end])
+                    pushed = speech_end
+                if piece.stop:
+                    break
+                if segmenting is not None and speech_end == len(text) and segmenting.done(text, n_tokens):
+                    return Generated(text, "", n_tokens, False)
         return Generated(text[:speech_end], text[speech_end:], n_tokens, True)
 
     async def _report_cache(self, timings: dict[str, Any]) -> None:
@@ -457,11 +480,11 @@ class TokenLLMService(LLMService):
         )
         await self.push_frame(MetricsFrame(data=[data]))
 
-    async def _streamed(self, fields: dict[str, Any], watch_calls: bool) -> tuple[int, str]:
-        generated = await self._generate(self._settings.max_tokens, None, fields, watch_calls)
+    async def _streamed(self, fields: dict[str, Any], first: Piece | None, watch_calls: bool) -> tuple[int, str]:
+        generated = await self._generate(self._settings.max_tokens, None, fields, first, watch_calls)
         return generated.tokens, generated.held
 
-    async def _interleaved(self, fields: dict[str, Any], watch_calls: bool) -> tuple[int, str]:
+    async def _interleaved(self, fields: dict[str, Any], first: Piece | None, watch_calls: bool) -> tuple[int, str]:
         """Returns (tokens generated, text held back as a possible call)."""
         assert self.interleaver is not None
         total, segments, carry = 0, 0, ""
@@ -469,13 +492,14 @@ class TokenLLMService(LLMService):
             if segments == self.interleaved_segments:
                 if carry:
                     await self._push_llm_text(carry)
-                generated = await self._generate(self._settings.max_tokens - total, None, fields, watch_calls)
+                generated = await self._generate(self._settings.max_tokens - total, None, fields, first, watch_calls)
                 return total + generated.tokens, generated.held
             started = time.perf_counter()
             segmenting = Segmenting(
                 segments == 0, self.segment_tokens, self.max_segment_tokens, self.first_segment_words
             )
-            generated = await self._generate(self._settings.max_tokens - total, segmenting, fields, watch_calls)
+            generated = await self._generate(self._settings.max_tokens - total, segmenting, fields, first, watch_calls)
+            first = None
             self.interleaver.llm_busy(started, time.perf_counter())
             total += generated.tokens
             text = carry + generated.speech

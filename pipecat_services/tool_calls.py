@@ -126,6 +126,35 @@ SPEECH_ONLY_GBNF = "root ::= [^<`{_]*"
 """A reply with no character that could start a call, nor a function's snake_case name."""
 TRIGGER_PATTERN = 2
 """llama.cpp's COMMON_GRAMMAR_TRIGGER_TYPE_PATTERN: a regex searched anywhere in the output."""
+MAX_FAILED_CALLS = 2
+"""Failed tool calls one user turn may make (a call and one retry); then the model must speak."""
+CALL_THRESHOLD = 0.25
+"""Measured on the packaged Qwen2.5 1.5B with the bot's prompt and tools: requests for a tool put
+0.3-0.6 of the first token's probability on opening a call, other questions 0-0.18; with more tools
+(`benchmarks.tools`) the ranges overlap (0.06-0.87 vs 0-0.28)."""
+
+
+def without_earlier_calls(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages the model sees: tool calls and results of earlier user turns leave the prompt
+    (their spoken answers stay). A small model that sees one call in its history calls a tool on
+    every later turn (first-token call probability 0.4-0.99 for "How many legs does a spider have?"
+    after one "What time is it?"). Costs one re-prefill of the tool turn's answer on the next turn."""
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=0)
+    return [
+        m for i, m in enumerate(messages)
+        if i >= last_user or not (m["role"] == "tool" or (m["role"] == "assistant" and m.get("tool_calls")))
+    ]
+
+
+def calls_allowed(messages: list[dict[str, Any]], tool_choice: Any) -> bool:
+    """No call once one of this user turn has succeeded, after `MAX_FAILED_CALLS` failures, or
+    with `tool_choice: none`."""
+    since_user = next((i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "user"), -1)
+    results = [m.get("content") for m in messages[since_user + 1 :] if m["role"] == "tool"]
+    failed = sum(is_error(r) for r in results)
+    return tool_choice != "none" and len(results) == failed and failed < MAX_FAILED_CALLS
+
+
 def is_error(result: Any) -> bool:
     """Whether a tool result (as the context holds it: JSON text, twice encoded when the handler
     answered a string) reports a failure: {"error": ...}."""

@@ -120,11 +120,13 @@ async def test_an_interruption_truncates_the_history_to_what_was_spoken(llm_serv
 
 async def test_words_prefilled_while_the_user_speaks_are_not_evaluated_again(llm_server):
     """Interim words go to the server as they come (InterimPrefill), so the turn evaluates only what
-    follows them; a revised interim shares its prefix; without interims the whole question is new."""
+    follows them; a revised interim shares its prefix; without interims the whole question is new.
+    When the last interim is the whole question, the prefill has also sampled the reply's first
+    token: the turn only continues from it, with the very reply it would have given anyway."""
     question = "Can you tell me about the history of the Eiffel Tower in Paris?"
-    interims = ["Can you tell me about", "Can you tell me about the history of the Eiffel"]
-    evaluated = {}
-    for with_interims in (False, True):
+    partial = ["Can you tell me about", "Can you tell me about the history of the Eiffel"]
+    turns, replies = {}, {}
+    for name, interims in (("none", []), ("partial", partial), ("whole", [*partial, question])):
         context = LLMContext(messages=[{"role": "system", "content": SYSTEM}])
         llm = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY, warm_context=context)
 
@@ -133,21 +135,26 @@ async def test_words_prefilled_while_the_user_speaks_are_not_evaluated_again(llm
 
         seen = Watch(InterimTranscriptionFrame)  # after InterimPrefill: it has handed the words on
         steps: list = [llm.prefilled, VADUserStartedSpeakingFrame()]
-        for n, words in enumerate(interims if with_interims else [], 1):
+        for n, words in enumerate(interims, 1):
             steps += [
                 InterimTranscriptionFrame(words, "user", time_now_iso8601()),
                 lambda n=n: seen.reached(n),
                 llm.prefilled,
             ]
         steps += [end_turn, LLMContextFrame(context)]
-        replies = Watch(LLMFullResponseEndFrame)
-        down = await run_script(InterimPrefill(llm), seen, llm, replies, steps=[*steps, lambda: replies.reached(1)])
-        assert reply_text(down).strip()
-        evaluated[with_interims] = llm.last_turn["prompt_n"]
+        ended = Watch(LLMFullResponseEndFrame)
+        down = await run_script(InterimPrefill(llm), seen, llm, ended, steps=[*steps, lambda: ended.reached(1)])
+        replies[name] = reply_text(down)
+        turns[name] = llm.last_turn
         question_tokens = len(await llm.backend.tokenize(question))
         await llm.backend.close()
-    assert evaluated[False] >= question_tokens, evaluated
-    assert evaluated[True] <= evaluated[False] - question_tokens // 2, evaluated
+    assert replies["none"].strip()
+    evaluated = {name: turn["prompt_n"] for name, turn in turns.items()}
+    assert evaluated["none"] >= question_tokens, evaluated
+    assert evaluated["partial"] <= evaluated["none"] - question_tokens // 2, evaluated
+    assert not turns["partial"].get("first_token_prefilled"), turns
+    assert turns["whole"].get("first_token_prefilled") and evaluated["whole"] == 1, turns
+    assert replies["whole"] == replies["partial"] == replies["none"]
 
 
 async def test_interims_are_prefilled_only_while_the_user_speaks():

@@ -28,7 +28,7 @@ from benchmarks.scripted import TurnRecorder, Watch, run_script
 from bot_config import BotConfig
 from pipecat_services import tool_calls
 from pipecat_services.llama_llm import LlamaServerLLMService
-from pipecat_services.token_llm import without_earlier_calls
+from pipecat_services.tool_calls import without_earlier_calls
 from pipecat_services.interleaving import Interleaver
 
 TIMER = {"name": "set_timer", "description": "Start a countdown timer.",

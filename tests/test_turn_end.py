@@ -1,21 +1,32 @@
-"""The sentence-end stop strategy: which finals end a turn, and only once the user is silent."""
+"""The turn stop strategies: which finals end a turn, only once the user is silent, and Smart Turn
+kept out of the way of a final that ends a sentence."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from pipecat.audio.turn.base_turn_analyzer import BaseTurnAnalyzer, EndOfTurnState
+from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
+from pipecat.clocks.system_clock import SystemClock
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
+    STTMetadataFrame,
     TranscriptionFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.observers.base_observer import FramePushed
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor, FrameProcessorSetup
+from pipecat.turns.user_stop import BaseUserTurnStopStrategy
+from pipecat.utils.asyncio.task_manager import TaskManager
 from pipecat.utils.time import time_now_iso8601
 
-from pipecat_services.turn_end import SentenceEndUserTurnStopStrategy, ends_sentence
+from pipecat_services.turn_end import (
+    BackgroundTurnAnalyzerUserTurnStopStrategy,
+    SentenceEndUserTurnStopStrategy,
+    ends_sentence,
+)
 from pipecat_services.turn_metrics import TurnLatencyObserver
 
 
@@ -99,3 +110,106 @@ async def test_turn_latency_keeps_a_final_that_overtook_the_vad_stop():
         await asyncio.sleep(0.01)
     assert [r.user_text for r in reports] == ["What is the capital of France?"]
     assert reports[0].stt_final_ms is not None and list(reports[0].timeline_ms)[:2] == ["vad_stop", "stt_final"]
+
+
+class CountingAnalyzer(BaseTurnAnalyzer):
+    """A stand-in Smart Turn (this tests the strategy's own rule): says `verdict` after `delay_s`."""
+
+    def __init__(self, verdict: EndOfTurnState, delay_s: float = 0.0) -> None:
+        super().__init__()
+        self.verdict, self.delay_s, self.calls = verdict, delay_s, 0
+
+    @property
+    def speech_triggered(self) -> bool:
+        return True
+
+    @property
+    def params(self) -> SmartTurnParams:
+        return SmartTurnParams()
+
+    def append_audio(self, buffer: bytes, is_speech: bool) -> EndOfTurnState:
+        return EndOfTurnState.INCOMPLETE
+
+    async def analyze_end_of_turn(self) -> tuple[EndOfTurnState, None]:
+        self.calls += 1
+        await asyncio.sleep(self.delay_s)
+        return self.verdict, None
+
+    def clear(self) -> None:
+        pass
+
+
+class StopStrategies:
+    """The user aggregator's loop over its stop strategies, as Pipecat 1.14 runs it: every frame to
+    each in order; a turn stop resets them all."""
+
+    def __init__(self, *strategies: BaseUserTurnStopStrategy, final_wait_s: float = 0.3) -> None:
+        self.strategies, self.stops, self.final_wait_s = strategies, 0, final_wait_s
+        for strategy in strategies:
+            strategy.add_event_handler("on_user_turn_stopped", self._stopped)
+            strategy.add_event_handler("on_user_turn_inference_triggered", self._ignored)
+            strategy.add_event_handler("on_push_frame", self._ignored)
+
+    async def _ignored(self, *_) -> None:
+        pass
+
+    async def _stopped(self, *_) -> None:
+        self.stops += 1
+        for strategy in self.strategies:
+            await strategy.handle_user_turn_stopped()
+
+    async def __aenter__(self) -> StopStrategies:
+        setup = FrameProcessorSetup(clock=SystemClock(), task_manager=TaskManager(), pipeline_worker=None)
+        for strategy in self.strategies:
+            await strategy.setup(setup)
+        await self.send(STTMetadataFrame(service_name="asr", ttfs_p99_latency=self.final_wait_s))
+        return self
+
+    async def __aexit__(self, *_) -> None:
+        for strategy in self.strategies:
+            await strategy.cleanup()
+
+    async def send(self, *frames) -> None:
+        for frame in frames:
+            for strategy in self.strategies:
+                await strategy.process_frame(frame)
+
+
+def background_smart_turn(analyzer: CountingAnalyzer) -> StopStrategies:
+    return StopStrategies(
+        BackgroundTurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer), SentenceEndUserTurnStopStrategy()
+    )
+
+
+async def test_a_final_that_ends_a_sentence_ends_the_turn_without_smart_turn() -> None:
+    analyzer = CountingAnalyzer(EndOfTurnState.INCOMPLETE, delay_s=0.05)
+    async with background_smart_turn(analyzer) as turn:
+        await turn.send(VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(stop_secs=0.2))
+        await asyncio.sleep(0.02)
+        assert analyzer.calls == 0, "the model ran before the final transcript"
+        await turn.send(final("What time is it?"))
+        assert turn.stops == 1, "the final waited for Smart Turn"
+        await asyncio.sleep(0.1)
+        assert analyzer.calls == 0 and turn.stops == 1
+
+
+async def test_smart_turn_judges_an_unfinished_sentence_once_its_final_is_in() -> None:
+    analyzer = CountingAnalyzer(EndOfTurnState.COMPLETE)
+    async with background_smart_turn(analyzer) as turn:
+        await turn.send(VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(stop_secs=0.2))
+        await asyncio.sleep(0.02)
+        await turn.send(final("I'd like to book a table for two"))
+        await asyncio.sleep(0.05)
+        assert (analyzer.calls, turn.stops) == (1, 1)
+
+
+async def test_speech_that_resumes_discards_the_analysis_of_the_pause() -> None:
+    analyzer = CountingAnalyzer(EndOfTurnState.COMPLETE, delay_s=0.1)
+    async with background_smart_turn(analyzer) as turn:
+        await turn.send(VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(stop_secs=0.2))
+        await turn.send(final("I'd like to book"))
+        await asyncio.sleep(0.03)
+        assert analyzer.calls == 1
+        await turn.send(VADUserStartedSpeakingFrame())
+        await asyncio.sleep(0.4)  # past the analysis and Pipecat's wait for a final
+        assert turn.stops == 0, "a verdict on a pause the user talked through ended the turn"
