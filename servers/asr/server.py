@@ -130,7 +130,8 @@ def build_engine(args: argparse.Namespace) -> ASREngine:
     if args.engine == "whisper":
         from servers.asr.engines.whisper import WhisperEngine
 
-        return WhisperEngine(model_path=args.whisper_model, cpu_threads=args.threads)
+        options = {} if args.interim_interval is None else {"interim_interval_s": args.interim_interval}
+        return WhisperEngine(model_path=args.whisper_model, cpu_threads=args.threads, **options)
     from servers.asr.engines.nemotron import NemotronEngine
 
     return NemotronEngine(model=args.nemotron_model, right_context=args.right_context)
@@ -143,6 +144,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_flag(parser, "--engine", "ASR_ENGINE", "whisper", "engine", choices=["whisper", "nemotron"])
     add_flag(parser, "--whisper-model", "ASR_WHISPER_MODEL", None, "CTranslate2 Whisper dir (default: packaged tiny.en)")
     add_flag(parser, "--threads", "ASR_THREADS", 2, "CPU threads for the whisper engine")
+    add_flag(
+        parser, "--interim-interval", "ASR_INTERIM_INTERVAL", None,
+        "whisper: seconds of new speech between interim decodes, each prefilled into the LLM (None: the engine's)",
+        type=float,
+    )
     add_flag(
         parser, "--nemotron-model", "ASR_NEMOTRON_MODEL", ASR_MODEL,
         "Hugging Face name or local .nemo path",
