@@ -17,6 +17,8 @@ only the words already heard (the TTS client times them), and the LLM's token hi
 from __future__ import annotations
 
 import argparse
+import asyncio
+import threading
 import uuid
 from pathlib import Path
 
@@ -120,10 +122,30 @@ def user_turn_params(config: BotConfig) -> LLMUserAggregatorParams:
     )
 
 
+def new_context(config: BotConfig) -> LLMContext:
+    tools = bot_tools(config.tool_names)
+    return LLMContext(tools=tools) if tools else LLMContext()
+
+
+async def warm_llm(config: BotConfig) -> None:
+    """Each call prefills the system prompt and tools when it starts, but on a fresh llama-server
+    they take ≈4 s on two cores, so the first call after a start would wait for them on its first
+    turn. Prefill them when the bot starts instead; later calls share the server's cached prefix."""
+    llm = make_llm(config, None, new_context(config))
+    if not isinstance(llm, TokenLLMService):
+        return
+    try:
+        await llm.warm_server(config.model_server_wait_s)
+        logger.info("LLM warmed: the system prompt and tools are in llama-server's cache")
+    except Exception as e:
+        logger.warning(f"LLM warm-up failed ({e}); the first call will prefill the system prompt")
+    finally:
+        await llm.backend.close()
+
+
 async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint: bool = False) -> None:
     interleaver = Interleaver() if config.interleave != "off" and config.llm_api == "llama-server" else None
-    tools = bot_tools(config.tool_names)
-    context = LLMContext(tools=tools) if tools else LLMContext()
+    context = new_context(config)
     stt = ASRServerSTTService(url=config.asr_url, server_wait_s=config.model_server_wait_s)
     llm = make_llm(config, interleaver, context)
     tts = TTSServerTTSService(
@@ -198,4 +220,7 @@ async def bot(runner_args: RunnerArguments) -> None:
 if __name__ == "__main__":
     from pipecat.runner.run import main
 
-    main(add_bot_flags(argparse.ArgumentParser(description="Self-hosted voice agent (Pipecat runner)")))
+    parser = add_bot_flags(argparse.ArgumentParser(description="Self-hosted voice agent (Pipecat runner)"))
+    startup_config = BotConfig.from_args(parser.parse_known_args()[0])
+    threading.Thread(target=asyncio.run, args=(warm_llm(startup_config),), name="warm-llm", daemon=True).start()
+    main(parser)

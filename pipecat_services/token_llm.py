@@ -167,6 +167,20 @@ class TokenLLMService(LLMService):
         except Exception as e:
             logger.warning(f"{self}: warm-up failed ({e}); the first turn will prefill the system prompt")
 
+    async def warm_server(self, wait_s: float) -> None:
+        """The warm-up without a call: prefill the system prompt and tools as soon as the server
+        answers (waiting at most `wait_s`), so that the first call after a start finds them cached."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                await self.backend.context_size()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(1.0)
+        await self._prefill(None)
+
     def prefill_user_words(self, words: str) -> None:
         """The user's words so far (an interim transcript): evaluate them into the server's cache now,
         so that at the turn's end only the last words remain. Revised words cost only the tokens after

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import re
+import urllib.request
 from types import SimpleNamespace
 
 import pytest
@@ -24,11 +28,13 @@ from pipecat.tests.utils import run_test
 from pipecat.utils.time import time_now_iso8601
 
 from benchmarks.llm import AnswerMarks
+from bot_config import BotConfig
 from pipecat_services.llama_llm import LlamaServerLLMService
 from pipecat_services.tts import TTSServerTTSService
 from pipecat_services.interim_prefill import InterimPrefill
 from pipecat_services.interleaving import Interleaver
 from benchmarks.scripted import Watch, run_script
+from tests.conftest import RestartableServer
 
 SYSTEM = "You are a helpful voice assistant. Answer in two or three short sentences."
 QUESTIONS = [
@@ -215,3 +221,34 @@ async def test_reports_ttfb_usage_and_cache_metrics(llm_server, interleave):
     usage = [d for d in data if isinstance(d, LLMUsageMetricsData)]
     assert usage and usage[0].value.completion_tokens > 0
     assert any(isinstance(d, PromptCacheMetricsData) and 0 <= d.value <= 1 for d in data)
+
+
+def prompt_tokens_evaluated(server: RestartableServer) -> float:
+    """llama-server's count of prompt tokens it evaluated (cache hits excluded), from /metrics."""
+    metrics = urllib.request.urlopen(f"{server.http_url}/metrics", timeout=10).read().decode()
+    return float(re.search(r"^llamacpp:prompt_tokens_total (\S+)$", metrics, re.M)[1])
+
+
+async def test_the_bot_warms_a_server_that_starts_after_it(tmp_path):
+    """At start the bot waits for llama-server (which starts later here) and prefills its system
+    prompt and tools, so a call's own warm-up finds them cached instead of evaluating them."""
+    import bot
+
+    server = RestartableServer("servers.llm", ["--model", "smollm2-135m"], tmp_path / "llm.log")
+    config = dataclasses.replace(BotConfig.from_args(None), llm_url=server.http_url, model_server_wait_s=120)
+    warming = asyncio.create_task(bot.warm_llm(config))
+    await asyncio.sleep(2)
+    assert not warming.done(), "the warm-up gave up on a server that was not up yet"
+    await asyncio.to_thread(server.run)
+    try:
+        await asyncio.wait_for(warming, 120)
+        warmed = prompt_tokens_evaluated(server)
+        llm = bot.make_llm(config, None, bot.new_context(config))
+        assert isinstance(llm, LlamaServerLLMService)
+        system = len(await llm.backend.tokenize(await llm.backend.render((await llm._invocation(bot.new_context(config)))[0])))
+        assert warmed >= system * 0.9, (warmed, system)
+        await llm.warm_server(config.model_server_wait_s)  # what a call does when it starts
+        assert prompt_tokens_evaluated(server) - warmed <= 2, "the call evaluated the system prompt again"
+        await llm.backend.close()
+    finally:
+        server.stop()
