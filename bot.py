@@ -55,7 +55,7 @@ from pipecat_services.call_records import CallRecording, CallTranscript
 from pipecat_services.interim_prefill import InterimPrefill
 from pipecat_services.llama_llm import LlamaServerLLMService
 from pipecat_services.openai_llm import BudgetedOpenAILLMService
-from pipecat_services.token_llm import TokenLLMService
+from pipecat_services.prefilling_llm import PrefillingLLMService
 from pipecat_services.tts import TTSServerTTSService
 from pipecat_services.turn_end import BackgroundTurnAnalyzerUserTurnStopStrategy, SentenceEndUserTurnStopStrategy
 from pipecat_services.turn_metrics import TurnLatencyMetricsData, TurnLatencyObserver
@@ -123,6 +123,7 @@ def user_turn_params(config: BotConfig) -> LLMUserAggregatorParams:
 
 
 def new_context(config: BotConfig) -> LLMContext:
+    """A conversation's context: empty, with the configured tools."""
     tools = bot_tools(config.tool_names)
     return LLMContext(tools=tools) if tools else LLMContext()
 
@@ -132,7 +133,7 @@ async def warm_llm(config: BotConfig) -> None:
     they take ≈4 s on two cores, so the first call after a start would wait for them on its first
     turn. Prefill them when the bot starts instead; later calls share the server's cached prefix."""
     llm = make_llm(config, None, new_context(config))
-    if not isinstance(llm, TokenLLMService):
+    if not isinstance(llm, PrefillingLLMService):
         return
     try:
         await llm.warm_server(config.model_server_wait_s)
@@ -157,7 +158,7 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
     call_id = uuid.uuid4().hex[:12]
     transcript = CallTranscript(Path(config.transcripts), call_id) if config.transcripts else None
     recording = CallRecording(Path(config.transcripts) / f"{call_id}.wav") if transcript and config.record_audio else None
-    prefill = [InterimPrefill(llm)] if config.prefill_interims and isinstance(llm, TokenLLMService) else []
+    prefill = [InterimPrefill(llm)] if config.prefill_interims and isinstance(llm, PrefillingLLMService) else []
     pipeline = Pipeline(
         [transport.input(), stt, *prefill, user_aggregator, llm, tts, transport.output(),
          *([recording.processor] if recording else []), assistant_aggregator]

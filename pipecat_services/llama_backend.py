@@ -91,7 +91,7 @@ class LlamaServerBackend(LLMBackend):
             **fields,
         }
         reply = await self._post("/completion", body)
-        probabilities = (reply.get("completion_probabilities") or [{}])[0].get("top_logprobs", [])
+        probabilities = reply["completion_probabilities"][0]["top_logprobs"]
         return FirstToken(
             top=[(p["token"], math.exp(p["logprob"])) for p in probabilities],
             piece=Piece(

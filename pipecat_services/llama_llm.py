@@ -1,9 +1,9 @@
-"""Pipecat LLM service for llama-server: `TokenLLMService` on the llama-server backend.
+"""Pipecat LLM service for llama-server: `PrefillingLLMService` on the llama-server backend.
 
     LlamaServerLLMService(base_url="http://127.0.0.1:8002", interleaver=Interleaver(), ...)
 
-Everything but the HTTP endpoints is generic and lives in `token_llm.py`; the endpoints, and the
-GBNF grammars that constrain tool calls, in `llama_backend.py`.
+Everything but the HTTP endpoints is generic and lives in `token_llm.py` and `prefilling_llm.py`;
+the endpoints, and the GBNF grammars that constrain tool calls, in `llama_backend.py`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from pipecat_services.llama_backend import LlamaServerBackend
-from pipecat_services.token_llm import TokenLLMService
+from pipecat_services.prefilling_llm import PrefillingLLMService
 
 
-class LlamaServerLLMService(TokenLLMService):
+class LlamaServerLLMService(PrefillingLLMService):
     def __init__(self, *, base_url: str = "http://127.0.0.1:8002", slot: int = -1, **kwargs: Any) -> None:
         """`slot`: llama-server's slot; -1 lets it pick the one whose cache matches best, so with
-        `--parallel N` each conversation keeps its own slot. Other arguments: `TokenLLMService`."""
+        `--parallel N` each conversation keeps its own slot. Other arguments: `PrefillingLLMService`, `TokenLLMService`."""
         super().__init__(backend=LlamaServerBackend(base_url, slot), **kwargs)

@@ -10,7 +10,6 @@ ids it generates, and report the next token's distribution.
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -77,28 +76,3 @@ class LLMBackend(ABC):
 
     async def close(self) -> None:
         """Release connections."""
-
-
-@dataclass(frozen=True)
-class PreparedPrompt:
-    """A backend's answers for one prompt, up to the reply's first token, as a prefill of the user's
-    words computed them. When the final transcript is the prefilled words, the turn's prompt is the
-    same, so the turn skips rendering, tokenizing and sampling its first token: it costs one
-    streaming request."""
-
-    messages: str
-    """The messages and tools it was rendered from, as JSON."""
-    rendered: str
-    pieces: dict[str, list[int]]
-    """The text it tokenized, and its tokens."""
-    prompt: tuple[int, ...]
-    fields: dict[str, Any]
-    first: FirstToken
-    """The reply's first token after `prompt`, sampled under `fields`."""
-
-    async def tokenize(self, text: str, backend: LLMBackend) -> list[int]:
-        return self.pieces[text] if text in self.pieces else await backend.tokenize(text)
-
-
-def messages_key(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
-    return json.dumps([messages, tools], sort_keys=True, default=str)

@@ -5,11 +5,8 @@ Every turn: the context's messages go through the model's own chat template (`ba
 the rendered prompt becomes tokens through the conversation's `TokenHistory` (exact prefix of
 what the server already holds). The reply's first token is sampled by itself (its distribution
 decides whether the reply is a tool call) and the stream goes on from it, its token ids going back
-into the history; the first response's timings report the cache hit. At pipeline start the system
-prompt is prefilled, so the first turn finds it cached too; while the user speaks, their words so
-far (interim transcripts, `prefill_user_words`) are prefilled as well, up to the reply's first
-token, so a turn evaluates only its last words, and when the final transcript is the last words
-prefilled, the turn is one streaming request that goes on from that token (`PreparedPrompt`).
+into the history; the first response's timings report the cache hit. Evaluating the conversation
+ahead of the turn (the system prompt, the user's words while they speak) is `prefilling_llm.py`'s.
 
 Interleaved (an `Interleaver` given): the reply is generated in segments. The first ends at the
 first clause or sentence boundary, so the TTS can start on a few words; later ones at the first
@@ -57,7 +54,6 @@ from pipecat.frames.frames import (
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     MetricsFrame,
-    StartFrame,
 )
 from pipecat.metrics.metrics import LLMTokenUsage
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -70,10 +66,12 @@ from pipecat.utils.types import is_given
 from pipecat_services import tool_calls
 from pipecat_services.context_budget import ContextBudget, ContextBudgetError, trimmed
 from pipecat_services.interleaving import Interleaver, Segmenting
-from pipecat_services.llm_backend import FirstToken, LLMBackend, Piece, PreparedPrompt, messages_key
+from pipecat_services.llm_backend import FirstToken, LLMBackend, Piece
+from pipecat_services.prepared_prompt import PreparedPrompt, messages_key
 from pipecat_services.token_history import TokenHistory
 from pipecat_services.turn_metrics import PromptCacheMetricsData
 from servers.tts.text import FIRST_SEGMENT_WORDS
+
 
 @dataclass(frozen=True)
 class Generated:
@@ -83,6 +81,10 @@ class Generated:
     held: str
     tokens: int
     finished: bool
+
+
+def tool_names(tools: list[dict[str, Any]]) -> tuple[str, ...]:
+    return tuple(t["function"]["name"] for t in tools)
 
 
 class TokenLLMService(LLMService):
@@ -101,7 +103,6 @@ class TokenLLMService(LLMService):
         max_segment_tokens: int = 96,
         first_segment_words: tuple[int, int] | None = FIRST_SEGMENT_WORDS,
         interleaved_segments: int | None = None,
-        warm_context: LLMContext | None = None,
         call_threshold: float | None = tool_calls.CALL_THRESHOLD,
         context_tokens: int | None = None,
         settings: LLMSettings | None = None,
@@ -111,10 +112,8 @@ class TokenLLMService(LLMService):
         sentence end after `segment_tokens` tokens, and at `max_segment_tokens` at the latest; the
         first at a phrase boundary after `first_segment_words` = (min, max) words. `interleaved_segments`:
         how many segments wait for the TTS (None: all; 1: only the first, then the reply streams).
-        `warm_context`: the conversation's context, whose system
-        prompt and tools are prefilled at pipeline start (default: the system instruction alone).
         `call_threshold`: how likely the model's first tokens must open a tool call for the reply to
-        be one (see `_tool_fields`; measure with `python -m benchmarks.tools`). `context_tokens`: the
+        be one (see `_reply_fields`; measure with `python -m benchmarks.tools`). `context_tokens`: the
         conversation's window (prompt and reply; None: the slot size the backend reports)."""
         defaults = LLMSettings(
             model=str(backend),
@@ -141,13 +140,7 @@ class TokenLLMService(LLMService):
         self.interleaved_segments = interleaved_segments
         self.last_turn: dict[str, Any] = {}
         self._history_lock = asyncio.Lock()
-        self._warm_context = warm_context
-        self._user_words: str | None = None
-        self._warming: asyncio.Task[None] | None = None
-        self._prefilling: asyncio.Task[None] | None = None
-        self._prepared: PreparedPrompt | None = None
-        self._responding = False
-        self._closed = False
+        """Held by a turn, and by a prefill (`prefilling_llm.py`): one request on the history at a time."""
         self.call_threshold = call_threshold
         self.context_tokens = context_tokens
         self.trims = 0
@@ -156,106 +149,7 @@ class TokenLLMService(LLMService):
     def can_generate_metrics(self) -> bool:
         return True
 
-    async def start(self, frame: StartFrame) -> None:
-        await super().start(frame)
-        self._warming = self.create_task(self._warm_up(), "warm_up")
-
-    async def _warm_up(self) -> None:
-        """Prefill the system prompt and tools while the user is still speaking, so turn 1 finds them cached."""
-        try:
-            await self._prefill(None)
-        except Exception as e:
-            logger.warning(f"{self}: warm-up failed ({e}); the first turn will prefill the system prompt")
-
-    async def warm_server(self, wait_s: float) -> None:
-        """The warm-up without a call: prefill the system prompt and tools as soon as the server
-        answers (waiting at most `wait_s`), so that the first call after a start finds them cached."""
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                await self.backend.context_size()
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(1.0)
-        await self._prefill(None)
-
-    def prefill_user_words(self, words: str) -> None:
-        """The user's words so far (an interim transcript): evaluate them into the server's cache now,
-        so that at the turn's end only the last words remain. Revised words cost only the tokens after
-        the first change (the server keeps the longest common prefix). The latest words win, one
-        prefill runs at a time, and none while a reply is being generated."""
-        if self._warm_context is None or self._closed:
-            return  # without the conversation a prefill would replace it in the server's cache
-        self._user_words = words
-        if self._prefilling is None or self._prefilling.done():
-            self._prefilling = self.create_task(self._prefill_user_words(), "prefill_user_words")
-
-    def drop_pending_prefill(self) -> None:
-        """Forget words handed over but not yet sent (a prefill already under way finishes)."""
-        self._user_words = None
-
-    async def prefilled(self) -> None:
-        """Wait until the warm-up and the words given so far are in the server's cache (or were skipped)."""
-        if self._warming is not None:
-            await asyncio.wait([self._warming])
-        while self._prefilling is not None and not self._prefilling.done():
-            await asyncio.wait([self._prefilling])
-
-    async def _prefill_user_words(self) -> None:
-        while (words := self._user_words) is not None and not self._responding:
-            self._user_words = None
-            try:
-                await self._prefill({"role": "user", "content": words})
-            except Exception as e:
-                logger.debug(f"{self}: prefill of the user's words failed ({e})")
-
-    async def _prefill(self, user: dict[str, Any] | None) -> None:
-        """Evaluate the conversation (and `user`, a speculative last message) into the server's cache.
-
-        Only after the last reply is in the context: before, a prompt without it would push that
-        reply's tokens out of the cache, which the next turn needs. A speculative message leaves the
-        history as it was: the server keeps what matches the real turn by token prefix anyway."""
-        context = self._warm_context or LLMContext()
-        async with self._history_lock:
-            if user is None and self.history.blocks:
-                return  # the warm-up: only before anything else
-            messages, tools, tool_choice = await self._invocation(context)
-            last = messages[-1] if messages else {"role": "system"}
-            if user is not None:
-                if last["role"] in ("user", "tool") or last.get("tool_calls"):
-                    return
-                messages = tool_calls.without_earlier_calls([*messages, user])  # shaped as the real turn will be
-            budget = await self._budget()
-            blocks = list(self.history.blocks)
-            try:
-                rendered = await self.backend.render(messages, tools)
-                pieces: dict[str, list[int]] = {}
-
-                async def tokenize(text: str) -> list[int]:
-                    pieces[text] = await self.backend.tokenize(text)
-                    return pieces[text]
-
-                prompt, _ = await self.history.prompt(rendered, tokenize)
-                if budget is not None and not budget.fits(len(prompt)):
-                    return
-                if user is None:
-                    await self.backend.prefill(prompt)
-                else:  # evaluates the prompt too, and samples no more than the one token
-                    fields, _ = self._reply_fields(messages, tools, tool_choice)
-                    first = await self.backend.first_token(prompt, fields)
-                    key = messages_key(messages, tools)
-                    self._prepared = PreparedPrompt(key, rendered, pieces, tuple(prompt), fields, first)
-            finally:
-                if user is not None:
-                    self.history.blocks = blocks
-
     async def cleanup(self) -> None:
-        self._closed = True
-        for task in (self._warming, self._prefilling):
-            if task is not None and not task.done():
-                await self.cancel_task(task)
         await super().cleanup()
         await self.backend.close()
 
@@ -304,7 +198,7 @@ class TokenLLMService(LLMService):
         return ContextBudget(self.context_tokens, self._settings.max_tokens)
 
     async def _prompt(
-        self, context: LLMContext
+        self, context: LLMContext, prepared: PreparedPrompt | None
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, Any, list[int], int]:
         """(messages, tools, tool_choice, prompt tokens, reused tokens) of this turn, the oldest turns
         left out of `context` if the prompt would not fit the budget. Each pass drops at least one
@@ -313,13 +207,12 @@ class TokenLLMService(LLMService):
         budget, unsent = await self._budget(), 0
         while True:
             messages, tools, tool_choice = await self._invocation(context)
-            prepared = self._prepared
-            if prepared is not None and prepared.messages == messages_key(messages, tools):
-                rendered = prepared.rendered
-                prompt, reused = await self.history.prompt(rendered, lambda text: prepared.tokenize(text, self.backend))
-            else:
-                rendered = await self.backend.render(messages, tools)
-                prompt, reused = await self.history.prompt(rendered, self.backend.tokenize)
+            if prepared is not None and prepared.messages != messages_key(messages, tools):
+                prepared = None
+            rendered = prepared.rendered if prepared else await self.backend.render(messages, tools)
+            prompt, reused = await self.history.prompt(
+                rendered, lambda text: prepared.tokenize(text, self.backend) if prepared else self.backend.tokenize(text)
+            )
             if budget is None or budget.fits(len(prompt)):
                 return messages, tools, tool_choice, prompt, max(0, reused - unsent)
             unsent = unsent or len(prompt) - reused
@@ -338,26 +231,26 @@ class TokenLLMService(LLMService):
 
     @traced_llm
     async def respond(self, context: LLMContext) -> None:
-        self._responding, self._user_words = True, None
-        try:
-            async with self._history_lock:
-                await self._respond(context)
-        finally:
-            self._responding = False
+        async with self._history_lock:
+            await self._respond(context)
+
+    def _take_prepared(self) -> PreparedPrompt | None:
+        """What a prefill prepared for this turn, if anything (`prefilling_llm.py`)."""
+        return None
 
     async def _respond(self, context: LLMContext) -> None:
         await self.start_ttfb_metrics()
-        trims = self.trims
-        messages, tools, tool_choice, prompt, reused = await self._prompt(context)
+        trims, prepared = self.trims, self._take_prepared()
+        messages, tools, tool_choice, prompt, reused = await self._prompt(context, prepared)
         self.last_turn = {"prompt_tokens": len(prompt), "reusable_tokens": reused, "trimmed": self.trims > trims}
         fields, decides_call = self._reply_fields(messages, tools, tool_choice)
-        first = await self._first_token(prompt, fields)
-        piece: Piece | None = first.piece
+        first = await self._first_token(prompt, fields, prepared)
+        # A token that ends inside a character comes back as U+FFFD: the stream then starts over.
+        piece: Piece | None = first.piece if "\ufffd" not in first.piece.text else None
         if decides_call and tools:
             self.last_turn["call_probability"] = round(tool_calls.call_probability(first.top), 3)
             if self.last_turn["call_probability"] >= self.call_threshold:
-                names = tuple(t["function"]["name"] for t in tools)
-                fields, piece = self._sampling() | self.backend.call_fields(names, forced=True), None
+                fields, piece = self._sampling() | self.backend.call_fields(tool_names(tools), forced=True), None
         generate = self._interleaved if self.interleaver else self._streamed
         completion, held = await generate(fields, piece, watch_calls=bool(tools))
         await self.start_llm_usage_metrics(
@@ -384,17 +277,20 @@ class TokenLLMService(LLMService):
         if not tool_calls.calls_allowed(messages, tool_choice):
             return fields | self.backend.speech_fields(), False
         if self.call_threshold is None:
-            names = tuple(t["function"]["name"] for t in tools)
-            return fields | self.backend.call_fields(names, forced=False), False
+            return fields | self.backend.call_fields(tool_names(tools), forced=False), False
         return fields | self.backend.speech_fields(), True
 
-    async def _first_token(self, prompt: list[int], fields: dict[str, Any]) -> FirstToken:
-        """The reply's first token: the one the last prefill sampled if it had this very prompt and
-        fields (the turn's cache use is then reported from its stream), else sampled now."""
-        prepared = self._prepared
+    async def _first_token(
+        self, prompt: list[int], fields: dict[str, Any], prepared: PreparedPrompt | None
+    ) -> FirstToken:
+        """The reply's first token: the one the prefill sampled if it had this very prompt and
+        fields (the turn's cache use is then reported from its stream, or from the prefill if the
+        reply ends there), else sampled now."""
         if prepared is not None and prepared.prompt == tuple(prompt) and prepared.fields == fields:
             self.last_turn["first_token_prefilled"] = True
             first = prepared.first
+            if first.piece.stop:
+                await self._report_cache(first.piece.timings)
         else:
             first = await self.backend.first_token(prompt, fields)
             await self._report_cache(first.piece.timings)
@@ -443,8 +339,9 @@ class TokenLLMService(LLMService):
             if first.stop:
                 return
             budget -= len(first.tokens)
-        async for piece in self.backend.stream(self.history.tokens, budget, fields):
-            yield piece
+        async with aclosing(self.backend.stream(self.history.tokens, budget, fields)) as stream:
+            async for piece in stream:
+                yield piece
 
     async def _generate(
         self, budget: int, segmenting: Segmenting | None, fields: dict[str, Any], first: Piece | None, watch_calls: bool

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import re
 import time
+from typing import Any
 
 from pipecat.frames.frames import (
     Frame,
@@ -78,9 +79,9 @@ class BackgroundTurnAnalyzerUserTurnStopStrategy(TurnAnalyzerUserTurnStopStrateg
     to the silence it was asked about: the user speaking again, or the turn ending on another
     strategy's signal, discards an analysis not yet done."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._analysis: asyncio.Task | None = None
+        self._analysis: asyncio.Task[None] | None = None
         self._finalized = asyncio.Event()
         """A final transcript came since the user last spoke, and no interim after it."""
 
@@ -93,6 +94,9 @@ class BackgroundTurnAnalyzerUserTurnStopStrategy(TurnAnalyzerUserTurnStopStrateg
 
     async def _handle_vad_user_stopped_speaking(self, frame: VADUserStoppedSpeakingFrame) -> None:
         await self._discard_analysis()
+        # What Pipecat sets first, set now: the audio that follows is silence to Smart Turn, whose
+        # own silence fallback then counts from the VAD stop, not from the end of the analysis.
+        self._vad_user_speaking, self._vad_stopped, self._stop_secs = False, True, frame.stop_secs
         self._analysis = self.task_manager.create_task(self._analyze(frame), f"{self}::analysis")
 
     async def _analyze(self, frame: VADUserStoppedSpeakingFrame) -> None:
@@ -100,7 +104,8 @@ class BackgroundTurnAnalyzerUserTurnStopStrategy(TurnAnalyzerUserTurnStopStrateg
         final_due = frame.timestamp - frame.stop_secs + self._stt_timeout - time.time()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._finalized.wait(), max(0.0, final_due))
-        await super()._handle_vad_user_stopped_speaking(frame)
+        if self._turn_analyzer.speech_triggered:  # else Smart Turn's silence fallback judged it already
+            await super()._handle_vad_user_stopped_speaking(frame)
 
     async def _discard_pending_end_of_turn(self) -> None:
         await self._discard_analysis()

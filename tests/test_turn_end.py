@@ -143,7 +143,7 @@ class StopStrategies:
     """The user aggregator's loop over its stop strategies, as Pipecat 1.14 runs it: every frame to
     each in order; a turn stop resets them all."""
 
-    def __init__(self, *strategies: BaseUserTurnStopStrategy, final_wait_s: float = 0.3) -> None:
+    def __init__(self, *strategies: BaseUserTurnStopStrategy, final_wait_s: float) -> None:
         self.strategies, self.stops, self.final_wait_s = strategies, 0, final_wait_s
         for strategy in strategies:
             strategy.add_event_handler("on_user_turn_stopped", self._stopped)
@@ -175,10 +175,19 @@ class StopStrategies:
                 await strategy.process_frame(frame)
 
 
-def background_smart_turn(analyzer: CountingAnalyzer) -> StopStrategies:
+def background_smart_turn(analyzer: CountingAnalyzer, final_wait_s: float = 5.0) -> StopStrategies:
     return StopStrategies(
-        BackgroundTurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer), SentenceEndUserTurnStopStrategy()
+        BackgroundTurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer),
+        SentenceEndUserTurnStopStrategy(),
+        final_wait_s=final_wait_s,
     )
+
+
+async def until(condition, timeout_s: float = 10.0) -> None:
+    """Wait for `condition()` (bounded): tasks run late on a busy machine."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.005)
 
 
 async def test_a_final_that_ends_a_sentence_ends_the_turn_without_smart_turn() -> None:
@@ -199,17 +208,16 @@ async def test_smart_turn_judges_an_unfinished_sentence_once_its_final_is_in() -
         await turn.send(VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(stop_secs=0.2))
         await asyncio.sleep(0.02)
         await turn.send(final("I'd like to book a table for two"))
-        await asyncio.sleep(0.05)
-        assert (analyzer.calls, turn.stops) == (1, 1)
+        await until(lambda: turn.stops == 1)
+        assert analyzer.calls == 1
 
 
 async def test_speech_that_resumes_discards_the_analysis_of_the_pause() -> None:
-    analyzer = CountingAnalyzer(EndOfTurnState.COMPLETE, delay_s=0.1)
-    async with background_smart_turn(analyzer) as turn:
+    analyzer = CountingAnalyzer(EndOfTurnState.COMPLETE, delay_s=0.2)
+    async with background_smart_turn(analyzer, final_wait_s=0.3) as turn:
         await turn.send(VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(stop_secs=0.2))
         await turn.send(final("I'd like to book"))
-        await asyncio.sleep(0.03)
-        assert analyzer.calls == 1
+        await until(lambda: analyzer.calls == 1)
         await turn.send(VADUserStartedSpeakingFrame())
-        await asyncio.sleep(0.4)  # past the analysis and Pipecat's wait for a final
+        await asyncio.sleep(0.5)  # past the analysis and Pipecat's wait for a final
         assert turn.stops == 0, "a verdict on a pause the user talked through ended the turn"
