@@ -83,10 +83,6 @@ class Generated:
     finished: bool
 
 
-def tool_names(tools: list[dict[str, Any]]) -> tuple[str, ...]:
-    return tuple(t["function"]["name"] for t in tools)
-
-
 class TokenLLMService(LLMService):
     """Chat through an `LLMBackend`, reusing its cache exactly; interleaves with our TTS if asked."""
 
@@ -250,7 +246,7 @@ class TokenLLMService(LLMService):
         if decides_call and tools:
             self.last_turn["call_probability"] = round(tool_calls.call_probability(first.top), 3)
             if self.last_turn["call_probability"] >= self.call_threshold:
-                fields, piece = self._sampling() | self.backend.call_fields(tool_names(tools), forced=True), None
+                fields, piece = self._sampling() | self.backend.call_fields(tool_calls.tool_names(tools), forced=True), None
         generate = self._interleaved if self.interleaver else self._streamed
         completion, held = await generate(fields, piece, watch_calls=bool(tools))
         await self.start_llm_usage_metrics(
@@ -277,7 +273,7 @@ class TokenLLMService(LLMService):
         if not tool_calls.calls_allowed(messages, tool_choice):
             return fields | self.backend.speech_fields(), False
         if self.call_threshold is None:
-            return fields | self.backend.call_fields(tool_names(tools), forced=False), False
+            return fields | self.backend.call_fields(tool_calls.tool_names(tools), forced=False), False
         return fields | self.backend.speech_fields(), True
 
     async def _first_token(

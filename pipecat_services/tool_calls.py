@@ -146,6 +146,11 @@ def without_earlier_calls(messages: list[dict[str, Any]]) -> list[dict[str, Any]
     ]
 
 
+def tool_names(tools: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The declared functions' names, from tools in OpenAI's format."""
+    return tuple(t["function"]["name"] for t in tools)
+
+
 def calls_allowed(messages: list[dict[str, Any]], tool_choice: Any) -> bool:
     """No call once one of this user turn has succeeded, after `MAX_FAILED_CALLS` failures, or
     with `tool_choice: none`."""
