@@ -37,6 +37,15 @@ def test_first_segment_is_cut_at_the_first_clause_then_sentences() -> None:
     assert s.flush() == []
 
 
+def test_the_second_segment_ends_at_a_clause_too_so_a_long_first_sentence_keeps_sounding() -> None:
+    s = Segmenter(first_words=(2, 4))
+    assert s.add("To improve your sleep, try to keep a regular schedule, avoid") == [
+        "To improve your sleep,", "try to keep a regular schedule,"
+    ]
+    assert s.add(" caffeine, and rest well. Then") == ["avoid caffeine, and rest well."]  # sentences from here
+    assert s.flush() == ["Then"]
+
+
 def test_first_segment_can_end_at_a_phrase_boundary() -> None:
     s = Segmenter(first_words=(3, 6))
     assert s.add("The capital of France") == []

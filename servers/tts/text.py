@@ -3,7 +3,8 @@
 LLM text is written to be read; a voice must say it. Every engine gets the same normalised text,
 so no engine mispronounces "$5" or reads an emoji's name. Segmentation decides what to synthesize
 next: whole sentences normally, but the first segment of a reply is cut at the first clause
-boundary so that the first audio starts as early as possible. The LLM service cuts its interleaved
+boundary so that the first audio starts as early as possible, and the second as well, so that the
+audio goes on while the LLM finishes a long first sentence. The LLM service cuts its interleaved
 segments by the same rules (`ends_sentence`, `ends_clause`, `phrase_cut`, `FIRST_SEGMENT_WORDS`).
 
 Text of any shape costs bounded work: a segment never exceeds `MAX_SEGMENT_CHARS` written, and
@@ -226,14 +227,21 @@ def split_bounded(text: str, limit: int) -> list[str]:
 
 MAX_SEGMENT_CHARS = 300
 """A segment's written length at most: a sentence longer than this is cut by `bounded_cut`."""
+CLAUSE_SEGMENTS = 2
+"""The first segments of a reply that end at a clause end too, not only at a sentence end. After a
+first phrase of 2-4 words (≈1 s of audio) the rest of a long first sentence would otherwise wait
+for its sentence end, and the listener hears the wait: "To improve your sleep, ... try to keep a
+regular schedule, avoid caffeine ..." paused ≈1.5 s with the 1.5B decoding ≈15 tokens/s on 2 cores
+(the conversation benchmark took it for the end of the answer). By the third segment the LLM,
+3-4 times faster than speech, is ahead of the audio."""
 
 
 class Segmenter:
     """Accumulates one reply's text and hands out segments ready to synthesize.
 
     The first segment ends at the first clause or sentence end, or with `first_words` = (min, max)
-    at a phrase boundary (`phrase_cut`); later ones at sentence ends; none is longer than
-    `MAX_SEGMENT_CHARS`."""
+    at a phrase boundary (`phrase_cut`); the next ones up to `CLAUSE_SEGMENTS` at a clause or
+    sentence end, later ones at sentence ends; none is longer than `MAX_SEGMENT_CHARS`."""
 
     def __init__(self, first_words: tuple[int, int] | None = None) -> None:
         self._buffer = ""
@@ -270,7 +278,7 @@ class Segmenter:
     def _cut_point(self) -> int | None:
         window = self._buffer[: MAX_SEGMENT_CHARS + 1]
         ends = [_SENTENCE_END.search(window)]
-        if self._emitted == 0:
+        if self._emitted < CLAUSE_SEGMENTS:
             ends.append(_CLAUSE_END.search(window))
         found = [m.end() for m in ends if m]
         if self._emitted == 0 and self.first_words and (cut := phrase_cut(window, *self.first_words)):
