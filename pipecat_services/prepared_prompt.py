@@ -1,4 +1,4 @@
-"""What a prefill of the user's words prepared for the turn it guessed (`TokenLLMService`).
+"""What a prefill of the user's words prepared for the turn it guessed (`PrefillingLLMService`).
 
 While the user speaks, the LLM service evaluates their words so far into the server's cache, up to
 and including the reply's first token. When the final transcript turns out to be the last words

@@ -40,6 +40,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from loguru import logger
@@ -205,10 +206,11 @@ class TokenLLMService(LLMService):
             messages, tools, tool_choice = await self._invocation(context)
             if prepared is not None and prepared.messages != messages_key(messages, tools):
                 prepared = None
-            rendered = prepared.rendered if prepared else await self.backend.render(messages, tools)
-            prompt, reused = await self.history.prompt(
-                rendered, lambda text: prepared.tokenize(text, self.backend) if prepared else self.backend.tokenize(text)
-            )
+            if prepared is None:
+                rendered, tokenize = await self.backend.render(messages, tools), self.backend.tokenize
+            else:
+                rendered, tokenize = prepared.rendered, partial(prepared.tokenize, backend=self.backend)
+            prompt, reused = await self.history.prompt(rendered, tokenize)
             if budget is None or budget.fits(len(prompt)):
                 return messages, tools, tool_choice, prompt, max(0, reused - unsent)
             unsent = unsent or len(prompt) - reused
