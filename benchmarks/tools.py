@@ -4,6 +4,7 @@ only when it should?
     python -m benchmarks.tools                         # starts llama-server with the embedded 1.5B
     python -m benchmarks.tools --model qwen2.5-0.5b
     python -m benchmarks.tools --url http://HOST:8002 --json
+    python -m benchmarks.tools --history 2               # each request after two spoken exchanges
 
 Each request is one fresh conversation (the bot's system prompt and tools, one user turn) through
 `LlamaServerLLMService` and Pipecat's assistant aggregator, as in the bot: a call runs its handler
@@ -109,6 +110,14 @@ REQUESTS: list[tuple[str, str | None, dict[str, Any]]] = [
     ("How do I boil an egg?", NO_CALL, {}),
 ]
 
+EARLIER = [
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+    ("Why is the sky blue?", "Sunlight scatters off the air, and blue light scatters the most."),
+]
+"""Spoken exchanges put before each request with `--history`: in a real call a tool request rarely
+comes first, and a small model's will to call falls with every answer it has spoken."""
+
 
 def arguments_match(expected: dict[str, Any], actual: dict[str, Any]) -> bool:
     """Every expected argument present: numbers equal, strings (or one of a tuple of them) contained,
@@ -136,8 +145,13 @@ class RequestResult:
     reply: str = ""
 
 
-async def ask(url: str, request: str, expected: str | None, args: dict[str, Any], system: str) -> RequestResult:
-    context = LLMContext(messages=[{"role": "user", "content": request}], tools=ToolsSchema(standard_tools=BENCH_TOOLS))
+async def ask(
+    url: str, request: str, expected: str | None, args: dict[str, Any], system: str, history: int
+) -> RequestResult:
+    earlier = [m for q, a in EARLIER[:history] for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+    context = LLMContext(
+        messages=[*earlier, {"role": "user", "content": request}], tools=ToolsSchema(standard_tools=BENCH_TOOLS)
+    )
     llm = LlamaServerLLMService(
         base_url=url, warm_context=context, settings=LLMSettings(system_instruction=system, temperature=0.0, max_tokens=80)
     )
@@ -177,7 +191,8 @@ async def main_async(args: argparse.Namespace) -> None:
         async with running_server("servers.llm", args.url, ["--model", args.model], Path(tmp) / "llm.log") as url:
             url = url.replace("ws://", "http://")
             for request, expected, arguments in REQUESTS:
-                result = await ask(url, request, expected, arguments, f"{args.system_prompt} {args.tool_prompt}")
+                system = f"{args.system_prompt} {args.tool_prompt}"
+                result = await ask(url, request, expected, arguments, system, args.history)
                 results.append(result)
                 print(json.dumps(asdict(result)) if args.json else
                       f"{'ok ' if result.right else 'BAD'} {request!r}: {result.call} {result.arguments} "
@@ -191,6 +206,10 @@ def main() -> None:
     parser.add_argument("--model", default="qwen2.5-1.5b", help="packaged model name or .gguf path")
     parser.add_argument("--system-prompt", default=BotConfig().system_prompt, help="default: the bot's")
     parser.add_argument("--tool-prompt", default=TOOL_PROMPT, help="appended to it (default: the bot's)")
+    parser.add_argument(
+        "--history", type=int, default=0, choices=range(len(EARLIER) + 1),
+        help="spoken exchanges before each request (default 0: each request opens the conversation)",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per request, then a summary")
     asyncio.run(main_async(parser.parse_args()))
 
