@@ -6,9 +6,10 @@ only when it should?
     python -m benchmarks.tools --url http://HOST:8002 --json
     python -m benchmarks.tools --history 2               # each request after two spoken exchanges
 
-Each request is one fresh conversation (the bot's system prompt and tools, one user turn) through
-`LlamaServerLLMService` and Pipecat's assistant aggregator, as in the bot: a call runs its handler
-(canned results here), the aggregator records it, and the model answers from the result. Per
+Each request is one fresh conversation (the bot's system prompt and tools, `--history` spoken
+exchanges, one user turn) through `LlamaServerLLMService` and Pipecat's assistant aggregator, as in
+the bot: a call runs its handler (canned results here), the aggregator records it, and the model
+answers from the result. Per
 request, one line: the call made, whether function and arguments are right, the reply's first
 words, and the time from the context to the first spoken text. Then: right function + arguments
 over the tool requests, false calls over the no-tool requests, and first-speech time p50/p90 of
@@ -148,7 +149,9 @@ class RequestResult:
 async def ask(
     url: str, request: str, expected: str | None, args: dict[str, Any], system: str, history: int
 ) -> RequestResult:
-    earlier = [m for q, a in EARLIER[:history] for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+    earlier = [
+        m for q, a in EARLIER[:history] for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})
+    ]
     context = LLMContext(
         messages=[*earlier, {"role": "user", "content": request}], tools=ToolsSchema(standard_tools=BENCH_TOOLS)
     )
