@@ -17,5 +17,6 @@ from pipecat_services.prefilling_llm import PrefillingLLMService
 class LlamaServerLLMService(PrefillingLLMService):
     def __init__(self, *, base_url: str = "http://127.0.0.1:8002", slot: int = -1, **kwargs: Any) -> None:
         """`slot`: llama-server's slot; -1 lets it pick the one whose cache matches best, so with
-        `--parallel N` each conversation keeps its own slot. Other arguments: `PrefillingLLMService`, `TokenLLMService`."""
+        `--parallel N` each conversation keeps its own slot. Other arguments: `PrefillingLLMService`,
+        `TokenLLMService`."""
         super().__init__(backend=LlamaServerBackend(base_url, slot), **kwargs)

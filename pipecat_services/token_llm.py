@@ -248,7 +248,8 @@ class TokenLLMService(LLMService):
         if decides_call and tools:
             self.last_turn["call_probability"] = round(tool_calls.call_probability(first.top), 3)
             if self.last_turn["call_probability"] >= self.call_threshold:
-                fields, piece = self._sampling() | self.backend.call_fields(tool_calls.tool_names(tools), forced=True), None
+                call = self.backend.call_fields(tool_calls.tool_names(tools), forced=True)
+                fields, piece = self._sampling() | call, None
         generate = self._interleaved if self.interleaver else self._streamed
         completion, held = await generate(fields, piece, watch_calls=bool(tools))
         await self.start_llm_usage_metrics(
