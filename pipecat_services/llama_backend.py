@@ -22,7 +22,7 @@ import aiohttp
 
 from pipecat_services.llm_backend import FirstToken, LLMBackend, Piece
 from servers.auth import auth_headers
-from pipecat_services.tool_calls import SPEECH_ONLY_GBNF, CallGrammar
+from pipecat_services.tool_calls import NEXT_TOKENS, SPEECH_ONLY_GBNF, CallGrammar
 
 
 class LlamaServerError(RuntimeError):
@@ -80,7 +80,7 @@ class LlamaServerBackend(LLMBackend):
         body = {"prompt": tokens, "n_predict": 0, "cache_prompt": True, "id_slot": self.slot}
         return (await self._post("/completion", body)).get("timings", {})
 
-    async def first_token(self, tokens: list[int], fields: dict[str, Any], top: int = 10) -> FirstToken:
+    async def first_token(self, tokens: list[int], fields: dict[str, Any], top: int = NEXT_TOKENS) -> FirstToken:
         body = {
             "prompt": tokens,
             "n_predict": 1,

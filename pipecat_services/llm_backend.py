@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipecat_services.tool_calls import NEXT_TOKENS
+
 
 @dataclass(frozen=True)
 class Piece:
@@ -53,7 +55,7 @@ class LLMBackend(ABC):
         """Evaluate `tokens` into the cache, generate nothing; returns the timings."""
 
     @abstractmethod
-    async def first_token(self, tokens: list[int], fields: dict[str, Any], top: int = 10) -> FirstToken:
+    async def first_token(self, tokens: list[int], fields: dict[str, Any], top: int = NEXT_TOKENS) -> FirstToken:
         """Evaluate `tokens` into the cache and sample the one token after them under `fields`; with
         the `top` most likely next tokens, before any constraint."""
 

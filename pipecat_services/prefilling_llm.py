@@ -1,7 +1,8 @@
 """`TokenLLMService` that evaluates the conversation ahead of its turns: `PrefillingLLMService`.
 
 - At pipeline start the system prompt and tools are prefilled, so the first turn finds them cached
-  (and `warm_server` does it when the bot starts, for the first call after a start).
+  (and `warm_server` does it when the bot starts, for the first call after a start), and so is the
+  prompt that judges a request alone (`tool_calls.last_request_alone`).
 - While the user speaks, their words so far (interim transcripts handed over by `InterimPrefill`)
   are evaluated into the server's cache up to and including the reply's first token, so a turn
   evaluates only its last words; when the final transcript is the last words prefilled, the turn's
@@ -128,6 +129,9 @@ class PrefillingLLMService(TokenLLMService):
                 if budget is not None and not budget.fits(len(prompt)):
                     return
                 if user is None:
+                    if tools and self.call_threshold is not None:  # its own cache entry: first
+                        alone = [tool_calls.alone_system_prompt(messages)]
+                        await self.backend.prefill(await self.backend.tokenize(await self.backend.render(alone, tools)))
                     await self.backend.prefill(prompt)
                 else:  # evaluates the prompt too, and samples no more than the one token
                     fields, _ = self._reply_fields(messages, tools, tool_choice)

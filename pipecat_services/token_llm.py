@@ -246,8 +246,13 @@ class TokenLLMService(LLMService):
         # A token that ends inside a character comes back as U+FFFD: the stream then starts over.
         piece: Piece | None = first.piece if "\ufffd" not in first.piece.text else None
         if decides_call and tools:
-            self.last_turn["call_probability"] = round(tool_calls.call_probability(first.top), 3)
-            if self.last_turn["call_probability"] >= self.call_threshold:
+            probability = tool_calls.call_probability(first.top)
+            alone = tool_calls.last_request_alone(messages)
+            if alone is not None and self.call_threshold > probability >= tool_calls.RECHECK_FLOOR:
+                self.last_turn["call_probability_in_conversation"] = round(probability, 4)
+                probability = await self._call_probability(alone, tools, fields)
+            self.last_turn["call_probability"] = round(probability, 3)
+            if probability >= self.call_threshold:
                 call = self.backend.call_fields(tool_calls.tool_names(tools), forced=True)
                 fields, piece = self._sampling() | call, None
         generate = self._interleaved if self.interleaver else self._streamed
@@ -278,6 +283,14 @@ class TokenLLMService(LLMService):
         if self.call_threshold is None:
             return fields | self.backend.call_fields(tool_calls.tool_names(tools), forced=False), False
         return fields | self.backend.speech_fields(), True
+
+    async def _call_probability(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], fields: dict[str, Any]
+    ) -> float:
+        """How likely the model opens a call for `messages` (a request judged alone), sampled on
+        the side: the conversation's history is left as it is."""
+        tokens = await self.backend.tokenize(await self.backend.render(messages, tools))
+        return tool_calls.call_probability((await self.backend.first_token(tokens, fields)).top)
 
     async def _first_token(
         self, prompt: list[int], fields: dict[str, Any], prepared: PreparedPrompt | None

@@ -132,6 +132,21 @@ CALL_THRESHOLD = 0.25
 """Measured on the packaged Qwen2.5 1.5B with the bot's prompt and tools: requests for a tool put
 0.3-0.6 of the first token's probability on opening a call, other questions 0-0.18; with more tools
 (`benchmarks.tools`) the ranges overlap (0.06-0.87 vs 0-0.28)."""
+RECHECK_FLOOR = 0.0005
+"""A first token at least this likely (and below `call_threshold`) to open a call, in a conversation
+with earlier user turns, has the call judged again on the user's last words alone
+(`last_request_alone`). After two or three answers spoken in words, the 1.5B puts 0.0002-0.44 on a
+call for tool requests (0.3-0.8 as a first question) and 0-0.003 for other questions, so a threshold
+on it alone either misses most requests or calls on chit-chat (`benchmarks.tools --history`)."""
+NEXT_TOKENS = 100
+"""How many of the most likely first tokens are asked for: enough to see a call as unlikely as
+`RECHECK_FLOOR`, which is rarely among the top 10."""
+ALONE_PREAMBLE = "One message from a longer call. "
+"""Begins the system prompt of a request judged alone. The judgment then shares no token prefix with
+the conversation, so llama-server keeps each in a cache entry of its own (its host-memory prompt
+cache, `--cache-ram`) instead of cutting the conversation back to the shared system prompt and
+evaluating it all again on the next turn (seconds). Measured alone, the preamble changes no
+judgment: 16/20 tool requests above `CALL_THRESHOLD`, 0/10 other questions."""
 
 
 def without_earlier_calls(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -144,6 +159,22 @@ def without_earlier_calls(messages: list[dict[str, Any]]) -> list[dict[str, Any]
         m for i, m in enumerate(messages)
         if i >= last_user or not (m["role"] == "tool" or (m["role"] == "assistant" and m.get("tool_calls")))
     ]
+
+
+def last_request_alone(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The user's last message after `alone_system_prompt`, for judging a call without the
+    conversation; None unless the turn begins a new user request after earlier ones."""
+    if sum(m["role"] == "user" for m in messages) < 2 or messages[-1]["role"] != "user":
+        return None
+    return [alone_system_prompt(messages), messages[-1]]
+
+
+def alone_system_prompt(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The conversation's system message with `ALONE_PREAMBLE` before it."""
+    system = next((m["content"] for m in messages if m["role"] == "system"), "")
+    if not isinstance(system, str):  # content parts
+        system = " ".join(part.get("text", "") for part in system)
+    return {"role": "system", "content": ALONE_PREAMBLE + system}
 
 
 def tool_names(tools: list[dict[str, Any]]) -> tuple[str, ...]:

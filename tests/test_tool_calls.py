@@ -25,6 +25,7 @@ from pipecat.services.settings import LLMSettings
 
 from benchmarks.llm import AnswerMarks
 from benchmarks.scripted import TurnRecorder, Watch, run_script
+from benchmarks.tools import EARLIER
 from bot_config import BotConfig
 from pipecat_services import tool_calls
 from pipecat_services.llama_llm import LlamaServerLLMService
@@ -211,6 +212,57 @@ def test_calls_of_earlier_turns_leave_the_prompt_but_not_the_current_turns():
                {"role": "assistant", "content": "It is 13:05."}]
     current = [{"role": "user", "content": "And the date?"}, call, result]
     assert without_earlier_calls(earlier + current) == [earlier[0], earlier[3], *current]
+
+
+def test_a_request_is_judged_alone_only_when_it_opens_a_later_turn():
+    system = {"role": "system", "content": "Be brief."}
+    first, answer = {"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}
+    request = {"role": "user", "content": "What time is it?"}
+    assert tool_calls.last_request_alone([system, request]) is None  # the first request: judged as it is
+    alone = tool_calls.last_request_alone([system, first, answer, request])
+    assert alone == [{"role": "system", "content": tool_calls.ALONE_PREAMBLE + "Be brief."}, request]
+    result = {"role": "tool", "tool_call_id": "c1", "content": '{"error": "down"}'}
+    assert tool_calls.last_request_alone([system, first, answer, request, result]) is None  # a retry
+    assert tool_calls.last_request_alone([first, answer, request])[0]["content"] == tool_calls.ALONE_PREAMBLE
+
+
+def spoken_exchanges(*schemas: FunctionSchema) -> LLMContext:
+    """A conversation of two questions answered in words, as before a tool request in a real call."""
+    context = LLMContext(tools=ToolsSchema(standard_tools=list(schemas)))
+    for question, answer in EARLIER[:2]:
+        context.add_message({"role": "user", "content": question})
+        context.add_message({"role": "assistant", "content": answer})
+    return context
+
+
+async def test_tools_are_called_after_answers_spoken_in_words(tool_llm_server):
+    """After two spoken answers the 1.5B puts ≈0.001-0.05 on opening a call for a tool request (and
+    answered "What time is it?" with an invented time); judged alone, the request is a call again."""
+    tools = Tools()
+    schemas = weather_schema(tools.weather), timer_schema(tools.timer)
+    recorder, _, _, _ = await converse(tool_llm_server.http_url, "What's the weather like in Paris?",
+                                       context=spoken_exchanges(*schemas))
+    assert tools.calls == [("get_weather", {"city": "Paris"})], recorder.text
+    recorder, _, _, _ = await converse(tool_llm_server.http_url, "Why is the sky blue?",
+                                       context=spoken_exchanges(*schemas))
+    assert recorder.call is None and recorder.text and len(tools.calls) == 1, recorder.text
+
+
+async def test_a_request_judged_alone_leaves_the_conversation_cached(tool_llm_server):
+    """The judgment shares no prefix with the conversation, so llama-server keeps both: the
+    conversation's next request evaluates one token, not the conversation again."""
+    context = spoken_exchanges(weather_schema(None))
+    context.add_message({"role": "user", "content": "Is it cold in Oslo?"})
+    llm = LlamaServerLLMService(base_url=tool_llm_server.http_url,
+                                settings=LLMSettings(system_instruction=BotConfig().full_system_prompt))
+    messages, tools, _ = await llm._invocation(context)
+    backend, speech = llm.backend, llm.backend.speech_fields()
+    conversation = await backend.tokenize(await backend.render(messages, tools))
+    await backend.first_token(conversation, speech)
+    await llm._call_probability(tool_calls.last_request_alone(messages), tools, speech)
+    again = await backend.first_token(conversation, speech)
+    await backend.close()
+    assert again.piece.timings["prompt_n"] <= 1 and again.piece.timings["cache_n"] >= len(conversation) - 1
 
 
 FAREWELLS = [
