@@ -2,7 +2,9 @@
 
 import pytest
 
-from servers.tts.text import MAX_SEGMENT_CHARS, Segmenter, bounded_cut, normalize, split_bounded
+from servers.tts.text import (
+    MAX_SEGMENT_CHARS, Segmenter, bounded_cut, ends_clause, ends_sentence, normalize, split_bounded,
+)
 
 
 @pytest.mark.parametrize(
@@ -61,6 +63,18 @@ def test_numbers_with_commas_and_decimals_are_not_cut() -> None:
     s = Segmenter()
     assert s.add("We have 1,200 apples and 3.5 pears") == []
     assert s.flush() == ["We have 1,200 apples and 3.5 pears"]
+
+
+def test_numbers_streamed_in_pieces_are_not_cut_at_their_point_or_colon() -> None:
+    """LLM tokens split "05:10" and "29.5"; a cut after "05:" was spoken "zero five. ten"."""
+    s = Segmenter()
+    pieces = ["The time is 05", ":", "10", " and", " it", " lasts", " 29", ".", "5", " days", "."]
+    pieces += [" Then", " 3", ".", " Go"]
+    segments = [segment for piece in pieces for segment in s.add(piece)]
+    assert segments == ["The time is 05:10 and it lasts 29.5 days.", "Then 3."]
+    assert s.flush() == ["Go"]
+    assert [ends_sentence(t) for t in ("It is 29.", "It is 29. ", "It is nine.")] == [False, True, True]
+    assert [ends_clause(t) for t in ("At 05:", "At 05: ", "Well,")] == [False, True, True]
 
 
 def test_long_text_without_punctuation_is_cut_at_a_space() -> None:

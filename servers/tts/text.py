@@ -148,10 +148,12 @@ def normalize(text: str) -> str:
 # Where a reply is cut, for the TTS server's segments and the LLM's interleaved segments alike.
 _SENTENCE = r"[.!?…]+[\"')\]]*"
 _CLAUSE = r"[,;:—–]+"
-_SENTENCE_END = re.compile(rf"{_SENTENCE}(?=\s|$)")
-_CLAUSE_END = re.compile(rf"{_CLAUSE}(?=\s|$)")
-_ENDS_SENTENCE = re.compile(rf"(?:{_SENTENCE}|\n)\s*$")
-_ENDS_CLAUSE = re.compile(rf"{_CLAUSE}\s*$")
+# Punctuation right after a digit ends something only once a space follows: in streamed text
+# "29." may become 29.5 and "05:" 05:10, which cut there were spoken "twenty-nine. five".
+_SENTENCE_END = re.compile(rf"(?<!\d){_SENTENCE}(?=\s|$)|{_SENTENCE}(?=\s)")
+_CLAUSE_END = re.compile(rf"(?<!\d){_CLAUSE}(?=\s|$)|{_CLAUSE}(?=\s)")
+_ENDS_SENTENCE = re.compile(rf"(?:(?<!\d){_SENTENCE}|{_SENTENCE}\s|\n)\s*$")
+_ENDS_CLAUSE = re.compile(rf"(?:(?<!\d){_CLAUSE}|{_CLAUSE}\s)\s*$")
 FIRST_SEGMENT_WORDS = (2, 4)
 """(min, max) words after which a reply's first segment may end at a phrase boundary (`phrase_cut`).
 Measured against (3, 6) on the 2-core CPU with the 1.5B (README, "Where a turn's time goes"): server
