@@ -24,7 +24,8 @@ that point and drops the rest.
 
 Tools: the context's tools are rendered by the model's own template; while generating, text that
 may start a call is held back from the TTS, and the backend's constraints make the reply speech or
-a well-formed call, as the model's first token decides (`tool_calls.py`); at the end of the reply
+a well-formed call, as the model's first token decides (`tool_calls.py`; later in a conversation
+an unlikely call is judged again on the user's last words alone, in a prompt of its own); at the end of the reply
 the calls are checked against their schemas and run through Pipecat's function-calling machinery,
 exactly as `OpenAILLMService` does, so the assistant aggregator records call and result and asks
 for the next reply. A call that cannot run goes back
@@ -247,8 +248,8 @@ class TokenLLMService(LLMService):
         piece: Piece | None = first.piece if "\ufffd" not in first.piece.text else None
         if decides_call and tools:
             probability = tool_calls.call_probability(first.top)
-            alone = tool_calls.last_request_alone(messages)
-            if alone is not None and self.call_threshold > probability >= tool_calls.RECHECK_FLOOR:
+            unlikely = self.call_threshold > probability >= tool_calls.RECHECK_FLOOR
+            if unlikely and (alone := tool_calls.last_request_alone(messages)) is not None:
                 self.last_turn["call_probability_in_conversation"] = round(probability, 4)
                 probability = await self._call_probability(alone, tools, fields)
             self.last_turn["call_probability"] = round(probability, 3)
