@@ -24,12 +24,11 @@ that point and drops the rest.
 
 Tools: the context's tools are rendered by the model's own template; while generating, text that
 may start a call is held back from the TTS, and the backend's constraints make the reply speech or
-a well-formed call, as the model's first token decides (`tool_calls.py`; later in a conversation
-an unlikely call is judged again on the user's last words alone, in a prompt of its own); at the end of the reply
-the calls are checked against their schemas and run through Pipecat's function-calling machinery,
-exactly as `OpenAILLMService` does, so the assistant aggregator records call and result and asks
-for the next reply. A call that cannot run goes back
-to the model as an error result. One user turn gets one call that succeeds (after its result the
+a well-formed call, as the model's first token decides (`tool_calls.py`; later in a conversation an
+unlikely call is judged again on the user's last words alone, in a prompt of its own); at the end
+of the reply the calls are checked against their schemas and run through Pipecat's function-calling
+machinery, exactly as `OpenAILLMService` does, so the assistant aggregator records call and result
+and asks for the next reply. A call that cannot run goes back to the model as an error result. One user turn gets one call that succeeds (after its result the
 model must answer in words: small models otherwise call on and on) and one retry after a failure.
 """
 
