@@ -141,12 +141,13 @@ on it alone either misses most requests or calls on chit-chat (`benchmarks.tools
 NEXT_TOKENS = 100
 """How many of the most likely first tokens are asked for: enough to see a call as unlikely as
 `RECHECK_FLOOR`, which is rarely among the top 10."""
-ALONE_PREAMBLE = "One message from a longer call. "
-"""Begins the system prompt of a request judged alone. The judgment then shares no token prefix with
-the conversation, so llama-server keeps each in a cache entry of its own (its host-memory prompt
-cache, `--cache-ram`) instead of cutting the conversation back to the shared system prompt and
-evaluating it all again on the next turn (seconds). Measured alone, the preamble changes no
-judgment: 16/20 tool requests above `CALL_THRESHOLD`, 0/10 other questions."""
+ALONE_PREAMBLE = " "
+"""Begins the system prompt of a request judged alone: a space, so the judgment's tokens differ from
+the conversation's from the first one on and llama-server keeps each in a cache entry of its own
+(its host-memory prompt cache, `--cache-ram`), instead of cutting the conversation back to the
+shared system prompt and evaluating it all again on the next turn (seconds). Words would change the
+judgment (measured alone on the 30 requests: no preamble 18/20 right, 0/10 false, farewells
+0.12-0.33; a space 17/20, 0/10, 0.10-0.31; "One message from a longer call." 16/20, 0/10, 0.07-0.17)."""
 
 
 def without_earlier_calls(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
