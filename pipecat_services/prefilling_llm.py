@@ -131,7 +131,7 @@ class PrefillingLLMService(TokenLLMService):
                 if user is None:
                     if tools and self.call_threshold is not None:  # its own cache entry: first
                         alone = [tool_calls.alone_system_prompt(messages)]
-                        await self.backend.prefill(await self.backend.tokenize(await self.backend.render(alone, tools)))
+                        await self.backend.prefill(await self._side_tokens(alone, tools))
                     await self.backend.prefill(prompt)
                 else:  # evaluates the prompt too, and samples no more than the one token
                     fields, _ = self._reply_fields(messages, tools, tool_choice)

@@ -28,8 +28,9 @@ a well-formed call, as the model's first token decides (`tool_calls.py`; later i
 unlikely call is judged again on the user's last words alone, in a prompt of its own); at the end
 of the reply the calls are checked against their schemas and run through Pipecat's function-calling
 machinery, exactly as `OpenAILLMService` does, so the assistant aggregator records call and result
-and asks for the next reply. A call that cannot run goes back to the model as an error result. One user turn gets one call that succeeds (after its result the
-model must answer in words: small models otherwise call on and on) and one retry after a failure.
+and asks for the next reply. A call that cannot run goes back to the model as an error result. One
+user turn gets one call that succeeds (after its result the model must answer in words: small
+models otherwise call on and on) and one retry after a failure.
 """
 
 from __future__ import annotations
@@ -289,8 +290,12 @@ class TokenLLMService(LLMService):
     ) -> float:
         """How likely the model opens a call for `messages` (a request judged alone), sampled on
         the side: the conversation's history is left as it is."""
-        tokens = await self.backend.tokenize(await self.backend.render(messages, tools))
+        tokens = await self._side_tokens(messages, tools)
         return tool_calls.call_probability((await self.backend.first_token(tokens, fields)).top)
+
+    async def _side_tokens(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[int]:
+        """The tokens of a prompt outside the conversation's history (a request judged alone)."""
+        return await self.backend.tokenize(await self.backend.render(messages, tools))
 
     async def _first_token(
         self, prompt: list[int], fields: dict[str, Any], prepared: PreparedPrompt | None
