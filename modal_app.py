@@ -125,6 +125,12 @@ def _local(*extras: str) -> list[str]:
     return requirements(*extras) if modal.is_local() else []
 
 
+# What each image holds of this repository (beside this module, which Modal adds to every image) and
+# which extras it installs; tests/test_image_contents.py imports every entry point from exactly these.
+NEMO_EXTRAS, LLM_EXTRAS, BOT_EXTRAS = ("nemo", "magpie", "fetch"), ("fetch",), ("bot",)
+SERVER_SOURCES = ("servers",)
+BOT_SOURCES = ("servers", "pipecat_services", "bot_config", "bot", "bot_tools", "call_signalling")
+
 SERVER_ENV = {"HF_HOME": f"{CACHE}/huggingface", "NEMO_CACHE_DIR": f"{CACHE}/nemo", "PYTHONUNBUFFERED": "1"}
 # As docker/nemo.Dockerfile: NVIDIA's own builds (torch...) pinned while NeMo installs around them,
 # and pyopenjtalk's dictionary fetched at build time rather than in a running server.
@@ -132,23 +138,23 @@ nemo_image = (
     modal.Image.from_registry(NGC_PYTORCH_IMAGE)
     .add_local_file(ROOT / "scripts" / "keep-image-builds.sh", "/opt/keep-image-builds.sh", copy=True)
     .run_commands("bash /opt/keep-image-builds.sh > /opt/keep-image-builds.txt")
-    .pip_install(*_local("nemo", "magpie", "fetch"), extra_options="--constraint /opt/keep-image-builds.txt")
+    .pip_install(*_local(*NEMO_EXTRAS), extra_options="--constraint /opt/keep-image-builds.txt")
     .run_commands("python -c \"import pyopenjtalk; pyopenjtalk.g2p('テスト')\"")
     .env(SERVER_ENV)
-    .add_local_python_source("servers")
+    .add_local_python_source(*SERVER_SOURCES)
 )
 llm_image = (
     modal.Image.from_registry(LLAMA_CPP_CUDA_IMAGE, add_python="3.12")
     .entrypoint([])  # the image's entrypoint is llama-server; Modal runs its own
-    .pip_install(*_local("fetch"))  # servers.model_fetch, and what this module imports in every container
+    .pip_install(*_local(*LLM_EXTRAS))  # servers.model_fetch, and what this module imports in every container
     .env(SERVER_ENV)
-    .add_local_python_source("servers")
+    .add_local_python_source(*SERVER_SOURCES)
 )
 bot_image = (
     modal.Image.debian_slim(python_version="3.11")
-    .pip_install(*_local("bot"))
+    .pip_install(*_local(*BOT_EXTRAS))
     .env({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
-    .add_local_python_source("servers", "pipecat_services", "bot_config", "bot", "call_signalling")
+    .add_local_python_source(*BOT_SOURCES)
 )
 hf_secret = deploy_secret(("HF_TOKEN",))
 
