@@ -75,7 +75,11 @@ def ignore_pattern(pattern: str) -> re.Pattern[str]:
 def context_files() -> set[str]:
     """The repository's files that .dockerignore lets into a build context (last matching rule wins)."""
     listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     rules = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
     rules = [(r.startswith("!"), ignore_pattern(r.lstrip("!"))) for r in rules if r and not r.startswith("#")]
