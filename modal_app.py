@@ -77,12 +77,20 @@ form); it replaces the STUN-only default for both the browser and the bot."""
 
 PROXY_AUTH_KEYS = ("MODAL_PROXY_KEY", "MODAL_PROXY_SECRET")
 BOT_REQUIRES_PROXY_AUTH = os.environ.get("BOT_REQUIRE_PROXY_AUTH", "0") == "1"
-if modal.is_local() and not all(os.environ.get(k) for k in PROXY_AUTH_KEYS):
-    print(
-        f"modal_app: set {' and '.join(PROXY_AUTH_KEYS)} (a Proxy Auth Token: Modal settings → Proxy Auth "
-        "Tokens) before deploying, or the bot cannot reach its model servers",
-        file=sys.stderr,
-    )
+
+
+def deploy_problem(environ: dict[str, str]) -> str | None:
+    """Why a deploy from this environment could not work, in one line: without the Proxy Auth Token the
+    model servers refuse every request of the bot, so every call would fail."""
+    missing = [k for k in PROXY_AUTH_KEYS if not environ.get(k)]
+    if missing:
+        return (f"modal_app: export {' and '.join(missing)} first (a Proxy Auth Token: Modal Settings → Proxy "
+                "Auth Tokens); without it the model servers refuse the bot and every call fails")  # fmt: skip
+    return None
+
+
+if modal.is_local() and (problem := deploy_problem(dict(os.environ))):
+    sys.exit(problem)  # `modal deploy` / `modal serve` print this one line and stop
 
 app = modal.App(APP_NAME)
 models = modal.Volume.from_name(f"{APP_NAME}-models", create_if_missing=True)

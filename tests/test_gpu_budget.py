@@ -37,7 +37,7 @@ def test_the_larger_quantization_would_not_fit_a_5090():
     assert five090.fits and not bigger.fits
 
 
-def test_budget_uses_the_configured_llm():
+def test_budget_uses_the_configured_llm(monkeypatch):
     """compose's llama-server flags, the fetch step's default quantization and Modal's LLM agree with
     the shapes the budget computes."""
     compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())["services"]["llm-gpu"]["command"]
@@ -45,6 +45,8 @@ def test_budget_uses_the_configured_llm():
     assert compose[compose.index("--parallel") + 1] == str(COMPOSE_SLOTS)
     assert fetch_args([]).llm_quant == COMPOSE_QUANT
 
+    monkeypatch.setenv("MODAL_PROXY_KEY", "test")  # modal_app stops a deploy without them
+    monkeypatch.setenv("MODAL_PROXY_SECRET", "test")
     import modal_app
 
     llm = modal_app.llm_command()

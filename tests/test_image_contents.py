@@ -185,8 +185,10 @@ def docker_image(image: str, tmp: Path) -> ImageFiles:
     return assemble_stage(stages, stage, context_files(), tmp)
 
 
-def modal_image(name: str, tmp: Path) -> ImageFiles:
+def modal_image(name: str, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> ImageFiles:
     """A Modal image's Python view: its local sources and modal_app.py in /root, as Modal lays them out."""
+    monkeypatch.setenv("MODAL_PROXY_KEY", "test")  # modal_app stops a deploy without them
+    monkeypatch.setenv("MODAL_PROXY_SECRET", "test")
     import modal_app
 
     sources = {"nemo_image": modal_app.SERVER_SOURCES, "llm_image": modal_app.SERVER_SOURCES}
@@ -303,8 +305,8 @@ def test_docker_image_imports_its_entry_points(image, tmp_path):
 
 
 @pytest.mark.parametrize("image", sorted(MODAL_ENTRY_POINTS))
-def test_modal_image_imports_its_entry_points(image, tmp_path):
-    files = modal_image(image, tmp_path)
+def test_modal_image_imports_its_entry_points(image, tmp_path, monkeypatch):
+    files = modal_image(image, tmp_path, monkeypatch)
     result = import_in_image(files, MODAL_ENTRY_POINTS[image], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
 

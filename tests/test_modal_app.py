@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +23,7 @@ from servers.llm.server import llama_server_command
 from tests.test_compose import LLAMA_GPU_POLICY, LLAMA_POLICY, flags
 
 MINUTES = 60
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +59,8 @@ def deployed():
     patch.setattr(modal, "web_server", web_server)
     patch.setattr(socket, "getaddrinfo", no_network)
     patch.setattr(socket.socket, "connect", no_network)
+    for key in ("MODAL_PROXY_KEY", "MODAL_PROXY_SECRET"):
+        patch.setenv(key, "test")  # a deploy refuses to start without them (test below)
     sys.modules.pop("modal_app", None)
     module = importlib.import_module("modal_app")
     patch.undo()
@@ -285,3 +290,22 @@ def test_model_server_commands_start_in_their_container(deployed, name, monkeypa
     args = module.parse_args(command[3:])
     assert args.host == "0.0.0.0" and args.port == 1234
     refuse_insecure_bind(name, args)  # would exit: a LAN address without a token or --insecure
+
+
+
+def test_a_deploy_without_the_proxy_auth_token_stops_with_one_line(deployed, tmp_path):
+    """`modal deploy` as a user runs it, with no Proxy Auth Token exported: modal_app's own check stops it
+    before anything is sent, in one line naming what to export (no Modal account needed to see it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
+    env["HOME"] = str(tmp_path)  # no Modal token either: the check comes first
+    modal_cli = Path(sys.executable).parent / "modal"
+    result = subprocess.run(
+        [str(modal_cli), "deploy", "modal_app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "export MODAL_PROXY_KEY and MODAL_PROXY_SECRET first" in lines[0], result.stderr
+    problem = deployed.module.deploy_problem
+    assert problem({"MODAL_PROXY_KEY": "wk-1"}).startswith("modal_app: export MODAL_PROXY_SECRET first")
+    assert problem({"MODAL_PROXY_KEY": "wk-1", "MODAL_PROXY_SECRET": "ws-1"}) is None
