@@ -1,9 +1,9 @@
 # syntax=docker/dockerfile:1
-# Fallback for the GPU LLM, used only through docker/compose.llama-build.yaml: llama-server built
-# for one CUDA architecture from the llama.cpp sources that llama-cpp-python 0.3.36 vendors (the
-# version servers/llm/binary.py builds and the tests run). The default is llama.cpp's prebuilt
-# image (docker/compose.yaml); build this one when that image does not run on a machine, e.g. a
-# driver older than its CUDA, or to pin the tested llama.cpp.
+# The GPU LLM (docker/compose.yaml's llm-gpu): llama-server built for one CUDA architecture from the
+# llama.cpp sources that llama-cpp-python 0.3.36 vendors (the version servers/llm/binary.py builds and
+# the tests run), on CUDA 13.0, which driver 580.65.06 and newer run on an RTX 5090 and a DGX Spark
+# alike (servers/gpu_driver.py checks the host first). llama.cpp's prebuilt image is on a newer CUDA
+# (docker/compose.llama-prebuilt.yaml).
 #   CUDA_ARCH=120a-real   RTX 5090 (sm_120): the default on amd64
 #   CUDA_ARCH=121a-real   DGX Spark GB10 (sm_121): the default on arm64
 #   CUDA_ARCH="120a-real;121a-real"   both, for an image shared by the two

@@ -35,7 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "nemotron-voice-agent-check"
 PYTHON_BASE = f"{PROJECT}/python:3.11-bookworm"
 LLAMA_BASE = f"{PROJECT}/llama.cpp:server"
-BASE_PACKAGES = "python3,python3-venv,python-is-python3,ca-certificates,curl,passwd,libgomp1"
+BASES = {"PYTHON_IMAGE": PYTHON_BASE, "LLAMA_CPP_IMAGE": LLAMA_BASE}
+"""The Dockerfiles' base-image build arguments, and the stand-ins made here."""
+BASE_PACKAGES = "python3,python3-venv,python3-pip,python-is-python3,ca-certificates,curl,passwd,libgomp1"
 QUESTION, ANSWER = "What is the capital of France?", "paris"
 HEALTHY_TIMEOUT_S = 900
 
@@ -83,6 +85,8 @@ def python_base() -> None:
     hooks = [
         '--customize-hook=cp /usr/local/share/ca-certificates/*.crt "$1/usr/local/share/ca-certificates/" || true',
         '--customize-hook=chroot "$1" update-ca-certificates',
+        # As in the official image, pip installs into the system Python (Debian marks it externally managed).
+        '--customize-hook=rm -f "$1"/usr/lib/python3*/EXTERNALLY-MANAGED',
     ]
     with tempfile.TemporaryDirectory() as tmp:
         tarball = Path(tmp) / "base.tar"
@@ -128,9 +132,10 @@ def compatible_file(dest: Path) -> None:
         service.get("healthcheck", {}).pop("start_interval", None)
         if "build" in service:
             service["image"] = service["image"].replace("nemotron-voice-agent/", f"{PROJECT}/")
-            service["build"] = dict(service["build"])
-            service["build"]["args"] = {**service["build"].get("args", {}), "PYTHON_IMAGE": PYTHON_BASE,
-                                        "LLAMA_CPP_IMAGE": LLAMA_BASE}  # fmt: skip
+            service["build"] = build = dict(service["build"])
+            declared = (ROOT / "docker" / build["context"] / build["dockerfile"]).read_text()
+            bases = {k: v for k, v in BASES.items() if f"ARG {k}=" in declared}
+            build["args"] = {**build.get("args", {}), **bases}
     dest.write_text(yaml.safe_dump(stack, sort_keys=False))
 
 
