@@ -50,17 +50,18 @@ from pipecat.workers.runner import WorkerRunner
 
 from bot_config import BotConfig, add_bot_flags
 from bot_tools import bot_tools
+from pipecat_services import tracing
 from pipecat_services.asr_stt import ASRServerSTTService
 from pipecat_services.call_records import CallRecording, CallTranscript
 from pipecat_services.interim_prefill import InterimPrefill
+from pipecat_services.interleaving import Interleaver
 from pipecat_services.llama_llm import LlamaServerLLMService
+from pipecat_services.model_readiness import ModelServers, add_warming_up_routes, one_moment
 from pipecat_services.openai_llm import BudgetedOpenAILLMService
 from pipecat_services.prefilling_llm import PrefillingLLMService
 from pipecat_services.tts import TTSServerTTSService
 from pipecat_services.turn_end import BackgroundTurnAnalyzerUserTurnStopStrategy, SentenceEndUserTurnStopStrategy
 from pipecat_services.turn_metrics import TurnLatencyMetricsData, TurnLatencyObserver
-from pipecat_services import tracing
-from pipecat_services.interleaving import Interleaver
 from servers.auth import modal_proxy_headers
 
 TRANSPORTS = {
@@ -92,6 +93,7 @@ def make_llm(config: BotConfig, interleaver: Interleaver | None, context: LLMCon
         )
     return LlamaServerLLMService(
         base_url=config.llm_url,
+        server_wait_s=config.model_server_wait_s,
         interleaver=interleaver,
         interleaved_segments=1 if config.interleave == "first" else None,
         warm_context=context,
@@ -120,6 +122,11 @@ def user_turn_params(config: BotConfig) -> LLMUserAggregatorParams:
             ]
         ),
     )
+
+
+def model_servers(config: BotConfig) -> ModelServers:
+    """The servers a call uses; an OpenAI-compatible LLM is not ours to watch."""
+    return ModelServers(config.asr_url, config.tts_url, config.llm_url if config.llm_api == "llama-server" else None)
 
 
 def new_context(config: BotConfig) -> LLMContext:
@@ -157,7 +164,9 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
 
     call_id = uuid.uuid4().hex[:12]
     transcript = CallTranscript(Path(config.transcripts), call_id) if config.transcripts else None
-    recording = CallRecording(Path(config.transcripts) / f"{call_id}.wav") if transcript and config.record_audio else None
+    recording = (
+        CallRecording(Path(config.transcripts) / f"{call_id}.wav") if transcript and config.record_audio else None
+    )
     prefill = [InterimPrefill(llm)] if config.prefill_interims and isinstance(llm, PrefillingLLMService) else []
     pipeline = Pipeline(
         [transport.input(), stt, *prefill, user_aggregator, llm, tts, transport.output(),
@@ -165,9 +174,10 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
     )  # fmt: skip
 
     latency = TurnLatencyObserver()
+    params = PipelineParams(audio_in_sample_rate=16000, enable_metrics=True, enable_usage_metrics=True)
     worker = PipelineWorker(
         pipeline,
-        params=PipelineParams(audio_in_sample_rate=16000, enable_metrics=True, enable_usage_metrics=True),
+        params=params,
         observers=[latency, *([transcript] if transcript else [])],
         enable_tracing=bool(config.otlp_endpoint),
         conversation_id=call_id,
@@ -195,6 +205,13 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
         if transcript:
             transcript.write("assistant", text=message.content, interrupted=message.interrupted)
 
+    @transport.event_handler("on_client_connected")
+    async def on_client_connected(*_) -> None:
+        """A call during a load, a cold start or a restart hears "One moment, please." instead of silence."""
+        if waiting := await model_servers(config).waiting_for():
+            logger.info(f"call started while {', '.join(waiting)} loading: saying one moment")
+            await worker.queue_frame(one_moment(params.audio_out_sample_rate))
+
     @transport.event_handler("on_client_disconnected")
     async def on_client_disconnected(*_) -> None:
         logger.info("client disconnected")
@@ -219,9 +236,10 @@ async def bot(runner_args: RunnerArguments) -> None:
 
 
 if __name__ == "__main__":
-    from pipecat.runner.run import main
+    from pipecat.runner.run import app, main
 
     parser = add_bot_flags(argparse.ArgumentParser(description="Self-hosted voice agent (Pipecat runner)"))
     startup_config = BotConfig.from_args(parser.parse_known_args()[0])
+    add_warming_up_routes(app, model_servers(startup_config))
     threading.Thread(target=asyncio.run, args=(warm_llm(startup_config),), name="warm-llm", daemon=True).start()
     main(parser)

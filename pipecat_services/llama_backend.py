@@ -9,20 +9,29 @@
 - `/completion` with a token-id prompt, `cache_prompt` and a slot (-1: the server picks the one
   whose cache matches best), streamed (SSE) with the ids of every generated token. Closing the
   stream stops generation on the server. Constraints are llama.cpp GBNF grammars (`tool_calls.py`).
+
+A server that is loading its model (HTTP 503) or not listening (restarting, starting after the bot) is
+waited for until its `/health` says loaded, at most `server_wait_s`, and the request is sent again:
+a turn asked during a load is answered as soon as the model is up, not lost.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+from loguru import logger
 
 from pipecat_services.llm_backend import FirstToken, LLMBackend, Piece
-from servers.auth import auth_headers
+from pipecat_services.model_server import SERVER_WAIT_S
 from pipecat_services.tool_calls import NEXT_TOKENS, SPEECH_ONLY_GBNF, CallGrammar
+from servers.auth import auth_headers
 
 
 class LlamaServerError(RuntimeError):
@@ -30,9 +39,10 @@ class LlamaServerError(RuntimeError):
 
 
 class LlamaServerBackend(LLMBackend):
-    def __init__(self, base_url: str, slot: int = -1) -> None:
+    def __init__(self, base_url: str, slot: int = -1, server_wait_s: float = SERVER_WAIT_S) -> None:
         self.base_url = base_url.rstrip("/")
         self.slot = slot
+        self.server_wait_s = server_wait_s
         self._session: aiohttp.ClientSession | None = None
 
     def __str__(self) -> str:
@@ -54,16 +64,48 @@ class LlamaServerBackend(LLMBackend):
             await self._session.close()
             self._session = None
 
+    async def is_loaded(self) -> bool:
+        """llama-server's /health: 200 once the model is loaded (and its warm-up decode has run)."""
+        try:
+            async with self.session.get(self.base_url + "/health") as response:
+                return response.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    async def wait_loaded(self, wait_s: float | None = None) -> None:
+        """Until the server is loaded; LlamaServerError after `wait_s` (default `server_wait_s`)."""
+        limit = self.server_wait_s if wait_s is None else wait_s
+        deadline = time.monotonic() + limit
+        logger.info(f"{self}: waiting for the model to load")
+        while not await self.is_loaded():
+            if time.monotonic() > deadline:
+                raise LlamaServerError(f"{self} not loaded after {limit:.0f} s")
+            await asyncio.sleep(0.25)
+
+    @asynccontextmanager
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None):
+        """The response to one request, waiting once for a server that is loading or not listening."""
+        for attempt in (1, 2):
+            try:
+                async with self.session.request(method, self.base_url + path, json=body) as response:
+                    if response.status == 503 and attempt == 1:
+                        await self.wait_loaded()
+                        continue
+                    if response.status != 200:
+                        raise LlamaServerError(f"{path}: HTTP {response.status}: {(await response.text())[:300]}")
+                    yield response
+                    return
+            except aiohttp.ClientConnectorError:
+                if attempt == 2:
+                    raise
+            await self.wait_loaded()
+
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        async with self.session.post(self.base_url + path, json=body) as response:
-            if response.status != 200:
-                raise LlamaServerError(f"{path}: HTTP {response.status}: {(await response.text())[:300]}")
+        async with self._request("POST", path, body) as response:
             return await response.json()
 
     async def context_size(self) -> int | None:
-        async with self.session.get(self.base_url + "/props") as response:
-            if response.status != 200:
-                raise LlamaServerError(f"/props: HTTP {response.status}: {(await response.text())[:300]}")
+        async with self._request("GET", "/props") as response:
             return (await response.json()).get("default_generation_settings", {}).get("n_ctx")
 
     async def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
@@ -114,9 +156,7 @@ class LlamaServerBackend(LLMBackend):
             "timings_per_token": True,
             **fields,
         }
-        async with self.session.post(self.base_url + "/completion", json=body) as response:
-            if response.status != 200:
-                raise LlamaServerError(f"/completion: HTTP {response.status}: {(await response.text())[:300]}")
+        async with self._request("POST", "/completion", body) as response:
             async for line in response.content:
                 if not line.startswith(b"data: "):
                     continue

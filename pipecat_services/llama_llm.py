@@ -11,12 +11,17 @@ from __future__ import annotations
 from typing import Any
 
 from pipecat_services.llama_backend import LlamaServerBackend
+from pipecat_services.model_server import SERVER_WAIT_S
 from pipecat_services.prefilling_llm import PrefillingLLMService
 
 
 class LlamaServerLLMService(PrefillingLLMService):
-    def __init__(self, *, base_url: str = "http://127.0.0.1:8002", slot: int = -1, **kwargs: Any) -> None:
+    def __init__(
+        self, *, base_url: str = "http://127.0.0.1:8002", slot: int = -1, server_wait_s: float = SERVER_WAIT_S,
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
         """`slot`: llama-server's slot; -1 lets it pick the one whose cache matches best, so with
-        `--parallel N` each conversation keeps its own slot. Other arguments: `PrefillingLLMService`,
+        `--parallel N` each conversation keeps its own slot. `server_wait_s`: how long a request waits
+        for a server that is loading or restarting. Other arguments: `PrefillingLLMService`,
         `TokenLLMService`."""
-        super().__init__(backend=LlamaServerBackend(base_url, slot), **kwargs)
+        super().__init__(backend=LlamaServerBackend(base_url, slot, server_wait_s), **kwargs)

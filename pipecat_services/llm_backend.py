@@ -76,5 +76,8 @@ class LLMBackend(ABC):
         """Tokens one conversation may hold on the server (prompt and reply), if it says."""
         return None
 
+    async def wait_loaded(self, wait_s: float | None = None) -> None:
+        """Until the server can answer (its model loaded), at most `wait_s` (default: the backend's own)."""
+
     async def close(self) -> None:
         """Release connections."""

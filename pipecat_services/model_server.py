@@ -4,10 +4,14 @@ Each server greets a connection with a `ready` message (engine, sample rate, pro
 once its model is loaded; a service is connected only after that. The shared model-server token
 (`servers.auth`, from the environment) goes with every handshake.
 
-A service waits for its server up to `server_wait_s`, whether the server is not listening yet
-(it restarts, or starts after the bot), holds the handshake (Modal's proxy while a container
-scales up from zero) or is still loading its model: reconnects are bounded by that time, not by a
-count of attempts, so a cold server is waited for instead of given up on after a few seconds.
+The connection is made in the background when the pipeline starts: a server that is still loading
+holds its `ready` back, and waiting for it there would hold every frame of the call behind it (the
+bot's "one moment", `model_readiness.py`, among them).
+
+A service waits for its server up to `server_wait_s`, whether the server is not listening yet (it
+restarts, or starts after the bot), holds the handshake (Modal's proxy while a container scales up
+from zero) or is still loading its model: reconnects are bounded by that time, not by a count of
+attempts, so a cold server is waited for instead of given up on after a few seconds.
 """
 
 from __future__ import annotations
@@ -37,11 +41,18 @@ class ModelServerConnection:
     _wire: ModuleType
     _server_wait_s: float = SERVER_WAIT_S
     _receive_task: asyncio.Task | None = None
+    _connecting: asyncio.Task | None = None
     server_info: Any = None
 
     async def start(self, frame: Any) -> None:
         await super().start(frame)
-        await self._connect()
+        self._connecting = self.create_task(self._connect(), "connect")
+
+    async def connected(self) -> bool:
+        """Whether the connection is open, once the one made at start has succeeded or failed."""
+        if self._connecting is not None and not self._connecting.done():
+            await asyncio.wait([self._connecting])
+        return self._is_open()
 
     async def _try_reconnect(self, max_retries: int = 10, report_error: Any = None) -> bool:
         """Attempts enough to span `server_wait_s` at the longest backoff (each fails fast while
@@ -57,6 +68,8 @@ class ModelServerConnection:
 
     async def _disconnect(self) -> None:
         await super()._disconnect()
+        if self._connecting is not None and not self._connecting.done():
+            await self.cancel_task(self._connecting)
         if self._receive_task is not None:
             await self.cancel_task(self._receive_task)
             self._receive_task = None
@@ -76,7 +89,9 @@ class ModelServerConnection:
             if not isinstance(ready, self._wire.Ready):
                 raise ConnectionError(f"expected ready, got {first!r}")
             if ready.protocol != self._wire.PROTOCOL_VERSION:
-                raise ConnectionError(f"server speaks protocol {ready.protocol}, we speak {self._wire.PROTOCOL_VERSION}")
+                raise ConnectionError(
+                    f"server speaks protocol {ready.protocol}, we speak {self._wire.PROTOCOL_VERSION}"
+                )
             self.server_info = ready
             self._websocket = websocket
             logger.info(f"{self}: connected to {self._url} ({ready.engine}, {ready.sample_rate} Hz)")

@@ -16,7 +16,6 @@ generated, and a speculative user message leaves the token history as it was.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from loguru import logger
@@ -58,15 +57,7 @@ class PrefillingLLMService(TokenLLMService):
     async def warm_server(self, wait_s: float) -> None:
         """The warm-up without a call: prefill the system prompt and tools as soon as the server
         answers (waiting at most `wait_s`), so that the first call after a start finds them cached."""
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                await self.backend.context_size()
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(1.0)
+        await self.backend.wait_loaded(wait_s)
         await self._prefill(None)
 
     def prefill_user_words(self, words: str) -> None:

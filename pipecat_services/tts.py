@@ -75,7 +75,7 @@ class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
 
     @traced_tts
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
-        if not self._is_open():
+        if not await self.connected():
             await self._connect()
         try:
             if context_id not in self._started:
