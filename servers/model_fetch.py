@@ -5,7 +5,9 @@
 The NeMo checkpoints (and the ByT5 tokenizer files Magpie's text front end loads by name) go to the
 Hugging Face cache (HF_HOME), where NeMo finds them with the hub off; the LLM's GGUF goes to
 `<dest>/gguf/` and is linked as `<dest>/gguf/llm.gguf`, the one path llama-server is started with
-(single-file quantizations only). Every file is checked against the digest the hub publishes for it
+(single-file quantizations only). The NeMo checkpoints come from pinned hub revisions
+(`nemo_loading.PINNED_REVISIONS`), and the cache's `main` is pointed at them, so the servers, which
+load by name, load exactly those. Every file is checked against the digest the hub publishes for it
 (sha256 for git-LFS files, the git blob hash for small ones) and a checked file is remembered
 (`<dest>/verified/<digest>`), so a second run costs a few HTTP requests. What a part fetched is
 written down (`<dest>/manifest-<part>.json`): with the hub unreachable, a run whose files are all
@@ -30,7 +32,14 @@ from loguru import logger
 
 from servers.cli import add_flag, setup_logging
 from servers.gpu_budget import COMPOSE_QUANT
-from servers.nemo_loading import ASR_MODEL, TTS_CODEC_MODEL, TTS_MODEL, TTS_TEXT_TOKENIZER, nemo_filename
+from servers.nemo_loading import (
+    ASR_MODEL,
+    PINNED_REVISIONS,
+    TTS_CODEC_MODEL,
+    TTS_MODEL,
+    TTS_TEXT_TOKENIZER,
+    nemo_filename,
+)
 
 LLM_REPO = "unsloth/Nemotron-3-Nano-30B-A3B-GGUF"
 LLM_LINK = "llm.gguf"
@@ -48,6 +57,8 @@ class HubFile:
     digest: str
     lfs: bool
     """True: `digest` is the file's sha256 (git LFS); False: its git blob sha1 (small files)."""
+    revision: str | None = None
+    """The hub commit (PINNED_REVISIONS); None: the repository's `main` (the LLM's GGUF, another model)."""
 
     @property
     def gguf(self) -> bool:
@@ -72,7 +83,11 @@ def gguf_files(filenames: list[str], quant: str) -> list[str]:
 
 def part_repos(args: argparse.Namespace) -> dict[str, list[str]]:
     """The hub repositories each part fetches from."""
-    return {"asr": [args.asr_model], "tts": [args.tts_model, TTS_CODEC_MODEL, TTS_TEXT_TOKENIZER], "llm": [args.llm_repo]}
+    return {
+        "asr": [args.asr_model],
+        "tts": [args.tts_model, TTS_CODEC_MODEL, TTS_TEXT_TOKENIZER],
+        "llm": [args.llm_repo],
+    }
 
 
 def plan(args: argparse.Namespace, token: str | None) -> list[HubFile]:
@@ -83,10 +98,11 @@ def plan(args: argparse.Namespace, token: str | None) -> list[HubFile]:
     wanted: list[tuple[str, str, list[str]]] = []
     for part in args.parts:
         for repo in part_repos(args)[part]:
+            revision = PINNED_REVISIONS.get(repo)
             if repo == TTS_TEXT_TOKENIZER:
-                names = [name for name in api.list_repo_files(repo) if name.endswith(".json")]
+                names = [name for name in api.list_repo_files(repo, revision=revision) if name.endswith(".json")]
             elif part == "llm":
-                names = gguf_files(api.list_repo_files(repo), args.llm_quant)
+                names = gguf_files(api.list_repo_files(repo, revision=revision), args.llm_quant)
                 if len(names) != 1:
                     found = f"{len(names)} files (split GGUFs are not supported)" if names else "no file"
                     raise FetchError(f"{repo}: quantization {args.llm_quant!r} has {found}; choose a single-file one")
@@ -95,13 +111,15 @@ def plan(args: argparse.Namespace, token: str | None) -> list[HubFile]:
             wanted.append((part, repo, names))
     files = []
     for part, repo, names in wanted:
-        infos = {info.path: info for info in api.get_paths_info(repo, names)}
+        revision = PINNED_REVISIONS.get(repo)
+        infos = {info.path: info for info in api.get_paths_info(repo, names, revision=revision)}
         if missing := sorted(set(names) - set(infos)):
             raise FetchError(f"{repo} has no {', '.join(missing)}")
         for name in names:
             info = infos[name]
             lfs = info.lfs is not None
-            files.append(HubFile(part, repo, name, info.size, info.lfs.sha256 if lfs else info.blob_id, lfs))
+            digest = info.lfs.sha256 if lfs else info.blob_id
+            files.append(HubFile(part, repo, name, info.size, digest, lfs, revision))
     return files
 
 
@@ -142,6 +160,17 @@ def link_llm(gguf_dir: Path, filename: str) -> Path:
     return link
 
 
+def point_main_at(repo: str, revision: str) -> None:
+    """Make the cache's `main` of `repo` the pinned commit: NeMo, and transformers for the tokenizer,
+    load by name, which resolves `main` in the cache when the hub is off (refs/main holds a commit)."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model") / "refs" / "main"
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    ref.write_text(revision)
+
+
 def download_minutes(total_bytes: int, mbit_s: float = REFERENCE_LINK_MBIT_S) -> float:
     return total_bytes * 8 / (mbit_s * 1e6) / 60
 
@@ -164,8 +193,10 @@ def fetch(files: list[HubFile], dest: Path, token: str | None) -> Path | None:
     for number, file in enumerate(files, 1):
         logger.info(f"[{number}/{len(files)}] {file.repo}/{file.filename} ({file.size / 1e9:.2f} GB)")
         local_dir = str(gguf_dir) if file.gguf else None
-        path = Path(hf_hub_download(file.repo, file.filename, token=token, local_dir=local_dir))
+        path = Path(hf_hub_download(file.repo, file.filename, revision=file.revision, token=token, local_dir=local_dir))
         verify(path, file, verified_dir)
+        if file.revision and not file.gguf:
+            point_main_at(file.repo, file.revision)
     llm = [f.filename for f in files if f.gguf]
     link = link_llm(gguf_dir, llm[0]) if llm else None
     for part in {f.part for f in files}:
@@ -179,7 +210,7 @@ def local_path(file: HubFile, dest: Path) -> Path | None:
         return dest / "gguf" / file.filename
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(file.repo, file.filename)
+    cached = try_to_load_from_cache(file.repo, file.filename, revision=file.revision)
     return Path(cached) if isinstance(cached, str) else None
 
 

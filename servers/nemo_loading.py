@@ -20,6 +20,15 @@ TTS_CODEC_MODEL = "nvidia/nemo-nano-codec-22khz-1.89kbps-21.5fps"
 TTS_TEXT_TOKENIZER = "google/byt5-small"
 """The tokenizer the Magpie checkpoint's character front ends load by name (transformers'
 AutoTokenizer; not inside the .nemo): its JSON files must be in the cache too."""
+PINNED_REVISIONS = {
+    ASR_MODEL: "ebe59e5a817142986528bbbee5dba8db7b38ed50",
+    TTS_MODEL: "19806879b16d3f2ccf28fb112b1bcd16a3c7923e",
+    TTS_CODEC_MODEL: "fc00890b604aa2de298d2641ffc6c5f6caf8c4d7",
+    TTS_TEXT_TOKENIZER: "68377bdc18a2ffec8a0533fef03b1c513a4dd49d",
+}
+"""The hub commits deployments fetch, as NVIDIA's own NeMo-Speech.cpp pins them (models/index.json):
+these repositories are re-released under the same name (Magpie's 2026-07 checkpoint, v2607, brought
+frame stacking 2, which our engine and benchmarks/real_size follow), so `main` is not a version."""
 
 
 class ModelMissing(FileNotFoundError):

@@ -47,18 +47,25 @@ class HubListing:
 
     def __init__(self, files: dict[str, dict[str, tuple[int, str | None, str]]]) -> None:
         self.files = files
+        self.revisions: dict[str, set[str | None]] = {}
+        """repo -> the revisions it was asked about."""
 
     def install(self, monkeypatch) -> None:
         import huggingface_hub
         from huggingface_hub.hf_api import RepoFile
 
-        def paths_info(api, repo, names):
+        def listing(api, repo, revision=None):
+            self.revisions.setdefault(repo, set()).add(revision)
+            return list(self.files[repo])
+
+        def paths_info(api, repo, names, revision=None):
+            self.revisions.setdefault(repo, set()).add(revision)
             return [
                 RepoFile(path=n, size=size, oid=blob, lfs={"size": size, "oid": sha, "pointerSize": 130} if sha else None)
                 for n in names if n in self.files[repo] for size, sha, blob in [self.files[repo][n]]
             ]  # fmt: skip
 
-        monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda api, repo: list(self.files[repo]))
+        monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", listing)
         monkeypatch.setattr(huggingface_hub.HfApi, "get_paths_info", paths_info)
 
 
@@ -85,6 +92,42 @@ def test_plan_lists_every_part_with_the_hubs_digests(monkeypatch):
     assert names["llm"] == ["Nemotron-3-Nano-30B-A3B-IQ4_XS.gguf"]
     assert {(f.filename, f.digest) for f in files if not f.lfs} == {("config.json", "c" * 40), ("tokenizer_config.json", "d" * 40)}
     assert all(f.digest == "a" * 64 for f in files if f.filename.endswith(".nemo"))
+
+
+def test_nemo_checkpoints_come_from_pinned_revisions_and_load_by_name(tmp_path, monkeypatch):
+    """The hub is asked about each NeMo repository at its pinned commit (the LLM's GGUF repository has
+    no public pin: its `main`), and after the fetch a load by name with the hub off (as NeMo and
+    transformers load) finds the pinned snapshot."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from servers.nemo_loading import PINNED_REVISIONS, TTS_MODEL, require_local
+
+    hub = hub_listing()
+    hub.install(monkeypatch)
+    files = model_fetch.plan(model_fetch.parse_args([]), token=None)
+    for repo, revision in PINNED_REVISIONS.items():
+        assert hub.revisions[repo] == {revision}, repo
+        assert all(f.revision == revision for f in files if f.repo == repo)
+    assert hub.revisions[model_fetch.LLM_REPO] == {None}
+
+    cache = tmp_path / "hub-cache"
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+
+    def download(repo: str, filename: str, revision: str | None, token: str | None, local_dir: str | None) -> str:
+        """As huggingface_hub lays out its cache: a snapshot per commit."""
+        target = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / revision / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"magpie")
+        return str(target)
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", download)
+    magpie = hub_file(tmp_path / "magpie.nemo", b"magpie", repo=TTS_MODEL, filename="magpie_tts_multilingual_357m.nemo",
+                      part="tts", revision=PINNED_REVISIONS[TTS_MODEL])  # fmt: skip
+    model_fetch.fetch([magpie], tmp_path / "models", token=None)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    found = try_to_load_from_cache(TTS_MODEL, magpie.filename)  # by name: `main`
+    assert isinstance(found, str) and PINNED_REVISIONS[TTS_MODEL] in found
+    require_local(TTS_MODEL)  # the servers' own check passes
 
 
 def test_split_missing_or_absent_files_are_refused_before_any_download(monkeypatch):
@@ -146,7 +189,7 @@ def test_fetch_verifies_links_and_a_later_start_needs_no_network(tmp_path, monke
     gguf = hub_file(source / "m-IQ4_XS.gguf", b"weights", repo=model_fetch.LLM_REPO, part="llm")
     files = [hub_file(source / "asr.nemo", b"asr"), gguf]
 
-    def download(repo: str, filename: str, token: str | None, local_dir: str | None) -> str:
+    def download(repo: str, filename: str, revision: str | None, token: str | None, local_dir: str | None) -> str:
         target = Path(local_dir or tmp_path / "hf-cache") / filename
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes((source / filename).read_bytes())
