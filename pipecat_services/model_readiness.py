@@ -27,7 +27,7 @@ from pipecat.frames.frames import OutputAudioRawFrame
 
 from servers.auth import auth_headers
 
-PROBE_TIMEOUT_S = 2.0
+PROBE_TIMEOUT_S = 3.0
 """One health probe; a server that takes longer (a cold Modal container) counts as not ready."""
 ONE_MOMENT_WAV = Path(__file__).with_name("one_moment.wav")
 """Piper's joe voice (the embedded TTS) saying "One moment, please.", 16 kHz mono."""
