@@ -88,13 +88,11 @@ class LlamaServerBackend(LLMBackend):
         for attempt in (1, 2):
             try:
                 async with self.session.request(method, self.base_url + path, json=body) as response:
-                    if response.status == 503 and attempt == 1:
-                        await self.wait_loaded()
-                        continue
-                    if response.status != 200:
+                    if response.status == 200:
+                        yield response
+                        return
+                    if response.status != 503 or attempt == 2:
                         raise LlamaServerError(f"{path}: HTTP {response.status}: {(await response.text())[:300]}")
-                    yield response
-                    return
             except aiohttp.ClientConnectorError:
                 if attempt == 2:
                     raise

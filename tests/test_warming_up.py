@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks.webrtc_client import WebRTCVoiceClient
 from pipecat_services.model_readiness import ModelServers, health_url
-from servers.processes import LocalServer
+from servers.processes import LocalServer, free_port
 from tests.conftest import RestartableServer
 
 pytestmark = pytest.mark.timeout(300)
@@ -85,3 +85,46 @@ async def test_readiness_names_each_server_that_is_not_ready(asr_server, tts_ser
     assert await servers.waiting_for() == ["LLM"]
     assert await ModelServers(asr_server.url, tts_server.url, None).waiting_for() == []
     assert health_url("wss://x--asr-serve.modal.run") == "https://x--asr-serve.modal.run/health"
+
+
+async def test_a_request_answered_loading_waits_for_the_model_and_is_sent_again():
+    """The backend's rule in isolation (a stand-in answering as llama-server does while it loads: 503
+    "Loading model" everywhere, /health included): the request waits for /health and goes again."""
+    from aiohttp import web
+
+    from pipecat_services.llama_backend import LlamaServerBackend, LlamaServerError
+
+    loaded = asyncio.Event()
+    asked: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        if not loaded.is_set():
+            return web.json_response({"error": {"code": 503, "message": "Loading model"}}, status=503)
+        if request.path == "/health":
+            return web.json_response({"status": "ok"})
+        return web.json_response({"prompt": "<|im_start|>user"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}"
+    backend, impatient = LlamaServerBackend(url, server_wait_s=30), LlamaServerBackend(url, server_wait_s=0)
+    try:
+        render = asyncio.create_task(backend.render([{"role": "user", "content": "hi"}]))
+        while asked.count("/health") < 2:  # it asked, was told "loading", and is waiting on /health
+            await asyncio.sleep(0.05)
+        assert not render.done()
+        loaded.set()
+        assert await render == "<|im_start|>user"
+        assert asked.count("/apply-template") == 2
+        loaded.clear()
+        with pytest.raises(LlamaServerError, match="not loaded after 0 s"):
+            await impatient.render([{"role": "user", "content": "hi"}])
+    finally:
+        await backend.close()
+        await impatient.close()
+        await runner.cleanup()
