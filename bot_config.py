@@ -41,6 +41,8 @@ SESSION_CHECKS = {"interleave": lambda mode: mode in INTERLEAVE_MODES, "temperat
 
 @dataclass(frozen=True)
 class BotConfig:
+    """Every setting of the bot, each with its flag and BOT_* variable (defaults here, once)."""
+
     asr_url: str = "ws://127.0.0.1:8080"
     tts_url: str = "ws://127.0.0.1:8001"
     llm_url: str = "http://127.0.0.1:8002"
@@ -117,49 +119,82 @@ def add_bot_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_flag(group, "--voice", "BOT_VOICE", d.voice, "TTS voice (default: the server's first)", type=str)
     add_flag(group, "--language", "BOT_LANGUAGE", d.language, "TTS language")
     add_flag(group, "--system-prompt", "BOT_SYSTEM_PROMPT", d.system_prompt, "system prompt")
-    add_flag(group, "--tools", "BOT_TOOLS", d.tools, "tools the agent may call (bot_tools.py), comma-separated, or none")
     add_flag(
-        group, "--interleave", "BOT_INTERLEAVE", d.interleave,
+        group, "--tools", "BOT_TOOLS", d.tools, "tools the agent may call (bot_tools.py), comma-separated, or none"
+    )
+    add_flag(
+        group,
+        "--interleave",
+        "BOT_INTERLEAVE",
+        d.interleave,
         "LLM and TTS take turns: all (one GPU shared by both), first (only the reply's first words; a "
         "few CPU cores), off (both stream at once)",
         choices=INTERLEAVE_MODES,
     )
     add_flag(
-        group, "--prefill-interims", "BOT_PREFILL_INTERIMS", d.prefill_interims,
+        group,
+        "--prefill-interims",
+        "BOT_PREFILL_INTERIMS",
+        d.prefill_interims,
         "llama-server evaluates the user's words while they speak (interim transcripts), so a reply starts "
         "after only the last ones",
-        type=on_off, nargs="?", const=True,
+        type=on_off,
+        nargs="?",
+        const=True,
     )
     add_flag(group, "--max-tokens", "BOT_MAX_TOKENS", d.max_tokens, "longest reply in tokens")
     add_flag(
-        group, "--context-tokens", "BOT_CONTEXT_TOKENS", d.context_tokens,
+        group,
+        "--context-tokens",
+        "BOT_CONTEXT_TOKENS",
+        d.context_tokens,
         "a conversation's window (prompt and reply); past it the oldest turns leave. 0: the LLM server's own",
     )
     add_flag(group, "--temperature", "BOT_TEMPERATURE", d.temperature, "LLM sampling temperature (0: greedy)")
     add_flag(
-        group, "--vad-start-secs", "BOT_VAD_START_SECS", d.vad_start_secs,
+        group,
+        "--vad-start-secs",
+        "BOT_VAD_START_SECS",
+        d.vad_start_secs,
         "speech that starts a turn (Silero VAD); over the bot's voice it interrupts, so short = prompt barge-in",
     )
     add_flag(group, "--vad-stop-secs", "BOT_VAD_STOP_SECS", d.vad_stop_secs, "silence that ends speech (Silero VAD)")
     add_flag(
-        group, "--turn-fallback-secs", "BOT_TURN_FALLBACK_SECS", d.turn_fallback_secs,
+        group,
+        "--turn-fallback-secs",
+        "BOT_TURN_FALLBACK_SECS",
+        d.turn_fallback_secs,
         "silence after which a turn Smart Turn judged unfinished ends anyway",
     )
     add_flag(
-        group, "--model-server-wait-s", "BOT_MODEL_SERVER_WAIT_S", d.model_server_wait_s,
+        group,
+        "--model-server-wait-s",
+        "BOT_MODEL_SERVER_WAIT_S",
+        d.model_server_wait_s,
         "how long the ASR and TTS clients wait for a server that is down, restarting or cold (Modal: 600)",
     )
     add_flag(
-        group, "--transcripts", "BOT_TRANSCRIPTS", d.transcripts,
+        group,
+        "--transcripts",
+        "BOT_TRANSCRIPTS",
+        d.transcripts,
         "folder for one JSONL transcript per call (turns, tool calls, latency); empty: none",
     )
     add_flag(
-        group, "--record-audio", "BOT_RECORD_AUDIO", d.record_audio,
+        group,
+        "--record-audio",
+        "BOT_RECORD_AUDIO",
+        d.record_audio,
         "also record each call as a stereo WAV (user left, bot right) next to its transcript",
-        type=on_off, nargs="?", const=True,
+        type=on_off,
+        nargs="?",
+        const=True,
     )
     add_flag(
-        group, "--otlp-endpoint", "BOT_OTLP_ENDPOINT", d.otlp_endpoint,
+        group,
+        "--otlp-endpoint",
+        "BOT_OTLP_ENDPOINT",
+        d.otlp_endpoint,
         "OpenTelemetry traces (conversation, turn, stt/llm/tts spans) to this OTLP/HTTP endpoint, "
         "e.g. http://127.0.0.1:4318/v1/traces; empty: no tracing",
     )

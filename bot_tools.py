@@ -57,7 +57,7 @@ def is_farewell(text: str) -> bool:
     threshold), so hanging up needs the user's own words to agree."""
     for sentence in re.findall(r"[^.!?]+[.!?]?", text):
         for match in _FAREWELL.finditer(sentence):
-            rest = sentence[match.end():].rstrip(".!?")
+            rest = sentence[match.end() :].rstrip(".!?")
             if sentence.rstrip().endswith("?") or _NEGATED.search(sentence[: match.start()]):
                 continue
             if _CLOSERS.fullmatch(rest):
@@ -77,8 +77,12 @@ async def get_current_time(params: FunctionCallParams) -> None:
     """The machine's local date and time, so "What time is it?" gets a true answer."""
     now = datetime.now().astimezone()
     await params.result_callback(
-        {"time": now.strftime("%H:%M"), "weekday": now.strftime("%A"), "date": now.strftime("%B %d, %Y"),
-         "timezone": now.tzname()}
+        {
+            "time": now.strftime("%H:%M"),
+            "weekday": now.strftime("%A"),
+            "date": now.strftime("%B %d, %Y"),
+            "timezone": now.tzname(),
+        }
     )
 
 

@@ -51,7 +51,10 @@ def inbox(session_id: str) -> str:
 
 
 def signalling_app(
-    mailbox: Mailbox, start_call: StartCall, ice_servers: list[dict[str, Any]], answer_timeout_s: float = ANSWER_TIMEOUT_S
+    mailbox: Mailbox,
+    start_call: StartCall,
+    ice_servers: list[dict[str, Any]],
+    answer_timeout_s: float = ANSWER_TIMEOUT_S,
 ) -> FastAPI:
     """The web side: serves the Playground, starts a worker per call, relays its signalling."""
     app = FastAPI(title="voice agent signalling")
@@ -97,7 +100,11 @@ def signalling_app(
     async def ice_candidates(session_id: str, request: Request) -> dict[str, str]:
         data = await _json(request)
         candidates = data.get("candidates") or []
-        if not isinstance(data.get("pc_id"), str) or not isinstance(candidates, list) or not all(map(_is_candidate, candidates)):
+        if (
+            not isinstance(data.get("pc_id"), str)
+            or not isinstance(candidates, list)
+            or not all(map(_is_candidate, candidates))
+        ):
             raise HTTPException(400, "expected {pc_id, candidates: [{candidate, sdp_mid, sdp_mline_index}]}")
         message = {"op": "ice", "pc_id": data["pc_id"], "candidates": candidates}
         await mailbox.send(inbox(_checked(session_id)), message)
@@ -132,7 +139,8 @@ def _checked(session_id: str) -> str:
 def _is_candidate(candidate: Any) -> bool:
     return (
         isinstance(candidate, dict) and isinstance(candidate.get("candidate"), str)
-        and isinstance(candidate.get("sdp_mid"), str | None) and isinstance(candidate.get("sdp_mline_index"), int | None)
+        and isinstance(candidate.get("sdp_mid"), str | None)
+        and isinstance(candidate.get("sdp_mline_index"), int | None)
     )  # fmt: skip
 
 

@@ -18,8 +18,8 @@ so containers that scaled to zero start loading together; the bot's clients wait
 
 Settings come from the deploying machine's environment: HF_TOKEN, and BOT_* / PIPECAT_ICE_SERVERS
 for the bot (e.g. BOT_LLM_API=openai BOT_LLM_URL=... to use another LLM). TURN credentials belong in a
-Modal Secret holding PIPECAT_ICE_SERVERS: name it in MODAL_TURN_SECRET at deploy time. README.md
-(Deploy on Modal) has the commands.
+Modal Secret holding PIPECAT_ICE_SERVERS: name it in MODAL_TURN_SECRET at deploy time.
+docs/deploy-modal.md has the commands.
 
 The model servers' URLs are not open to the internet: Modal's proxy lets a request through only
 with the Modal-Key / Modal-Secret headers of a Proxy Auth Token, which the bot sends (MODAL_PROXY_KEY

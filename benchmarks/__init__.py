@@ -1,0 +1,1 @@
+"""Benchmark commands (`python -m benchmarks.<name>`) and the clients and statistics they share."""

@@ -182,7 +182,9 @@ async def main_async(args: argparse.Namespace) -> None:
                 sessions = await asyncio.gather(*(run_session(url, clips, lead) for _ in range(args.sessions)))
                 passes[name] = [{"pass": name, **r} for s in sessions for r in s]
     for r in passes["bot"] + passes["cold"]:
-        print(json.dumps(r) if args.json else f"{r['pass']:<5}{r['final_ms']:7.1f} ms  rtf {r['rtf']:.3f}  {r['text']!r}")
+        print(
+            json.dumps(r) if args.json else f"{r['pass']:<5}{r['final_ms']:7.1f} ms  rtf {r['rtf']:.3f}  {r['text']!r}"
+        )
     print(f"\nengine {engine}, {len(clips)} utterances x {args.sessions} session(s)")
     bot, cold = passes["bot"], passes["cold"]
     print(fmt(f"bot: soft {args.soft_lead_ms} ms early, hard -> final", [r["final_ms"] for r in bot]))
@@ -202,7 +204,7 @@ async def long_async(args: argparse.Namespace) -> None:
             await run_session(url, [(None, speeches[0][1])], args.soft_lead_ms)
             rows = []
             for _ in range(args.repeat):
-                for seconds, (reference, audio) in zip(lengths, speeches):
+                for seconds, (reference, audio) in zip(lengths, speeches, strict=False):
                     for name, lead in (("bot", args.soft_lead_ms), ("cold", 0)):
                         [result] = await run_session(url, [(reference, audio)], lead)
                         rows.append({"pass": name, "seconds": seconds, **result})

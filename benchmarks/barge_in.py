@@ -25,7 +25,13 @@ from benchmarks.audio import read_wav, speak
 from benchmarks.stats import fmt, summary
 from benchmarks.webrtc_client import WebRTCVoiceClient
 
-TOPICS = ["a dragon and a brave knight", "a lighthouse keeper", "a robot who learns to paint", "a lost kitten", "the sea"]
+TOPICS = [
+    "a dragon and a brave knight",
+    "a lighthouse keeper",
+    "a robot who learns to paint",
+    "a lost kitten",
+    "the sea",
+]
 INTERRUPTION = "Hold on what is two plus two"
 
 

@@ -72,6 +72,8 @@ STAGES = ["client_v2v_ms", "server_v2v_ms", "stt_final_ms", "llm_ttfb_ms", "tts_
 
 @dataclass
 class TurnResult:
+    """One user turn as the benchmark saw it: what was heard and said, and its latencies."""
+
     turn: int
     file: str
     heard: str | None
@@ -193,7 +195,8 @@ async def main() -> None:
     )
     parser.add_argument(
         "--questions", choices=["default", "varied"], default="default",
-        help=f"generated questions without WAVs: the {len(QUESTIONS)} default ones or {len(VARIED_QUESTIONS)} varied ones",
+        help=f"generated questions without WAVs: the {len(QUESTIONS)} default ones "
+        f"or {len(VARIED_QUESTIONS)} varied ones",
     )  # fmt: skip
     parser.add_argument("--turn-timeout", type=float, default=30.0, help="seconds to wait for a reply")
     parser.add_argument("--fresh-sessions", action="store_true", help="one session per question (answers independent)")
@@ -208,7 +211,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clips = load_clips(args.audio, Path(tmp), VARIED_QUESTIONS if args.questions == "varied" else QUESTIONS)
     results, replies = await converse(args.url, clips, body, args.turn_timeout, args.fresh_sessions)
-    for result, said in zip(results, await transcribe_replies(replies)):
+    for result, said in zip(results, await transcribe_replies(replies), strict=False):
         result.said = said
     report(results, args.json, body.get("interleave"))
 

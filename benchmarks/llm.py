@@ -41,8 +41,8 @@ from benchmarks.servers import running_server
 from benchmarks.stats import fmt
 from bot_config import BotConfig
 from bot_tools import TOOLS
-from pipecat_services.llama_llm import LlamaServerLLMService
 from pipecat_services.interleaving import Interleaver, TTSMarkFrame
+from pipecat_services.llama_llm import LlamaServerLLMService
 
 SYSTEM = BotConfig().full_system_prompt
 SCRIPT = [
@@ -124,7 +124,9 @@ async def run_conversation(url: str, interleave: bool, temperature: float) -> li
     interleaver = Interleaver() if interleave else None
     context = LLMContext(tools=ToolsSchema(standard_tools=[TOOLS["time"]]))
     llm = LlamaServerLLMService(
-        base_url=url, interleaver=interleaver, warm_context=context,
+        base_url=url,
+        interleaver=interleaver,
+        warm_context=context,
         settings=LLMSettings(system_instruction=SYSTEM, temperature=temperature, seed=7, max_tokens=160),
     )
     results = []
@@ -133,7 +135,9 @@ async def run_conversation(url: str, interleave: bool, temperature: float) -> li
         first, recorder = FirstText(), TurnRecorder(llm)
         stages = [llm, *([AnswerMarks(interleaver)] if interleaver else []), first, recorder]
         down = await run_script(
-            *stages, LLMAssistantAggregator(context), steps=[LLMContextFrame(context), recorder.done.wait],
+            *stages,
+            LLMAssistantAggregator(context),
+            steps=[LLMContextFrame(context), recorder.done.wait],
             pipeline_params=PipelineParams(enable_metrics=True),
         )
         ttfb = [d.value for f in down if isinstance(f, MetricsFrame) for d in f.data if isinstance(d, TTFBMetricsData)]
@@ -160,7 +164,8 @@ async def run_long_conversation(url: str, turns: int, interleave: bool, reuse_ta
     """One row per turn of `long_script(turns)`: TTFB, whether the turn trimmed, cache numbers."""
     interleaver = Interleaver() if interleave else None
     llm = LlamaServerLLMService(
-        base_url=url, interleaver=interleaver,
+        base_url=url,
+        interleaver=interleaver,
         settings=LLMSettings(system_instruction=LONG_SYSTEM, temperature=0.0, seed=7, max_tokens=40),
     )
     if not reuse_tail:
@@ -171,7 +176,9 @@ async def run_long_conversation(url: str, turns: int, interleave: bool, reuse_ta
         recorder = TurnRecorder(llm)
         stages = [llm, *([AnswerMarks(interleaver)] if interleaver else []), recorder]
         down = await run_script(
-            *stages, LLMAssistantAggregator(context), steps=[LLMContextFrame(context), recorder.done.wait],
+            *stages,
+            LLMAssistantAggregator(context),
+            steps=[LLMContextFrame(context), recorder.done.wait],
             pipeline_params=PipelineParams(enable_metrics=True),
         )
         ttfb = [d.value for f in down if isinstance(f, MetricsFrame) for d in f.data if isinstance(d, TTFBMetricsData)]
@@ -224,7 +231,9 @@ async def main_async(args: argparse.Namespace) -> None:
     mode = "interleaved" if args.interleave else "free streaming"
     later = results[1:]
     print(f"\nmodel {args.model if not args.url else args.url}, {mode}, {len(SCRIPT)} turns (one calls a tool)")
-    print(fmt("first segment (TTFB)", [r["first_segment_ms"] for r in results if r["first_segment_ms"] and not r["call"]]))
+    print(
+        fmt("first segment (TTFB)", [r["first_segment_ms"] for r in results if r["first_segment_ms"] and not r["call"]])
+    )
     print(fmt("cache hit ratio, replies 2+", [r["cache_hit_ratio"] for r in later], unit="", decimals=3))
     print(fmt("cached share of prompt, replies 2+", [r["prompt_cached_share"] for r in later], unit="", decimals=3))
 

@@ -39,6 +39,8 @@ TEXT = (
 
 @dataclass
 class Run:
+    """One request of the load test and its timings."""
+
     ttft_ms: float
     decode_tok_s: float
     tokens: int

@@ -117,14 +117,16 @@ async def asr_case(model: Any, right_context: int, streams: int, utterances: int
                 for tick in range(ticks):
                     before = len(counter.batches)
                     started = time.perf_counter()
-                    await asyncio.gather(*(s.feed(a[tick * chunk : (tick + 1) * chunk]) for s, a in zip(opened, audio)))
+                    await asyncio.gather(
+                        *(s.feed(a[tick * chunk : (tick + 1) * chunk]) for s, a in zip(opened, audio, strict=False))
+                    )
                     if not warmup and len(counter.batches) > before:
                         step_ms.append((time.perf_counter() - started) * 1000)
                 if not warmup:
                     tokens += sum(len(s.state.hyp.y_sequence) for s in opened if s.state.hyp is not None)
                     audio_s += streams * ticks * chunk / ASR_RATE
                 half = slice(ticks * chunk, ticks * chunk + chunk // 2)
-                await asyncio.gather(*(s.feed(a[half]) for s, a in zip(opened, audio)))
+                await asyncio.gather(*(s.feed(a[half]) for s, a in zip(opened, audio, strict=False)))
                 started = time.perf_counter()
                 await asyncio.gather(*(s.finalize(hard=True) for s in opened))
                 if not warmup:

@@ -44,6 +44,8 @@ QUESTIONS = [
 
 @dataclass
 class SessionResult:
+    """What one long session measured: each turn's voice-to-voice latency, and its errors."""
+
     v2v_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -133,7 +135,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=2, help="simultaneous calls (default: %(default)s)")
     parser.add_argument("--turns", type=int, default=250, help="turns per call (default: %(default)s)")
-    parser.add_argument("--warm-up", type=int, default=10, help="turns per call before the first RSS (default: %(default)s)")
+    parser.add_argument(
+        "--warm-up", type=int, default=10, help="turns per call before the first RSS (default: %(default)s)"
+    )
     parser.add_argument("--model", default="smollm2-135m", help="the LLM (servers.llm --model; default: %(default)s)")
     parser.add_argument("--max-tokens", type=int, default=60, help="reply length cap (default: %(default)s)")
     report = asyncio.run(soak(parser.parse_args()))

@@ -6,7 +6,7 @@ import numpy as np
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    """n / min / p50 / p90 / max."""
+    """N / min / p50 / p90 / max."""
     a = np.asarray(values, dtype=float)
     return {
         "n": len(a),

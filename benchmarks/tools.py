@@ -60,18 +60,40 @@ def schema(name: str, description: str, properties: dict[str, Any], required: li
 
 BENCH_TOOLS = [
     TOOLS["time"],
-    FunctionSchema(name="end_call", description=TOOLS["end_call"].description, properties={}, required=[],
-                   handler=canned),
-    schema("get_weather", "Get the current weather in a city.", {"city": {"type": "string", "description": "city name"}},
-           ["city"]),
-    schema("get_stock_price", "Get the current stock price of a company.",
-           {"symbol": {"type": "string", "description": "stock ticker symbol, e.g. AAPL"}}, ["symbol"]),
-    schema("set_timer", "Start a countdown timer.",
-           {"minutes": {"type": "integer", "description": "length in minutes"},
-            "label": {"type": "string", "description": "what the timer is for"}}, ["minutes"]),
-    schema("book_table", "Book a table at a restaurant.",
-           {"restaurant": {"type": "string"}, "people": {"type": "integer", "description": "number of guests"},
-            "time": {"type": "string", "description": "when, as the user said it"}}, ["restaurant", "people", "time"]),
+    FunctionSchema(
+        name="end_call", description=TOOLS["end_call"].description, properties={}, required=[], handler=canned
+    ),
+    schema(
+        "get_weather",
+        "Get the current weather in a city.",
+        {"city": {"type": "string", "description": "city name"}},
+        ["city"],
+    ),
+    schema(
+        "get_stock_price",
+        "Get the current stock price of a company.",
+        {"symbol": {"type": "string", "description": "stock ticker symbol, e.g. AAPL"}},
+        ["symbol"],
+    ),
+    schema(
+        "set_timer",
+        "Start a countdown timer.",
+        {
+            "minutes": {"type": "integer", "description": "length in minutes"},
+            "label": {"type": "string", "description": "what the timer is for"},
+        },
+        ["minutes"],
+    ),
+    schema(
+        "book_table",
+        "Book a table at a restaurant.",
+        {
+            "restaurant": {"type": "string"},
+            "people": {"type": "integer", "description": "number of guests"},
+            "time": {"type": "string", "description": "when, as the user said it"},
+        },
+        ["restaurant", "people", "time"],
+    ),
 ]
 
 NO_CALL = None
@@ -90,12 +112,21 @@ REQUESTS: list[tuple[str, str | None, dict[str, Any]]] = [
     ("Set a timer for ten minutes.", "set_timer", {"minutes": 10}),
     ("Start a five minute timer for the eggs.", "set_timer", {"minutes": 5}),
     ("Remind me in twenty minutes to check the oven.", "set_timer", {"minutes": 20}),
-    ("Book a table for two at Luigi's at seven pm.", "book_table",
-     {"restaurant": "luigi", "people": 2, "time": ("7", "seven")}),
-    ("Reserve a table for four at the Golden Dragon at eight thirty tonight.", "book_table",
-     {"restaurant": "golden dragon", "people": 4, "time": ("8", "eight")}),
-    ("Can you book Chez Marie for six people at 8 pm?", "book_table",
-     {"restaurant": "chez marie", "people": 6, "time": ("8", "eight")}),
+    (
+        "Book a table for two at Luigi's at seven pm.",
+        "book_table",
+        {"restaurant": "luigi", "people": 2, "time": ("7", "seven")},
+    ),
+    (
+        "Reserve a table for four at the Golden Dragon at eight thirty tonight.",
+        "book_table",
+        {"restaurant": "golden dragon", "people": 4, "time": ("8", "eight")},
+    ),
+    (
+        "Can you book Chez Marie for six people at 8 pm?",
+        "book_table",
+        {"restaurant": "chez marie", "people": 6, "time": ("8", "eight")},
+    ),
     ("Goodbye, that's all for today.", "end_call", {}),
     ("Thanks, bye!", "end_call", {}),
     ("Okay, I'm done, you can hang up now.", "end_call", {}),
@@ -136,6 +167,8 @@ def arguments_match(expected: dict[str, Any], actual: dict[str, Any]) -> bool:
 
 @dataclass
 class RequestResult:
+    """One request of the tools benchmark: the call expected, the call made, the probability."""
+
     request: str
     expected: str | None
     call: str | None
@@ -156,12 +189,15 @@ async def ask(
         messages=[*earlier, {"role": "user", "content": request}], tools=ToolsSchema(standard_tools=BENCH_TOOLS)
     )
     llm = LlamaServerLLMService(
-        base_url=url, warm_context=context, settings=LLMSettings(system_instruction=system, temperature=0.0, max_tokens=80)
+        base_url=url,
+        warm_context=context,
+        settings=LLMSettings(system_instruction=system, temperature=0.0, max_tokens=80),
     )
     recorder = TurnRecorder(llm)
     started = time.perf_counter()
-    await run_script(llm, recorder, LLMAssistantAggregator(context),
-                     steps=[LLMContextFrame(context), recorder.done.wait])
+    await run_script(
+        llm, recorder, LLMAssistantAggregator(context), steps=[LLMContextFrame(context), recorder.done.wait]
+    )
     await llm.backend.close()
     name, arguments = recorder.call or (None, {})
     right = name == expected and (expected is None or arguments_match(args, arguments))
@@ -175,13 +211,20 @@ def report(model: str, results: list[RequestResult], as_json: bool) -> None:
     plain = [r for r in results if not r.expected]
     right = sum(r.right for r in tool_turns)
     false_calls = sum(r.call is not None for r in plain)
-    summary = {"model": model, "right": right, "tool_requests": len(tool_turns), "false_calls": false_calls,
-               "no_tool_requests": len(plain)}
+    summary = {
+        "model": model,
+        "right": right,
+        "tool_requests": len(tool_turns),
+        "false_calls": false_calls,
+        "no_tool_requests": len(plain),
+    }
     if as_json:
         print(json.dumps(summary))
         return
-    print(f"\n{model}: right function and arguments {right}/{len(tool_turns)} "
-          f"({100 * right / len(tool_turns):.0f} %), false calls {false_calls}/{len(plain)}")
+    print(
+        f"\n{model}: right function and arguments {right}/{len(tool_turns)} "
+        f"({100 * right / len(tool_turns):.0f} %), false calls {false_calls}/{len(plain)}"
+    )
     for name, group in (("first speech, tool turns", tool_turns), ("first speech, no-tool turns", plain)):
         values = [r.first_speech_ms for r in group if r.first_speech_ms is not None]
         if values:
@@ -197,9 +240,13 @@ async def main_async(args: argparse.Namespace) -> None:
                 system = f"{args.system_prompt} {args.tool_prompt}"
                 result = await ask(url, request, expected, arguments, system, args.history)
                 results.append(result)
-                print(json.dumps(asdict(result)) if args.json else
-                      f"{'ok ' if result.right else 'BAD'} {request!r}: {result.call} {result.arguments} "
-                      f"p(call) {result.call_probability} {result.first_speech_ms} ms -> {result.reply[:70]!r}", flush=True)
+                print(
+                    json.dumps(asdict(result))
+                    if args.json
+                    else f"{'ok ' if result.right else 'BAD'} {request!r}: {result.call} {result.arguments} "
+                    f"p(call) {result.call_probability} {result.first_speech_ms} ms -> {result.reply[:70]!r}",
+                    flush=True,
+                )
     report(args.url or args.model, results, args.json)
 
 
@@ -210,7 +257,10 @@ def main() -> None:
     parser.add_argument("--system-prompt", default=BotConfig().system_prompt, help="default: the bot's")
     parser.add_argument("--tool-prompt", default=TOOL_PROMPT, help="appended to it (default: the bot's)")
     parser.add_argument(
-        "--history", type=int, default=0, choices=range(len(EARLIER) + 1),
+        "--history",
+        type=int,
+        default=0,
+        choices=range(len(EARLIER) + 1),
         help="spoken exchanges before each request (default 0: each request opens the conversation)",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per request, then a summary")

@@ -71,9 +71,9 @@ async def run_session(url: str, index: int, pause_s: float) -> list[dict]:
 
 
 LONG_TEXTS = {
-    "4000 chars unpunctuated": " ".join(["the quick brown fox jumps over a lazy dog while seven green parrots sing"] * 60)[
-        :4000
-    ],
+    "4000 chars unpunctuated": " ".join(
+        ["the quick brown fox jumps over a lazy dog while seven green parrots sing"] * 60
+    )[:4000],
     "300-digit number": "4155552671" * 30,
 }
 
@@ -140,7 +140,11 @@ async def fairness(url: str, pause_s: float, as_json: bool) -> None:
             rows[label] = summary(loaded)
             print(fmt(f"first audio, {label}", loaded) + f"   p50/idle {summary(loaded)['p50'] / idle_p50:.2f}")
     peak = peak_rss_mb(pid)
-    print(f"server peak RSS: {peak:.0f} MB (after loading and warm-up: {rss_before:.0f} MB)" if peak else "server RSS: n/a")
+    print(
+        f"server peak RSS: {peak:.0f} MB (after loading and warm-up: {rss_before:.0f} MB)"
+        if peak
+        else "server RSS: n/a"
+    )
     if as_json:
         print(json.dumps({"first_audio_ms": rows, "peak_rss_mb": peak, "warm_rss_mb": rss_before}))
 

@@ -154,7 +154,9 @@ class WebRTCVoiceClient:
         async with aiohttp.ClientSession() as http:
             offer_url = f"{self.base_url}/api/offer"
             if via_start:
-                async with http.post(f"{self.base_url}/start", json={"transport": "webrtc", "body": self.body}) as response:
+                async with http.post(
+                    f"{self.base_url}/start", json={"transport": "webrtc", "body": self.body}
+                ) as response:
                     response.raise_for_status()
                     self.session_id = (await response.json())["sessionId"]
                 offer_url = f"{self.base_url}/sessions/{self.session_id}/api/offer"
@@ -175,7 +177,8 @@ class WebRTCVoiceClient:
     def server_messages(self, kind: str, since: float = 0.0) -> list[dict[str, Any]]:
         """The bot's `server-message` payloads of type `kind` received after `since`."""
         return [
-            m["data"] for t, m in self.messages
+            m["data"]
+            for t, m in self.messages
             if t >= since and m.get("type") == "server-message" and m.get("data", {}).get("type") == kind
         ]
 

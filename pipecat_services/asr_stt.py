@@ -32,12 +32,12 @@ from pipecat.utils.tracing.service_decorators import traced_stt
 from pipecat_services.model_server import SERVER_WAIT_S, ModelServerConnection
 from servers.asr import protocol
 
-
 FINAL_WAIT_S = 1.5
 """How long after the end of speech a turn waits for its final transcript (Pipecat's
 `ttfs_p99_latency`). A final normally arrives within milliseconds and ends the wait at once; this is
 only the safety net for a slow one (a Whisper just restarted and cold, two busy cores), where
 Pipecat's 0.6 s closed the turn without the user's words."""
+
 
 class ASRServerSTTService(ModelServerConnection, WebsocketSTTService):
     """Streams audio to our ASR server and pushes interim and finalized transcriptions."""

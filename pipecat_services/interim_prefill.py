@@ -28,6 +28,8 @@ from pipecat_services.prefilling_llm import PrefillingLLMService
 
 
 class InterimPrefill(FrameProcessor):
+    """Hands the user's interim transcripts to the LLM service to prefill while they speak."""
+
     def __init__(self, llm: PrefillingLLMService, **kwargs) -> None:
         super().__init__(**kwargs)
         self._llm = llm

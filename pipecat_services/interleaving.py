@@ -26,7 +26,6 @@ from pipecat.frames.frames import DataFrame
 
 from servers.tts.text import ends_clause, ends_sentence, phrase_cut
 
-
 BUSY_SPANS = 256
 
 
@@ -39,12 +38,16 @@ class TTSMarkFrame(DataFrame):
 
 @dataclass(frozen=True)
 class Busy:
+    """One span during which the LLM or the TTS held the machine."""
+
     who: str
     start: float
     end: float
 
 
 class Interleaver:
+    """Lets the LLM and the TTS take turns on one machine (GPU or few cores)."""
+
     def __init__(self, timeout_s: float = 10.0) -> None:
         """`timeout_s`: how long the LLM waits for a mark before going on (a TTS that never answers)."""
         self.timeout_s = timeout_s

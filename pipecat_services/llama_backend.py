@@ -35,10 +35,14 @@ from servers.auth import auth_headers
 
 
 class LlamaServerError(RuntimeError):
+    """llama-server answered with an error, or never became ready."""
+
     pass
 
 
 class LlamaServerBackend(LLMBackend):
+    """The `LLMBackend` on llama-server's HTTP API."""
+
     def __init__(self, base_url: str, slot: int = -1, server_wait_s: float = SERVER_WAIT_S) -> None:
         self.base_url = base_url.rstrip("/")
         self.slot = slot

@@ -16,6 +16,8 @@ from pipecat_services.prefilling_llm import PrefillingLLMService
 
 
 class LlamaServerLLMService(PrefillingLLMService):
+    """The bot's LLM service on llama-server: exact cache reuse, prefill, interleaving, tool calls."""
+
     def __init__(
         self, *, base_url: str = "http://127.0.0.1:8002", slot: int = -1, server_wait_s: float = SERVER_WAIT_S,
         **kwargs: Any,

@@ -41,6 +41,8 @@ class FirstToken:
 
 
 class LLMBackend(ABC):
+    """What the LLM service needs of a server: templates, tokens, cache, sampling, constraints."""
+
     @abstractmethod
     async def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         """The prompt for `messages` (OpenAI format, tool calls and results included) and `tools`,

@@ -46,6 +46,8 @@ async def served_window(base_url: str, headers: dict[str, str]) -> int | None:
 
 
 class BudgetedOpenAILLMService(OpenAILLMService):
+    """Pipecat's OpenAI service with our context budget, for any OpenAI-compatible server."""
+
     def __init__(self, *, context_tokens: int | None = None, **kwargs: Any) -> None:
         """`context_tokens`: the conversation's window, prompt and reply (None: ask the server)."""
         super().__init__(**kwargs)

@@ -29,11 +29,15 @@ cache shift, and a few short blocks (" the", ".") may appear anywhere by chance.
 
 @dataclass(frozen=True)
 class Block:
+    """One message's tokens as the server evaluated them."""
+
     text: str
     tokens: tuple[int, ...]
 
 
 class TokenHistory:
+    """The conversation's tokens exactly as sent, so each turn reuses the server's cache."""
+
     def __init__(self, min_tail_tokens: int = MIN_TAIL_TOKENS) -> None:
         self.blocks: list[Block] = []
         self.min_tail_tokens = min_tail_tokens

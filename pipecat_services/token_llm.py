@@ -337,11 +337,13 @@ class TokenLLMService(LLMService):
         """Settle calls that cannot run with an error result, as Pipecat settles a handler that
         raised: the aggregator records each call and its result, and the model answers again."""
         await self.broadcast_frame(FunctionCallsStartedFrame, function_calls=calls)
-        for i, (call, error) in enumerate(zip(calls, errors)):
+        for i, (call, error) in enumerate(zip(calls, errors, strict=False)):
             reason = error or "not run: another call of the same reply was invalid"
             logger.warning(f"{self}: rejected call {call.function_name}({call.arguments}): {reason}")
             common = {
-                "function_name": call.function_name, "tool_call_id": call.tool_call_id, "arguments": call.arguments
+                "function_name": call.function_name,
+                "tool_call_id": call.tool_call_id,
+                "arguments": call.arguments,
             }
             await self.broadcast_frame(FunctionCallInProgressFrame, **common, cancel_on_interruption=True)
             await self.broadcast_frame(

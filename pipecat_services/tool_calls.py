@@ -157,7 +157,8 @@ def without_earlier_calls(messages: list[dict[str, Any]]) -> list[dict[str, Any]
     after one "What time is it?"). Costs one re-prefill of the tool turn's answer on the next turn."""
     last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=0)
     return [
-        m for i, m in enumerate(messages)
+        m
+        for i, m in enumerate(messages)
         if i >= last_user or not (m["role"] == "tool" or (m["role"] == "assistant" and m.get("tool_calls")))
     ]
 

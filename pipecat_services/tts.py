@@ -23,8 +23,8 @@ from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TextAggregationMode, WebsocketTTSService
 from pipecat.utils.tracing.service_decorators import traced_tts
 
-from pipecat_services.model_server import SERVER_WAIT_S, ModelServerConnection
 from pipecat_services.interleaving import Interleaver, TTSMarkFrame
+from pipecat_services.model_server import SERVER_WAIT_S, ModelServerConnection
 from servers.tts import protocol
 
 

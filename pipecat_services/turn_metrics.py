@@ -40,7 +40,6 @@ from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.llm_service import LLMService
 from pipecat.services.tts_service import TTSService
 
-
 TIMELINE = ("vad_stop", "stt_final", "turn_stopped", "llm_first_text", "tts_first_audio", "bot_speaking")
 """The marks of a turn's timeline, in the order a turn passes them."""
 

@@ -115,16 +115,15 @@ def run(python312: str, build_sdists: bool) -> tuple[bool, list[str]]:
         report_lines.append(f"constraints (scripts/keep-image-builds.sh): {', '.join(keep.split())}")
         report = Path(tmp) / "report.json"
         resolve = subprocess.run(
-            [str(python), "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report), f"{ROOT}[nemo,magpie]"],
+            [str(python), "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report),
+             f"{ROOT}[nemo,magpie]"],
             env=public_pip_env(PIP_CONSTRAINT=str(constraints)), capture_output=True, text=True,
         )  # fmt: skip
         if resolve.returncode != 0:
             report_lines.append("RESOLUTION FAILED:\n" + resolve.stderr[-4000:])
             return False, report_lines
         installs = json.loads(report.read_text())["install"]
-        packages = sorted(
-            (i["metadata"]["name"], i["metadata"]["version"]) for i in installs if not i.get("is_direct")
-        )
+        packages = sorted((i["metadata"]["name"], i["metadata"]["version"]) for i in installs if not i.get("is_direct"))
         replaced = sorted({canonicalize_name(n) for n, _ in packages} & {canonicalize_name(n) for n, _ in builds})
         report_lines.append(f"resolved: {len(packages)} packages to install on top of the image")
         if replaced:

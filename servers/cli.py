@@ -77,7 +77,9 @@ def refuse_insecure_bind(name: str, args: argparse.Namespace) -> None:
         logger.warning(f"--insecure: serving {args.host} without a token; anyone who can reach it may use it")
 
 
-def main_with_clear_errors(name: str, serve: Callable[[argparse.Namespace], Awaitable[None]], args: argparse.Namespace) -> None:
+def main_with_clear_errors(
+    name: str, serve: Callable[[argparse.Namespace], Awaitable[None]], args: argparse.Namespace
+) -> None:
     """Run `serve(args)`; a taken port or a model that fails to load exits with one line, not a traceback."""
     setup_logging(args.log_level)
     refuse_insecure_bind(name, args)

@@ -1,6 +1,6 @@
 """GPU memory on paper, per deployment target: does the default LLM quantization fit beside ASR and TTS?
 
-    python -m servers.gpu_budget          prints the table that README.md (Deploy) carries
+    python -m servers.gpu_budget          prints the table that docs/deploy-docker.md carries
 
 Sizes are decimal GB. Sources: LLM file sizes from the unsloth/Nemotron-3-Nano-30B-A3B-GGUF listing;
 KV and Mamba state from the model's config (52 layers: 6 attention with 2 KV heads of 128, 23 Mamba-2
@@ -33,13 +33,15 @@ COMPOSE_QUANT, COMPOSE_CTX, COMPOSE_SLOTS = "IQ4_XS", 8192, 1
 """The compose LLM: the quantization `servers.model_fetch` fetches by default, the only one that fits a
 32 GB card beside ASR and TTS; docker/compose.yaml's `--ctx-size` and `--parallel` (tests check they agree)."""
 SPARK_QUANT = "Q4_K_M"
-"""A DGX Spark has the memory for the larger quantization (README's Spark quick start sets it)."""
+"""A DGX Spark has the memory for the larger quantization (docs/deploy-docker.md's Spark quick start sets it)."""
 MODAL_QUANT, MODAL_CTX_PER_SLOT, MODAL_SLOTS = "Q4_K_M", 8192, 4
 """Modal's LLM: an L40S of its own fits the larger quant and four slots (modal_app.py uses these)."""
 
 
 @dataclass(frozen=True)
 class LLMShape:
+    """The LLM as configured: quantization, context per slot, slots."""
+
     quant: str
     ctx_per_slot: int
     slots: int
@@ -56,6 +58,8 @@ class LLMShape:
 
 @dataclass(frozen=True)
 class Target:
+    """A card or container and what it must hold."""
+
     name: str
     capacity_gb: float
     runs: str

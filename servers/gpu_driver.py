@@ -42,7 +42,7 @@ def verdict(cuda: str) -> tuple[bool, str]:
     """(whether this host's driver runs an image built on CUDA `cuda`, the one line that says so)."""
     needed = MINIMUM_DRIVER[cuda]
     if shutil.which("nvidia-smi") is None:
-        return False, "no NVIDIA driver in this container: install the NVIDIA Container Toolkit (README, Prerequisites)"
+        return False, "no NVIDIA driver in this container: install the NVIDIA Container Toolkit (docs/deploy-docker.md)"
     try:
         driver, name = host_driver()
     except (subprocess.SubprocessError, OSError, IndexError) as error:

@@ -23,12 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from servers.processes import (
-    ROOT, ServerExited, ServerProcess, child_pids, command_line, exit_reason, port_is_free, stop_all, tail,
+    ROOT,
+    ServerExited,
+    ServerProcess,
+    child_pids,
+    command_line,
+    exit_reason,
+    port_is_free,
+    stop_all,
+    tail,
 )  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Service:
+    """One service of the local stack: its command, port and health check."""
+
     name: str
     command: tuple[str, ...]
     port_env: str
@@ -67,7 +77,13 @@ MODEL_SERVERS = [
     Service("llm", ("-m", "servers.llm"), "LLM_PORT", 8002, "LLM_HOST", scheme="http", nice=10),
 ]
 BOT = Service(
-    "bot", ("bot.py", "-t", "webrtc"), "BOT_PORT", 7860, "BOT_HOST", scheme="http", health_path="/status",
+    "bot",
+    ("bot.py", "-t", "webrtc"),
+    "BOT_PORT",
+    7860,
+    "BOT_HOST",
+    scheme="http",
+    health_path="/status",
     address_flags=True,
 )
 
@@ -179,7 +195,9 @@ def supervise(stack: list[Supervised], policy: RestartPolicy) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="The local stack: model servers and the bot, restarted when they crash.")
+    parser = argparse.ArgumentParser(
+        description="The local stack: model servers and the bot, restarted when they crash."
+    )
     parser.add_argument("--no-bot", action="store_true", help="model servers only")
     parser.add_argument("--logs", type=Path, default=ROOT / "logs", help="folder of <service>.log (default logs/)")
     args = parser.parse_args()

@@ -50,6 +50,8 @@ REFERENCE_LINK_MBIT_S = 100
 
 @dataclass(frozen=True)
 class HubFile:
+    """One file to fetch: where it is on the hub and the digest it must have."""
+
     part: str
     repo: str
     filename: str
@@ -124,7 +126,7 @@ def plan(args: argparse.Namespace, token: str | None) -> list[HubFile]:
 
 
 def digest_of(path: Path, lfs: bool) -> str:
-    """sha256 of the content (LFS files), or git's blob hash: sha1 of "blob <size>\\0" + content."""
+    r"""sha256 of the content (LFS files), or git's blob hash: sha1 of "blob <size>\0" + content."""
     digest = hashlib.sha256() if lfs else hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
     with open(path, "rb") as f:
         while chunk := f.read(HASH_CHUNK):

@@ -101,7 +101,9 @@ def _handshake(
         if path == "/health":
             ready, details = health()
             body = json.dumps({"status": "ok" if ready else "loading", **details}) + "\n"
-            return _respond(connection, HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, body, "application/json")
+            return _respond(
+                connection, HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, body, "application/json"
+            )
         if not is_authorized(request.headers.get("Authorization"), token):
             return refuse(connection, HTTPStatus.UNAUTHORIZED, "missing or wrong token", kind)
         if path == "/metrics":
@@ -194,7 +196,9 @@ class ModelServer:
 
     def admit(self, connection: ServerConnection) -> Response | None:
         if self.sessions >= self.limits.max_sessions:
-            return refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE, f"server full ({self.sessions} sessions)", self.kind)
+            return refuse(
+                connection, HTTPStatus.SERVICE_UNAVAILABLE, f"server full ({self.sessions} sessions)", self.kind
+            )
         if self._clients[connection.remote_address[0]] >= self.limits.max_sessions_per_client:
             why = f"too many sessions from {connection.remote_address[0]} (limit {self.limits.max_sessions_per_client})"
             return refuse(connection, HTTPStatus.TOO_MANY_REQUESTS, why, self.kind)

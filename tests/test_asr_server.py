@@ -43,7 +43,7 @@ async def test_transcripts_match_clean_speech(asr_server, speech):
     finals = [await transcribe(asr_server.url, audio) for _, audio in speech]
     texts = [f.text for f in finals]
     assert wer([t for t, _ in speech], texts) <= 0.15, texts
-    for final, (_, audio) in zip(finals, speech):
+    for final, (_, audio) in zip(finals, speech, strict=False):
         assert final.audio_ms == pytest.approx((len(audio) + len(SILENCE_400MS)) / 16, abs=1)
         assert final.latency_ms >= 0
 

@@ -19,6 +19,8 @@ from servers.asr.server import ASRServer
 
 
 class CountingStream(ASRStream):
+    """A stand-in stream that counts what it is fed."""
+
     samples = 0
 
     async def feed(self, samples: np.ndarray) -> None:
@@ -32,6 +34,8 @@ class CountingStream(ASRStream):
 
 
 class HeldBackEngine(ASREngine):
+    """A stand-in engine whose load waits until the test lets it go."""
+
     name = "held-back"
 
     def __init__(self) -> None:
@@ -67,6 +71,8 @@ async def test_audio_before_ready_is_refused_then_accepted():
 
 
 class HeldFinalizeStream(CountingStream):
+    """A stand-in stream whose finalize waits until the test lets it go."""
+
     def __init__(self, on_interim, finalizing: threading.Event, release: asyncio.Event) -> None:
         super().__init__(on_interim)
         self.finalizing, self.release = finalizing, release
@@ -78,6 +84,8 @@ class HeldFinalizeStream(CountingStream):
 
 
 class WarmUpEngine(ASREngine):
+    """A stand-in engine whose streams' finalize the test holds: its warm-up inference can be caught midway."""
+
     name = "warm-up"
 
     def __init__(self) -> None:

@@ -19,8 +19,8 @@ from pipecat.tests.utils import SleepFrame
 
 from benchmarks.audio import chunks
 from benchmarks.scoring import wer
-from pipecat_services.asr_stt import ASRServerSTTService
 from benchmarks.scripted import Count, Watch, run_script
+from pipecat_services.asr_stt import ASRServerSTTService
 from tests.conftest import RestartableServer
 
 

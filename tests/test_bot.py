@@ -74,8 +74,10 @@ async def test_barge_in_stops_the_bot_and_keeps_only_what_was_heard(bot_server, 
         )
     finally:
         await client.close()
-    print(f"\nbot audio stopped {result.heard_ms:.0f} ms after the interruption began at the client, WebRTC round "
-          f"trip {result.round_trip_ms:.0f} ms: {result.stop_ms:.0f} ms at the bot; stored {result.stored}")
+    print(
+        f"\nbot audio stopped {result.heard_ms:.0f} ms after the interruption began at the client, WebRTC round "
+        f"trip {result.round_trip_ms:.0f} ms: {result.stop_ms:.0f} ms at the bot; stored {result.stored}"
+    )
     assert result.stop_ms <= 1000, result
     assert result.stored is not None and result.stored["interrupted"], result
     words = result.stored["text"].split()

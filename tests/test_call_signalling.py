@@ -26,6 +26,8 @@ pytestmark = pytest.mark.timeout(300)
 
 
 class MemoryMailbox:
+    """call_signalling's Mailbox in memory, as one process stands in for Modal's Queue."""
+
     def __init__(self) -> None:
         self.partitions: defaultdict[str, asyncio.Queue] = defaultdict(asyncio.Queue)
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from servers.gpu_budget import COMPOSE_QUANT
 from servers.llm import binary as llm_binary
 from servers.llm.server import llama_server_command
-from servers.gpu_budget import COMPOSE_QUANT
 from servers.model_fetch import LLM_LINK
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,7 +119,9 @@ def test_llm_health_means_one_completion_answered(services, profile, tmp_path):
     calls = tmp_path / "calls"
     curl = tmp_path / "bin" / "curl"
     curl.parent.mkdir()
-    curl.write_text(f'#!/bin/sh\necho "$*" >> {calls}\ncase "$*" in *completion*) exit "${{COMPLETION_RC:-0}}";; esac\n')
+    curl.write_text(
+        f'#!/bin/sh\necho "$*" >> {calls}\ncase "$*" in *completion*) exit "${{COMPLETION_RC:-0}}";; esac\n'
+    )
     curl.chmod(0o755)
     token = tmp_path / "token"
     token.write_text("s3cret")
@@ -257,7 +259,9 @@ def test_pulled_images_are_pinned():
         assert ":" in ref and not ref.endswith(":latest"), ref
         if "ggml-org/llama.cpp" in ref:
             assert ref.endswith(f"-{llm_binary.LLAMA_CPP_BUILD}"), ref
-    assert any("server-cuda13-" in r for r in refs) and any(r.endswith(":server-" + llm_binary.LLAMA_CPP_BUILD) for r in refs)
+    assert any("server-cuda13-" in r for r in refs) and any(
+        r.endswith(":server-" + llm_binary.LLAMA_CPP_BUILD) for r in refs
+    )
     env_example = (DOCKER / ".env.example").read_text()
     assert f"server-cuda13-{llm_binary.LLAMA_CPP_BUILD}" in env_example
 
@@ -271,7 +275,13 @@ def test_values_are_strings_as_docker_reads_them(services):
 
 def test_llama_server_options_match_the_wrapper(services):
     args = argparse.Namespace(
-        host="0.0.0.0", port=8002, model="qwen2.5-1.5b", ctx_size=4096, parallel=1, threads=2, gpu_layers=-1,
+        host="0.0.0.0",
+        port=8002,
+        model="qwen2.5-1.5b",
+        ctx_size=4096,
+        parallel=1,
+        threads=2,
+        gpu_layers=-1,
         cache_ram=512,
     )
     cpu = flags(llama_server_command(args, Path("llama-server"), Path("m.gguf"), False, []))

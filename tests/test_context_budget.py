@@ -36,7 +36,9 @@ async def converse(llm: LlamaServerLLMService, turns: list[str]) -> tuple[LLMCon
     for i, text in enumerate(turns):
         context.add_message({"role": "user", "content": text})
         _, up = await run_test(
-            Pipeline([llm, LLMAssistantAggregator(context)]), frames_to_send=[LLMContextFrame(context)], start_timeout=10
+            Pipeline([llm, LLMAssistantAggregator(context)]),
+            frames_to_send=[LLMContextFrame(context)],
+            start_timeout=10,
         )
         assert not [f for f in up if isinstance(f, ErrorFrame)], f"turn {i}: {up}"
         reply = context.messages[-1]
@@ -56,7 +58,9 @@ async def test_three_times_the_slot_never_fails_and_trims_rarely_and_cheaply(sma
     )
     turns = long_script(32)
     context, numbers, said = await converse(llm, turns)
-    whole = [{"role": role, "content": text} for role, text in zip(["user", "assistant"] * len(turns), said)]
+    whole = [
+        {"role": role, "content": text} for role, text in zip(["user", "assistant"] * len(turns), said, strict=False)
+    ]
     conversation = len(await llm.backend.tokenize(await llm.backend.render(whole)))
     assert conversation >= 3 * SLOT, conversation
     assert all(n["prompt_tokens"] + 16 <= SLOT for n in numbers), "the window comes from the server's /props"
@@ -80,7 +84,7 @@ async def test_the_last_turns_of_a_long_conversation_stay_coherent(tool_llm_serv
     _, numbers, said = await converse(llm, turns)
     assert llm.trims >= 2 and all(n["prompt_tokens"] + 24 <= 600 for n in numbers)
     answers = said[1::2][-len(LONG_CHECKS) :]
-    for (question, expected), answer in zip(LONG_CHECKS, answers):
+    for (question, expected), answer in zip(LONG_CHECKS, answers, strict=False):
         assert expected is None or expected.lower() in answer.lower(), (question, answer)
     await llm.backend.close()
 
@@ -99,7 +103,9 @@ async def test_the_openai_path_trims_by_the_same_rule(small_slot_server):
     for i, text in enumerate(turns):
         context.add_message({"role": "user", "content": text})
         _, up = await run_test(
-            Pipeline([llm, LLMAssistantAggregator(context)]), frames_to_send=[LLMContextFrame(context)], start_timeout=10
+            Pipeline([llm, LLMAssistantAggregator(context)]),
+            frames_to_send=[LLMContextFrame(context)],
+            start_timeout=10,
         )
         assert not [f for f in up if isinstance(f, ErrorFrame)], f"turn {i}: {up}"
         assert context.messages[-1]["role"] == "assistant", f"turn {i}: no answer"
@@ -119,7 +125,9 @@ async def test_a_turn_too_long_for_the_window_fails_alone(small_slot_server):
     for text, fails in ((" ".join(long_script(4, sentences=60)[:1]), True), ("What is my name?", False)):
         context.add_message({"role": "user", "content": text})
         _, up = await run_test(
-            Pipeline([llm, LLMAssistantAggregator(context)]), frames_to_send=[LLMContextFrame(context)], start_timeout=10
+            Pipeline([llm, LLMAssistantAggregator(context)]),
+            frames_to_send=[LLMContextFrame(context)],
+            start_timeout=10,
         )
         errors = [f.error for f in up if isinstance(f, ErrorFrame)]
         assert bool(errors) == fails and all("the window holds" in e for e in errors), errors

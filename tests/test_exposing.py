@@ -38,7 +38,10 @@ def secured_asr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServe
 @pytest.fixture(scope="module")
 def secured_tts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     yield from serve_for_session(
-        tmp_path_factory, "servers.tts", ["--engine", "piper", "--max-sessions", "2", "--idle-timeout", "5"], env=SECURED
+        tmp_path_factory,
+        "servers.tts",
+        ["--engine", "piper", "--max-sessions", "2", "--idle-timeout", "5"],
+        env=SECURED,
     )
 
 
@@ -164,7 +167,10 @@ async def test_metrics_move_with_real_sessions(secured_asr, secured_tts, speech,
     async with TTSClient(secured_tts.url) as tts:
         await tts.speak("m1", "Metrics, please.")
     asr_after, tts_after = asr_metrics(), tts_metrics()
-    assert metric(asr_after, "asr_final_latency_seconds_count") == metric(asr_before, "asr_final_latency_seconds_count") + 1
+    assert (
+        metric(asr_after, "asr_final_latency_seconds_count")
+        == metric(asr_before, "asr_final_latency_seconds_count") + 1
+    )
     heard = metric(asr_after, "model_server_audio_seconds_total", server="asr")
     heard -= metric(asr_before, "model_server_audio_seconds_total", server="asr")
     assert heard == pytest.approx(len(audio) / 16000, rel=0.01)
@@ -186,7 +192,13 @@ def secured_bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServe
     servers = [asr, tts, llm]
     for server in servers:
         server.run()
-    env = {**SECURED, "BOT_ASR_URL": asr.url, "BOT_TTS_URL": tts.url, "BOT_LLM_URL": llm.http_url, "BOT_TEMPERATURE": "0"}
+    env = {
+        **SECURED,
+        "BOT_ASR_URL": asr.url,
+        "BOT_TTS_URL": tts.url,
+        "BOT_LLM_URL": llm.http_url,
+        "BOT_TEMPERATURE": "0",
+    }
     bot = LocalServer("bot", ["-t", "webrtc", "--host", "127.0.0.1"], tmp_path_factory.mktemp("logs") / "bot.log",
                       health="/status", env=env)  # fmt: skip
     bot.run()

@@ -38,7 +38,7 @@ def test_the_larger_quantization_would_not_fit_a_5090():
 
 
 def test_budget_uses_the_configured_llm(monkeypatch):
-    """compose's llama-server flags, the fetch step's default quantization and Modal's LLM agree with
+    """Compose's llama-server flags, the fetch step's default quantization and Modal's LLM agree with
     the shapes the budget computes."""
     compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())["services"]["llm-gpu"]["command"]
     assert compose[compose.index("--ctx-size") + 1] == str(COMPOSE_CTX)
@@ -56,5 +56,5 @@ def test_budget_uses_the_configured_llm(monkeypatch):
     assert fetch[fetch.index("--llm-quant") + 1] == gpu_budget.MODAL_QUANT
 
 
-def test_readme_carries_the_table():
-    assert render(configured()) in (ROOT / "README.md").read_text()
+def test_the_deploy_docs_carry_the_table():
+    assert render(configured()) in (ROOT / "docs" / "deploy-docker.md").read_text()

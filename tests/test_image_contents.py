@@ -97,6 +97,8 @@ def context_files() -> set[str]:
 
 @dataclass
 class Stage:
+    """One stage of a Dockerfile: its working directory, copies and project installs."""
+
     workdir: str = "/"
     copies: list[tuple[list[str], str, str | None]] = field(default_factory=list)
     """(sources, absolute destination, --from stage) in order."""

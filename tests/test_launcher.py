@@ -82,11 +82,11 @@ async def test_killed_model_servers_come_back_and_the_call_goes_on(stack, whispe
         for victim in (None, "asr", "tts", "llm"):
             if victim is not None:
                 os.kill(model_server_pid(launcher, victim), signal.SIGKILL)
-                await wait_until(lambda: not is_healthy(health[victim]), f"{victim} to die")
-                await wait_until(lambda: is_healthy(health[victim]), f"the launcher to restart {victim}")
+                await wait_until(lambda victim=victim: not is_healthy(health[victim]), f"{victim} to die")
+                await wait_until(lambda victim=victim: is_healthy(health[victim]), f"the launcher to restart {victim}")
             # The bot's STT and TTS clients are connected again before the user speaks.
             for name in ("asr", "tts"):
-                await wait_until(lambda: sessions(health[name]) == 1, f"the bot to reconnect to {name}")
+                await wait_until(lambda name=name: sessions(health[name]) == 1, f"the bot to reconnect to {name}")
             speech_end, reply = await ask(client, question)
             assert reply is not None, f"no spoken answer after {victim} was killed"
             said = await heard(whisper, client.audio.between(reply[0] - 0.1, reply[1] + 0.1))

@@ -28,12 +28,12 @@ from pipecat.tests.utils import run_test
 from pipecat.utils.time import time_now_iso8601
 
 from benchmarks.llm import AnswerMarks
+from benchmarks.scripted import Watch, run_script
 from bot_config import BotConfig
-from pipecat_services.llama_llm import LlamaServerLLMService
-from pipecat_services.tts import TTSServerTTSService
 from pipecat_services.interim_prefill import InterimPrefill
 from pipecat_services.interleaving import Interleaver
-from benchmarks.scripted import Watch, run_script
+from pipecat_services.llama_llm import LlamaServerLLMService
+from pipecat_services.tts import TTSServerTTSService
 from tests.conftest import RestartableServer
 
 SYSTEM = "You are a helpful voice assistant. Answer in two or three short sentences."
@@ -63,7 +63,9 @@ async def test_interleaved_segments_give_the_same_text_as_one_free_stream(llm_se
     free = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY)
     free_text = reply_text(await one_turn(free, new_context(QUESTIONS[1])))
     interleaver = Interleaver()
-    chunked = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY, interleaver=interleaver, segment_tokens=8)
+    chunked = LlamaServerLLMService(
+        base_url=llm_server.http_url, settings=GREEDY, interleaver=interleaver, segment_tokens=8
+    )
     frames = await one_turn(chunked, new_context(QUESTIONS[1]), AnswerMarks(interleaver))
     segments = [f.text for f in frames if isinstance(f, LLMTextFrame)]
     assert len(segments) >= 2, segments
@@ -76,7 +78,10 @@ async def test_only_the_first_segment_waits_and_it_ends_on_a_whole_word(llm_serv
     free_text = reply_text(await one_turn(free, new_context(QUESTIONS[1])))
     interleaver = Interleaver()
     first_only = LlamaServerLLMService(
-        base_url=llm_server.http_url, settings=GREEDY, interleaver=interleaver, first_segment_words=(2, 3),
+        base_url=llm_server.http_url,
+        settings=GREEDY,
+        interleaver=interleaver,
+        first_segment_words=(2, 3),
         interleaved_segments=1,
     )
     frames = await one_turn(first_only, new_context(QUESTIONS[1]), AnswerMarks(interleaver))
@@ -93,20 +98,30 @@ async def test_cache_hit_ratio_from_the_second_turn_on(llm_server):
     context = new_context(QUESTIONS[0])
     turns = []
     for question in QUESTIONS[1:] + ["Thanks!"]:
-        await run_test(Pipeline([llm, LLMAssistantAggregator(context)]), frames_to_send=[LLMContextFrame(context)], start_timeout=10)
+        await run_test(
+            Pipeline([llm, LLMAssistantAggregator(context)]),
+            frames_to_send=[LLMContextFrame(context)],
+            start_timeout=10,
+        )
         turns.append(llm.last_turn)
         assert context.messages[-1]["role"] == "assistant"
         context.add_message({"role": "user", "content": question})
     assert all(t["cache_hit_ratio"] >= 0.95 for t in turns[1:]), turns
     assert all(t["prompt_cached_share"] > 0.6 for t in turns[1:]), turns
-    assert all(t["reusable_tokens"] > previous["prompt_tokens"] for previous, t in zip(turns, turns[1:])), turns
+    assert all(
+        t["reusable_tokens"] > previous["prompt_tokens"] for previous, t in zip(turns, turns[1:], strict=False)
+    ), turns
 
 
 async def test_an_interruption_truncates_the_history_to_what_was_spoken(llm_server):
-    llm = LlamaServerLLMService(base_url=llm_server.http_url, settings=LLMSettings(temperature=0.0, seed=1, max_tokens=300))
+    llm = LlamaServerLLMService(
+        base_url=llm_server.http_url, settings=LLMSettings(temperature=0.0, seed=1, max_tokens=300)
+    )
     context = new_context("Tell me a long story about a dragon.")
     pieces = Watch(LLMTextFrame)
-    down = await run_script(llm, pieces, steps=[LLMContextFrame(context), lambda: pieces.reached(16), InterruptionFrame()])
+    down = await run_script(
+        llm, pieces, steps=[LLMContextFrame(context), lambda: pieces.reached(16), InterruptionFrame()]
+    )
     generated = reply_text(down)
     seen_by_server = len(llm.history.tokens)
     words = generated.split(" ")
@@ -144,12 +159,14 @@ async def test_words_prefilled_while_the_user_speaks_are_not_evaluated_again(llm
         for n, words in enumerate(interims, 1):
             steps += [
                 InterimTranscriptionFrame(words, "user", time_now_iso8601()),
-                lambda n=n: seen.reached(n),
+                lambda n=n, seen=seen: seen.reached(n),
                 llm.prefilled,
             ]
         steps += [end_turn, LLMContextFrame(context)]
         ended = Watch(LLMFullResponseEndFrame)
-        down = await run_script(InterimPrefill(llm), seen, llm, ended, steps=[*steps, lambda: ended.reached(1)])
+        down = await run_script(
+            InterimPrefill(llm), seen, llm, ended, steps=[*steps, lambda ended=ended: ended.reached(1)]
+        )
         replies[name] = reply_text(down)
         turns[name] = llm.last_turn
         question_tokens = len(await llm.backend.tokenize(question))
@@ -190,7 +207,9 @@ async def test_interims_are_prefilled_only_while_the_user_speaks():
 
 async def test_llm_and_tts_never_run_at_once(llm_server, tts_server):
     interleaver = Interleaver()
-    llm = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY, interleaver=interleaver, segment_tokens=8)
+    llm = LlamaServerLLMService(
+        base_url=llm_server.http_url, settings=GREEDY, interleaver=interleaver, segment_tokens=8
+    )
     tts = TTSServerTTSService(url=tts_server.url, interleaver=interleaver)
     # The EndFrame after the context waits for the whole reply: generated, then played.
     await run_test(Pipeline([llm, tts]), frames_to_send=[LLMContextFrame(new_context(QUESTIONS[1]))], start_timeout=10)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from servers.processes import ROOT, LocalServer, free_port
 from servers.llm import binary
 from servers.llm.models import MODELS, ModelError, PackagedModel, Part, assemble
+from servers.processes import ROOT, LocalServer, free_port
 
 
 def fake_model(packages: Path, contents: list[bytes], sha256: str | None = None) -> PackagedModel:
@@ -124,6 +124,8 @@ def llama_server() -> Path:
 
 
 class LLMServer(LocalServer):
+    """`python -m servers.llm` as a process on a free port."""
+
     def __init__(self, log: Path) -> None:
         super().__init__("servers.llm", ["--model", "smollm2-135m", "--llama-server", str(llama_server())], log)
         self.run(timeout=120)

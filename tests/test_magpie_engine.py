@@ -264,7 +264,7 @@ def test_a_reply_closed_half_way_leaves_nothing_behind(engine: MagpieEngine) -> 
     next(reply)
     reply.close()
     again = run(engine)
-    assert len(fresh) == len(again) and all(np.array_equal(a, b) for a, b in zip(fresh, again))
+    assert len(fresh) == len(again) and all(np.array_equal(a, b) for a, b in zip(fresh, again, strict=False))
 
 
 def test_interleaved_replies_match_their_solo_runs(engine: MagpieEngine) -> None:
@@ -280,7 +280,7 @@ def test_interleaved_replies_match_their_solo_runs(engine: MagpieEngine) -> None
                 del live[key]
     assert not np.array_equal(np.concatenate(solo_a)[: 16 * SPF], np.concatenate(solo_b)[: 16 * SPF])
     for mine, solo in ((got["a"], solo_a), (got["b"], solo_b)):
-        assert len(mine) == len(solo) and all(np.array_equal(x, y) for x, y in zip(mine, solo))
+        assert len(mine) == len(solo) and all(np.array_equal(x, y) for x, y in zip(mine, solo, strict=False))
 
 
 def test_end_of_speech_drops_the_eos_frame(engine: MagpieEngine, tiny_model: Any) -> None:

@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import modal
 import pytest
-
-modal = pytest.importorskip("modal")
 
 from servers.llm.server import llama_server_command
 from tests.test_compose import LLAMA_GPU_POLICY, LLAMA_POLICY, flags
@@ -170,7 +169,9 @@ def test_a_connected_call_wakes_the_deployed_model_servers_it_uses(deployed, mon
     def from_name(app_name, class_name):
         url = f"https://ws--{app_name}-{class_name.lower()}-serve.modal.run"
         spawn = SimpleNamespace(aio=lambda *args: record(app_name, class_name, *args))
-        return lambda: SimpleNamespace(serve=SimpleNamespace(get_web_url=lambda: url), wake=SimpleNamespace(spawn=spawn))
+        return lambda: SimpleNamespace(
+            serve=SimpleNamespace(get_web_url=lambda: url), wake=SimpleNamespace(spawn=spawn)
+        )
 
     call = deployed.module.Call._get_user_cls()()
     monkeypatch.setattr(modal.Cls, "from_name", from_name)
@@ -205,7 +206,10 @@ def test_turn_credentials_come_from_a_modal_secret(deployed, monkeypatch):
 
 
 def test_ice_servers_with_turn_credentials_reach_browser_and_bot(deployed, monkeypatch):
-    turn = '[{"urls": "stun:stun.example.org:3478"}, {"urls": "turn:turn.example.org:3478", "username": "u", "credential": "p"}]'
+    turn = (
+        '[{"urls": "stun:stun.example.org:3478"}, '
+        '{"urls": "turn:turn.example.org:3478", "username": "u", "credential": "p"}]'
+    )
     monkeypatch.setenv("PIPECAT_ICE_SERVERS", turn)
     servers = deployed.module.ice_servers()
     assert servers[1]["username"] == "u" and servers[1]["credential"] == "p" and "turn:" in str(servers[1]["urls"])
@@ -290,7 +294,6 @@ def test_model_server_commands_start_in_their_container(deployed, name, monkeypa
     args = module.parse_args(command[3:])
     assert args.host == "0.0.0.0" and args.port == 1234
     refuse_insecure_bind(name, args)  # would exit: a LAN address without a token or --insecure
-
 
 
 def test_a_deploy_without_the_proxy_auth_token_stops_with_one_line(deployed, tmp_path):

@@ -61,16 +61,24 @@ class HubListing:
         def paths_info(api, repo, names, revision=None):
             self.revisions.setdefault(repo, set()).add(revision)
             return [
-                RepoFile(path=n, size=size, oid=blob, lfs={"size": size, "oid": sha, "pointerSize": 130} if sha else None)
-                for n in names if n in self.files[repo] for size, sha, blob in [self.files[repo][n]]
-            ]  # fmt: skip
+                RepoFile(
+                    path=n, size=size, oid=blob, lfs={"size": size, "oid": sha, "pointerSize": 130} if sha else None
+                )
+                for n in names
+                if n in self.files[repo]
+                for size, sha, blob in [self.files[repo][n]]
+            ]
 
         monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", listing)
         monkeypatch.setattr(huggingface_hub.HfApi, "get_paths_info", paths_info)
 
 
 def hub_listing() -> HubListing:
-    nemo_names = ("nemotron-speech-streaming-en-0.6b", "magpie_tts_multilingual_357m", "nemo-nano-codec-22khz-1.89kbps-21.5fps")
+    nemo_names = (
+        "nemotron-speech-streaming-en-0.6b",
+        "magpie_tts_multilingual_357m",
+        "nemo-nano-codec-22khz-1.89kbps-21.5fps",
+    )
     nemo = {f"nvidia/{n}": {f"{n}.nemo": (10, "a" * 64, "b" * 40)} for n in nemo_names}
     byt5 = {"google/byt5-small": {"config.json": (5, None, "c" * 40), "tokenizer_config.json": (6, None, "d" * 40),
                                   "pytorch_model.bin": (99, "e" * 64, "f" * 40)}}  # fmt: skip
@@ -90,7 +98,10 @@ def test_plan_lists_every_part_with_the_hubs_digests(monkeypatch):
         "config.json", "tokenizer_config.json",
     ]  # fmt: skip
     assert names["llm"] == ["Nemotron-3-Nano-30B-A3B-IQ4_XS.gguf"]
-    assert {(f.filename, f.digest) for f in files if not f.lfs} == {("config.json", "c" * 40), ("tokenizer_config.json", "d" * 40)}
+    assert {(f.filename, f.digest) for f in files if not f.lfs} == {
+        ("config.json", "c" * 40),
+        ("tokenizer_config.json", "d" * 40),
+    }
     assert all(f.digest == "a" * 64 for f in files if f.filename.endswith(".nemo"))
 
 
@@ -232,8 +243,10 @@ def test_only_an_unreachable_hub_falls_back_to_the_files_on_disk():
 
 @pytest.mark.parametrize(
     ("module", "engine", "missing"),
-    [("servers.asr", "nemotron", "nemotron-speech-streaming-en-0.6b"),
-     ("servers.tts", "magpie", "nemo-nano-codec")],  # fmt: skip
+    [
+        ("servers.asr", "nemotron", "nemotron-speech-streaming-en-0.6b"),
+        ("servers.tts", "magpie", "nemo-nano-codec"),
+    ],  # fmt: skip
 )
 def test_a_server_without_its_checkpoint_stops_with_one_line(tmp_path, module, engine, missing):
     """Hub off, empty cache: the server exits at once with a line naming the fetch command."""

@@ -33,11 +33,17 @@ LEAD_SECS = 6.0
 SOUND_RMS = 0.01
 REPLY_TIMEOUT_MS = 60_000
 CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     # The probe's AudioContext starts with the page, before the click that would allow it to run.
     "--autoplay-policy=no-user-gesture-required",
-    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
 ]
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
@@ -119,7 +125,8 @@ def conversation(playground_url: str, question_wav: Path) -> Conversation:
     with sync_playwright() as playwright:
         started = time.monotonic()
         browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
+            executable_path=CHROMIUM,
+            headless=True,
             args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={question_wav}%noloop"],
         )
         browser_start_s = time.monotonic() - started
@@ -155,9 +162,12 @@ def conversation(playground_url: str, question_wav: Path) -> Conversation:
             probe = page.evaluate("({mic: __probe.mic, bot: __probe.bot, connected: __probe.connectedAt})")
             result = Conversation(
                 messages=[tuple(m) for m in page.evaluate(MESSAGES_JS)],
-                mic=probe["mic"], bot=probe["bot"], connected_ms=probe["connected"],
+                mic=probe["mic"],
+                bot=probe["bot"],
+                connected_ms=probe["connected"],
                 inbound_audio=page.evaluate(INBOUND_AUDIO_JS),
-                page_errors=page_errors, browser_start_s=browser_start_s,
+                page_errors=page_errors,
+                browser_start_s=browser_start_s,
             )
             # Hang up as a user would: a closed browser leaves the bot's session waiting for ICE to time out.
             disconnect = page.get_by_role("button", name="Disconnect", exact=True)

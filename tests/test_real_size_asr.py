@@ -21,6 +21,7 @@ from benchmarks.real_size import parameter_count
 from benchmarks.real_size.nemotron import PUBLISHED_PARAMETERS, build_nemotron_asr
 from servers.asr.engines.nemotron import NemotronEngine, StreamingGeometry
 
+
 @pytest.fixture(scope="module")
 def real_size_model(tmp_path_factory: pytest.TempPathFactory):
     with torch.no_grad():
@@ -45,7 +46,9 @@ def test_two_streams_share_batched_steps_and_finalize(real_size_model) -> None:
                 streams = [engine.open_stream(no_interims) for _ in range(2)]
                 audio = [noise(0.8, seed) for seed in range(2)]
                 for start in range(0, len(audio[0]), 2560):
-                    await asyncio.gather(*(s.feed(a[start : start + 2560]) for s, a in zip(streams, audio)))
+                    await asyncio.gather(
+                        *(s.feed(a[start : start + 2560]) for s, a in zip(streams, audio, strict=False))
+                    )
                 state = streams[0].state
                 assert state.cache_channel.shape == (24, 1, 70, 1024)
                 assert state.cache_time.shape == (24, 1, 1024, 8)

@@ -28,12 +28,15 @@ from benchmarks.scripted import TurnRecorder, Watch, run_script
 from benchmarks.tools import EARLIER
 from bot_config import BotConfig
 from pipecat_services import tool_calls
+from pipecat_services.interleaving import Interleaver
 from pipecat_services.llama_llm import LlamaServerLLMService
 from pipecat_services.tool_calls import without_earlier_calls
-from pipecat_services.interleaving import Interleaver
 
-TIMER = {"name": "set_timer", "description": "Start a countdown timer.",
-         "parameters": {"type": "object", "properties": {"minutes": {"type": "integer"}}, "required": ["minutes"]}}
+TIMER = {
+    "name": "set_timer",
+    "description": "Start a countdown timer.",
+    "parameters": {"type": "object", "properties": {"minutes": {"type": "integer"}}, "required": ["minutes"]},
+}
 MARKUP = re.compile(r"[<>{}`]|tool_call|set_timer|get_weather|\w+_\w+")
 
 
@@ -43,8 +46,8 @@ MARKUP = re.compile(r"[<>{}`]|tool_call|set_timer|get_weather|\w+_\w+")
         '<tool_call>\n{"name": "set_timer", "arguments": {"minutes": 10}}\n</tool_call>',
         '{{"name": "set_timer", "arguments": {"minutes": 10}}}',
         '```json\n{\n  "name": "set_timer",\n  "arguments": {\n    "minutes": 10\n  }\n}\n```',
-        '<tool_call>\n<function=set_timer>\n<parameter=minutes>\n10\n</parameter>\n</function>\n</tool_call>',
-        '<tool_call><function=set_timer><parameter=minutes>10</function></tool_call>',
+        "<tool_call>\n<function=set_timer>\n<parameter=minutes>\n10\n</parameter>\n</function>\n</tool_call>",
+        "<tool_call><function=set_timer><parameter=minutes>10</function></tool_call>",
         '{"name": "set_timer", "arguments": "{\\"minutes\\": 10}"}',
     ],
 )
@@ -109,16 +112,26 @@ class Tools:
 
 
 def weather_schema(handler) -> FunctionSchema:
-    return FunctionSchema(name="get_weather", description="Get the current weather in a city.",
-                          properties={"city": {"type": "string"}}, required=["city"], handler=handler)
+    return FunctionSchema(
+        name="get_weather",
+        description="Get the current weather in a city.",
+        properties={"city": {"type": "string"}},
+        required=["city"],
+        handler=handler,
+    )
 
 
 def timer_schema(handler, maximum: int | None = None) -> FunctionSchema:
     minutes: dict[str, Any] = {"type": "integer", "description": "length in minutes"}
     if maximum is not None:
         minutes["maximum"] = maximum
-    return FunctionSchema(name="set_timer", description="Start a countdown timer.", properties={"minutes": minutes},
-                          required=["minutes"], handler=handler)
+    return FunctionSchema(
+        name="set_timer",
+        description="Start a countdown timer.",
+        properties={"minutes": minutes},
+        required=["minutes"],
+        handler=handler,
+    )
 
 
 async def converse(url: str, request: str, *schemas: FunctionSchema, interleave: str = "off", context=None):
@@ -128,14 +141,17 @@ async def converse(url: str, request: str, *schemas: FunctionSchema, interleave:
     context.add_message({"role": "user", "content": request})
     interleaver = Interleaver() if interleave != "off" else None
     llm = LlamaServerLLMService(
-        base_url=url, interleaver=interleaver, interleaved_segments=1 if interleave == "first" else None,
+        base_url=url,
+        interleaver=interleaver,
+        interleaved_segments=1 if interleave == "first" else None,
         warm_context=context,
         settings=LLMSettings(system_instruction=BotConfig().full_system_prompt, temperature=0.0, max_tokens=60),
     )
     recorder = TurnRecorder(llm)
     marks = [AnswerMarks(interleaver)] if interleaver else []
-    down = await run_script(llm, *marks, recorder, LLMAssistantAggregator(context),
-                            steps=[LLMContextFrame(context), recorder.done.wait])
+    down = await run_script(
+        llm, *marks, recorder, LLMAssistantAggregator(context), steps=[LLMContextFrame(context), recorder.done.wait]
+    )
     await llm.backend.close()
     return recorder, down, context, llm
 
@@ -147,8 +163,13 @@ def spoken(down) -> list[str]:
 @pytest.mark.parametrize("interleave", ["off", "first", "all"])
 async def test_a_tool_is_called_and_its_result_is_spoken(tool_llm_server, interleave):
     tools = Tools()
-    recorder, down, _, _ = await converse(tool_llm_server.http_url, "What's the weather like in Paris?",
-                                          weather_schema(tools.weather), timer_schema(tools.timer), interleave=interleave)
+    recorder, down, _, _ = await converse(
+        tool_llm_server.http_url,
+        "What's the weather like in Paris?",
+        weather_schema(tools.weather),
+        timer_schema(tools.timer),
+        interleave=interleave,
+    )
     assert tools.calls == [("get_weather", {"city": "Paris"})]
     assert re.search(r"\b23\b|twenty-three", recorder.text), recorder.text
     assert not [t for t in spoken(down) if MARKUP.search(t)], spoken(down)
@@ -157,8 +178,9 @@ async def test_a_tool_is_called_and_its_result_is_spoken(tool_llm_server, interl
 async def test_questions_without_a_tool_make_no_call(tool_llm_server):
     tools = Tools()
     for question in ("Why is the sky blue?", "Who wrote Romeo and Juliet?"):
-        recorder, down, _, _ = await converse(tool_llm_server.http_url, question, weather_schema(tools.weather),
-                                              timer_schema(tools.timer))
+        recorder, down, _, _ = await converse(
+            tool_llm_server.http_url, question, weather_schema(tools.weather), timer_schema(tools.timer)
+        )
         assert recorder.call is None and recorder.text, (question, recorder.text)
         assert not [t for t in spoken(down) if MARKUP.search(t)], spoken(down)
     assert tools.calls == []
@@ -166,7 +188,9 @@ async def test_questions_without_a_tool_make_no_call(tool_llm_server):
 
 async def test_the_cache_is_reused_on_the_turn_after_a_call(tool_llm_server):
     tools = Tools()
-    _, _, context, _ = await converse(tool_llm_server.http_url, "Set a timer for ten minutes.", timer_schema(tools.timer))
+    _, _, context, _ = await converse(
+        tool_llm_server.http_url, "Set a timer for ten minutes.", timer_schema(tools.timer)
+    )
     recorder, _, _, llm = await converse(tool_llm_server.http_url, "Thanks! Why is the sky blue?", context=context)
     assert tools.calls == [("set_timer", {"minutes": 10})] and recorder.call is None
     assert llm.last_turn["cache_hit_ratio"] >= 0.95, llm.last_turn
@@ -193,23 +217,39 @@ async def test_an_interruption_cancels_a_running_call(tool_llm_server):
     tools = Tools()
     context = LLMContext(tools=ToolsSchema(standard_tools=[timer_schema(tools.hang)]))
     context.add_message({"role": "user", "content": "Set a timer for ten minutes."})
-    llm = LlamaServerLLMService(base_url=tool_llm_server.http_url, warm_context=context,
-                                settings=LLMSettings(temperature=0.0, max_tokens=60))
+    llm = LlamaServerLLMService(
+        base_url=tool_llm_server.http_url, warm_context=context, settings=LLMSettings(temperature=0.0, max_tokens=60)
+    )
     running, cancels = Watch(FunctionCallInProgressFrame), Watch(FunctionCallCancelFrame)
-    await run_script(llm, running, cancels, LLMAssistantAggregator(context),
-                            steps=[LLMContextFrame(context), lambda: running.reached(1), InterruptionFrame(),
-                                   lambda: asyncio.wait_for(tools.cancelled.wait(), 10)])
+    await run_script(
+        llm,
+        running,
+        cancels,
+        LLMAssistantAggregator(context),
+        steps=[
+            LLMContextFrame(context),
+            lambda: running.reached(1),
+            InterruptionFrame(),
+            lambda: asyncio.wait_for(tools.cancelled.wait(), 10),
+        ],
+    )
     await llm.backend.close()
     assert tools.calls and tools.cancelled.is_set()
     assert cancels.count.value == 1
 
 
 def test_calls_of_earlier_turns_leave_the_prompt_but_not_the_current_turns():
-    call = {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
-                                                 "function": {"name": "get_current_time", "arguments": "{}"}}]}
+    call = {
+        "role": "assistant",
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_current_time", "arguments": "{}"}}],
+    }
     result = {"role": "tool", "tool_call_id": "c1", "content": '{"time": "13:05"}'}
-    earlier = [{"role": "user", "content": "What time is it?"}, call, result,
-               {"role": "assistant", "content": "It is 13:05."}]
+    earlier = [
+        {"role": "user", "content": "What time is it?"},
+        call,
+        result,
+        {"role": "assistant", "content": "It is 13:05."},
+    ]
     current = [{"role": "user", "content": "And the date?"}, call, result]
     assert without_earlier_calls(earlier + current) == [earlier[0], earlier[3], *current]
 
@@ -240,11 +280,13 @@ async def test_tools_are_called_after_answers_spoken_in_words(tool_llm_server):
     answered "What time is it?" with an invented time); judged alone, the request is a call again."""
     tools = Tools()
     schemas = weather_schema(tools.weather), timer_schema(tools.timer)
-    recorder, _, _, _ = await converse(tool_llm_server.http_url, "What's the weather like in Paris?",
-                                       context=spoken_exchanges(*schemas))
+    recorder, _, _, _ = await converse(
+        tool_llm_server.http_url, "What's the weather like in Paris?", context=spoken_exchanges(*schemas)
+    )
     assert tools.calls == [("get_weather", {"city": "Paris"})], recorder.text
-    recorder, _, _, _ = await converse(tool_llm_server.http_url, "Why is the sky blue?",
-                                       context=spoken_exchanges(*schemas))
+    recorder, _, _, _ = await converse(
+        tool_llm_server.http_url, "Why is the sky blue?", context=spoken_exchanges(*schemas)
+    )
     assert recorder.call is None and recorder.text and len(tools.calls) == 1, recorder.text
 
 
@@ -253,8 +295,9 @@ async def test_a_request_judged_alone_leaves_the_conversation_cached(tool_llm_se
     conversation's next request evaluates one token, not the conversation again."""
     context = spoken_exchanges(weather_schema(None))
     context.add_message({"role": "user", "content": "Is it cold in Oslo?"})
-    llm = LlamaServerLLMService(base_url=tool_llm_server.http_url,
-                                settings=LLMSettings(system_instruction=BotConfig().full_system_prompt))
+    llm = LlamaServerLLMService(
+        base_url=tool_llm_server.http_url, settings=LLMSettings(system_instruction=BotConfig().full_system_prompt)
+    )
     messages, tools, _ = await llm._invocation(context)
     backend, speech = llm.backend, llm.backend.speech_fields()
     conversation = await backend.tokenize(await backend.render(messages, tools))
@@ -266,15 +309,32 @@ async def test_a_request_judged_alone_leaves_the_conversation_cached(tool_llm_se
 
 
 FAREWELLS = [
-    "Thanks, goodbye!", "Okay, I'm done, you can hang up now.", "Good night!", "Goodnight", "see ya later",
-    "Bye-bye", "cheers, bye", "Goodbye, that's all for today.", "Thanks, that is all.", "That’s all, thanks",
-    "Take care", "Nothing else, thanks.", "I have to go, bye.", "End call",
+    "Thanks, goodbye!",
+    "Okay, I'm done, you can hang up now.",
+    "Good night!",
+    "Goodnight",
+    "see ya later",
+    "Bye-bye",
+    "cheers, bye",
+    "Goodbye, that's all for today.",
+    "Thanks, that is all.",
+    "That’s all, thanks",
+    "Take care",
+    "Nothing else, thanks.",
+    "I have to go, bye.",
+    "End call",
 ]
 NOT_FAREWELLS = [
-    "Good morning!", "Hello there.", "What time is it?", "Don't hang up, I have another question.",
-    "How do I say bye in French?", "I'm done with the first part, next question.",
-    "That's all I know about it, what do you think?", "I have to go to the store, what's open now?",
-    "Remind me what the farewell tour was.", "standby mode please",
+    "Good morning!",
+    "Hello there.",
+    "What time is it?",
+    "Don't hang up, I have another question.",
+    "How do I say bye in French?",
+    "I'm done with the first part, next question.",
+    "That's all I know about it, what do you think?",
+    "I have to go to the store, what's open now?",
+    "Remind me what the farewell tour was.",
+    "standby mode please",
 ]
 
 
@@ -287,8 +347,12 @@ def test_farewells_are_told_from_greetings_questions_and_negations():
 
 @pytest.mark.parametrize(
     ("said", "ends"),
-    [("Thanks, goodbye!", True), ("Okay, I'm done, you can hang up now.", True), ("Good morning!", False),
-     ("Don't hang up, I have another question.", False)],  # fmt: skip
+    [
+        ("Thanks, goodbye!", True),
+        ("Okay, I'm done, you can hang up now.", True),
+        ("Good morning!", False),
+        ("Don't hang up, I have another question.", False),
+    ],  # fmt: skip
 )
 async def test_end_call_needs_the_users_own_farewell(said, ends):
     """The model may call end_call on a greeting (the 1.5B did on "Good morning!"); the call ends

@@ -22,9 +22,9 @@ from pipecat.pipeline.worker import PipelineParams
 from pipecat.tests.utils import run_test
 
 from benchmarks.scoring import wer
+from benchmarks.scripted import Count, Watch, run_script
 from pipecat_services.tts import TTSServerTTSService
 from servers.tts import protocol
-from benchmarks.scripted import Count, Watch, run_script
 from tests.conftest import RestartableServer
 
 REPLY = ["Sure, the capital of France ", "is Paris. ", "It is famous for the Eiffel Tower."]

@@ -3,7 +3,13 @@
 import pytest
 
 from servers.tts.text import (
-    MAX_SEGMENT_CHARS, Segmenter, bounded_cut, ends_clause, ends_sentence, normalize, split_bounded,
+    MAX_SEGMENT_CHARS,
+    Segmenter,
+    bounded_cut,
+    ends_clause,
+    ends_sentence,
+    normalize,
+    split_bounded,
 )
 
 
@@ -42,7 +48,8 @@ def test_first_segment_is_cut_at_the_first_clause_then_sentences() -> None:
 def test_the_second_segment_ends_at_a_clause_too_so_a_long_first_sentence_keeps_sounding() -> None:
     s = Segmenter(first_words=(2, 4))
     assert s.add("To improve your sleep, try to keep a regular schedule, avoid") == [
-        "To improve your sleep,", "try to keep a regular schedule,"
+        "To improve your sleep,",
+        "try to keep a regular schedule,",
     ]
     assert s.add(" caffeine, and rest well. Then") == ["avoid caffeine, and rest well."]  # sentences from here
     assert s.flush() == ["Then"]
@@ -113,8 +120,12 @@ def test_bounded_cut_prefers_punctuation_then_conjunctions_then_any_word() -> No
     assert bounded_cut("one two three four, five six seven eight nine ten", 36) == len("one two three four,")
     assert bounded_cut("one two three four and five six seven eight nine ten", 36) == len("one two three four")
     assert bounded_cut("one two three four five six the seven eight nine", 36) == len("one two three four five six")
-    assert bounded_cut("one two three four five six seven eight nine ten", 36) == len("one two three four five six seven")
-    assert bounded_cut("one, two three four five six seven eight nine ten", 36) == len("one, two three four five six seven")
+    assert bounded_cut("one two three four five six seven eight nine ten", 36) == len(
+        "one two three four five six seven"
+    )
+    assert bounded_cut("one, two three four five six seven eight nine ten", 36) == len(
+        "one, two three four five six seven"
+    )
     assert bounded_cut("x" * 100, 40) == 40
 
 

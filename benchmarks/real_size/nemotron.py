@@ -39,7 +39,12 @@ def train_tokenizer(work_dir: Path, vocab_size: int) -> Path:
     corpus = folder / "corpus.txt"
     corpus.write_text("\n".join(lines) + "\n")
     create_spt_model(
-        str(corpus), vocab_size=vocab_size, sample_size=-1, do_lower_case=True, output_dir=str(folder), tokenizer_type="bpe"
+        str(corpus),
+        vocab_size=vocab_size,
+        sample_size=-1,
+        do_lower_case=True,
+        output_dir=str(folder),
+        tokenizer_type="bpe",
     )
     return folder
 

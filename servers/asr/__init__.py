@@ -1,0 +1,1 @@
+"""The streaming ASR server: `python -m servers.asr`."""

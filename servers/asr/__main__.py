@@ -1,3 +1,5 @@
+"""`python -m servers.asr`."""
+
 from servers.asr.server import main
 
 main()

@@ -19,6 +19,8 @@ MAX_INTERIMS_KEPT = 1000
 
 
 class ASRClient:
+    """A client of the ASR server (benchmarks and tests; the bot uses `ASRServerSTTService`)."""
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.ws: ClientConnection | None = None
@@ -29,7 +31,9 @@ class ASRClient:
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ASRClient:
-        self.ws = await connect(self.url, max_size=protocol.MAX_MESSAGE_BYTES, additional_headers=auth_headers(self.url))
+        self.ws = await connect(
+            self.url, max_size=protocol.MAX_MESSAGE_BYTES, additional_headers=auth_headers(self.url)
+        )
         message = protocol.parse_server_message(await self.ws.recv())
         if not isinstance(message, protocol.Ready):
             raise RuntimeError(f"expected ready, got {message}")

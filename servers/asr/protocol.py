@@ -37,6 +37,8 @@ MAX_MESSAGE_BYTES = 1 << 20
 
 
 class ErrorCode(StrEnum):
+    """The `code` of an error message."""
+
     BAD_JSON = wire.BAD_JSON
     BAD_MESSAGE = wire.BAD_MESSAGE
     UNKNOWN_TYPE = wire.UNKNOWN_TYPE
@@ -48,6 +50,8 @@ class ErrorCode(StrEnum):
 
 @dataclass(frozen=True)
 class Ready(Message):
+    """Server → client, first: the model is loaded; engine, audio format, protocol version."""
+
     type: ClassVar[str] = "ready"
     engine: str
     sample_rate: int = SAMPLE_RATE
@@ -56,12 +60,16 @@ class Ready(Message):
 
 @dataclass(frozen=True)
 class Interim(Message):
+    """Server → client: the words so far, which may still change."""
+
     type: ClassVar[str] = "interim"
     text: str
 
 
 @dataclass(frozen=True)
 class Final(Message):
+    """Server → client: the finalized words of an utterance."""
+
     type: ClassVar[str] = "final"
     text: str
     latency_ms: float
@@ -70,6 +78,8 @@ class Final(Message):
 
 @dataclass(frozen=True)
 class Error(Message):
+    """Server → client: a request or frame that was refused, and why."""
+
     type: ClassVar[str] = "error"
     code: str
     message: str
@@ -77,12 +87,16 @@ class Error(Message):
 
 @dataclass(frozen=True)
 class Finalize(Message):
+    """Client → server: the speech ended; send the final transcript now."""
+
     type: ClassVar[str] = "finalize"
     hard: bool
 
 
 @dataclass(frozen=True)
 class Reset(Message):
+    """Client → server: forget the audio so far."""
+
     type: ClassVar[str] = "reset"
 
 

@@ -15,9 +15,9 @@ from loguru import logger
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from servers import metrics
 from servers.asr import protocol
 from servers.asr.engines.base import ASREngine, ASRStream
-from servers import metrics
 from servers.cli import add_flag, add_limit_flags, add_server_flags, main_with_clear_errors, session_limits
 from servers.nemo_loading import ASR_MODEL
 from servers.serving import ModelServer
@@ -142,19 +142,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_server_flags(parser, "ASR", DEFAULT_PORT)
     add_limit_flags(parser, "ASR")
     add_flag(parser, "--engine", "ASR_ENGINE", "whisper", "engine", choices=["whisper", "nemotron"])
-    add_flag(parser, "--whisper-model", "ASR_WHISPER_MODEL", None, "CTranslate2 Whisper dir (default: packaged tiny.en)")
+    add_flag(
+        parser, "--whisper-model", "ASR_WHISPER_MODEL", None, "CTranslate2 Whisper dir (default: packaged tiny.en)"
+    )
     add_flag(parser, "--threads", "ASR_THREADS", 2, "CPU threads for the whisper engine")
     add_flag(
-        parser, "--interim-interval", "ASR_INTERIM_INTERVAL", None,
+        parser,
+        "--interim-interval",
+        "ASR_INTERIM_INTERVAL",
+        None,
         "whisper: seconds of new speech between interim decodes, each prefilled into the LLM (None: the engine's)",
         type=float,
     )
     add_flag(
-        parser, "--nemotron-model", "ASR_NEMOTRON_MODEL", ASR_MODEL,
+        parser,
+        "--nemotron-model",
+        "ASR_NEMOTRON_MODEL",
+        ASR_MODEL,
         "Hugging Face name or local .nemo path",
     )
     add_flag(
-        parser, "--right-context", "ASR_RIGHT_CONTEXT", 1, "nemotron right context: 0/1/6/13 = 80/160/560/1120 ms",
+        parser,
+        "--right-context",
+        "ASR_RIGHT_CONTEXT",
+        1,
+        "nemotron right context: 0/1/6/13 = 80/160/560/1120 ms",
         choices=[0, 1, 6, 13],
     )
     return parser.parse_args(argv)

@@ -1,3 +1,5 @@
+"""`python -m servers.llm`."""
+
 from servers.llm.server import main
 
 main()

@@ -80,9 +80,10 @@ def ensure(explicit: str | None = None, cuda: bool | None = None) -> Path:
 def _run(cmd: list[str], log: Path) -> None:
     """Run a build step, its output appended to `log`; progress every 10 % of a compile."""
     shown = -1
-    with log.open("a") as out, subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
-    ) as process:
+    with (
+        log.open("a") as out,
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as process,
+    ):
         out.write(f"$ {' '.join(cmd)}\n")
         assert process.stdout is not None
         try:
@@ -197,7 +198,9 @@ def install(built: Path, target: Path) -> None:
 def add_binary_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--llama-server", "LLAMA_SERVER", None, "llama-server to run (default: find or build)", type=str)
     parser.add_argument(
-        "--cuda", action=argparse.BooleanOptionalAction, default=None,
+        "--cuda",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="build/use the CUDA llama-server (default: when an NVIDIA GPU and nvcc are present)",
     )
 

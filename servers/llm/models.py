@@ -32,6 +32,8 @@ class Part:
 
 @dataclass(frozen=True)
 class PackagedModel:
+    """A GGUF shipped in PyPI packages: its parts and its sha256."""
+
     name: str
     title: str
     parts: tuple[Part, ...]

@@ -26,9 +26,9 @@ from loguru import logger
 
 from servers.auth import load_token
 from servers.cli import add_flag, add_server_flags, refuse_insecure_bind, setup_logging
-from servers.processes import ServerExited, port_is_free, wait_healthy
 from servers.llm.binary import BinaryError, add_binary_flags, ensure
 from servers.llm.models import DEFAULT_MODEL, MODELS, ModelError, resolve
+from servers.processes import ServerExited, port_is_free, wait_healthy
 
 DEFAULT_PORT = 8002
 CACHE_REUSE = 256
@@ -55,7 +55,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     add_flag(parser, "--ctx-size", "LLM_CTX_SIZE", 4096, "context tokens per slot (llama-server: ctx-size x parallel)")
     add_flag(parser, "--parallel", "LLM_PARALLEL", 1, "conversation slots (each keeps its own prompt cache)")
     add_flag(
-        parser, "--cache-ram", "LLM_CACHE_RAM", CACHE_RAM_MIB,
+        parser,
+        "--cache-ram",
+        "LLM_CACHE_RAM",
+        CACHE_RAM_MIB,
         "MiB of host memory for conversations' prompts saved off their slot (llama-server's default: 8192)",
     )
     add_flag(parser, "--threads", "LLM_THREADS", cores, "CPU threads (all of this machine's cores by default)")
@@ -81,22 +84,34 @@ def llama_server_command(args: argparse.Namespace, binary: Path, model: Path, gp
         offload = ["--gpu-layers", str(layers), "--flash-attn", "on" if layers > 0 else "auto"]
     return [
         str(binary),
-        "--host", args.host,
-        "--port", str(args.port),
-        "--model", str(model),
-        "--alias", Path(args.model).stem if args.model not in MODELS else args.model,
-        "--ctx-size", str(args.ctx_size * args.parallel),  # llama-server splits the context between slots
-        "--parallel", str(args.parallel),
-        "--threads", str(args.threads),
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--model",
+        str(model),
+        "--alias",
+        Path(args.model).stem if args.model not in MODELS else args.model,
+        "--ctx-size",
+        str(args.ctx_size * args.parallel),  # llama-server splits the context between slots
+        "--parallel",
+        str(args.parallel),
+        "--threads",
+        str(args.threads),
         *offload,
-        "--cache-reuse", str(CACHE_REUSE),
-        "--cache-ram", str(args.cache_ram),
+        "--cache-reuse",
+        str(CACHE_REUSE),
+        "--cache-ram",
+        str(args.cache_ram),
         "--jinja",  # the GGUF's own chat template, for /apply-template and /v1/chat/completions
-        "--reasoning", "off",  # a voice reply cannot wait for a thought (Nemotron, Qwen3 ...)
+        "--reasoning",
+        "off",  # a voice reply cannot wait for a thought (Nemotron, Qwen3 ...)
         "--no-webui",
-        "--cors-origins", "localhost",  # our clients are programs; no web page elsewhere may drive it
+        "--cors-origins",
+        "localhost",  # our clients are programs; no web page elsewhere may drive it
         "--metrics",  # Prometheus counters on GET /metrics; costs nothing per token
-        "--log-colors", "off",
+        "--log-colors",
+        "off",
         *extra,
     ]
 

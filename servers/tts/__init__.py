@@ -1,0 +1,1 @@
+"""The streaming TTS server: `python -m servers.tts`."""

@@ -1,3 +1,5 @@
+"""`python -m servers.tts`."""
+
 from servers.tts.server import main
 
 main()

@@ -28,6 +28,8 @@ class Audio:
 
 
 class TTSServerError(RuntimeError):
+    """The TTS server sent an error."""
+
     def __init__(self, error: protocol.Error) -> None:
         super().__init__(f"{error.code}: {error.message}")
         self.error = error
@@ -56,6 +58,8 @@ OnAudio = Callable[[Reply], Awaitable[None]]
 
 
 class TTSClient:
+    """A client of the TTS server (benchmarks and tests; the bot uses `TTSServerTTSService`)."""
+
     def __init__(self, url: str, open_timeout: float = 10.0) -> None:
         self.url = url
         self.open_timeout = open_timeout

@@ -42,6 +42,8 @@ MAX_CONTEXT_ID_CHARS = 128
 
 
 class ErrorCode(StrEnum):
+    """The `code` of an error message."""
+
     BAD_JSON = wire.BAD_JSON
     BAD_MESSAGE = wire.BAD_MESSAGE
     UNKNOWN_TYPE = wire.UNKNOWN_TYPE
@@ -56,6 +58,8 @@ class ErrorCode(StrEnum):
 
 @dataclass(frozen=True)
 class Start(Message):
+    """Client → server: a new context (one reply), with its voice and language."""
+
     type: ClassVar[str] = "start"
     context_id: str
     voice: str | None = None
@@ -64,6 +68,8 @@ class Start(Message):
 
 @dataclass(frozen=True)
 class Text(Message):
+    """Client → server: more text of a context, as the LLM streams it."""
+
     type: ClassVar[str] = "text"
     context_id: str
     text: str
@@ -71,12 +77,16 @@ class Text(Message):
 
 @dataclass(frozen=True)
 class Flush(Message):
+    """Client → server: the context's text is complete; speak the rest."""
+
     type: ClassVar[str] = "flush"
     context_id: str
 
 
 @dataclass(frozen=True)
 class Cancel(Message):
+    """Client → server: stop the context (barge-in); no more audio for it."""
+
     type: ClassVar[str] = "cancel"
     context_id: str
 
@@ -92,6 +102,8 @@ class Mark(Message):
 
 @dataclass(frozen=True)
 class Ready(Message):
+    """Server → client, first: the model is loaded; engine, sample rate, voices, languages, protocol."""
+
     type: ClassVar[str] = "ready"
     engine: str
     sample_rate: int
@@ -102,6 +114,8 @@ class Ready(Message):
 
 @dataclass(frozen=True)
 class SegmentDone(Message):
+    """Server → client: one segment's audio is sent; its text and duration."""
+
     type: ClassVar[str] = "segment_done"
     context_id: str
     index: int
@@ -112,6 +126,8 @@ class SegmentDone(Message):
 
 @dataclass(frozen=True)
 class Done(Message):
+    """Server → client: a flushed context has been spoken to its end."""
+
     type: ClassVar[str] = "done"
     context_id: str
     audio_ms: float
@@ -120,6 +136,8 @@ class Done(Message):
 
 @dataclass(frozen=True)
 class Error(Message):
+    """Server → client: a request that was refused, and why."""
+
     type: ClassVar[str] = "error"
     code: str
     message: str
@@ -133,9 +151,11 @@ SERVER_MESSAGES = by_type(Ready, SegmentDone, Mark, Done, Error)
 def parse_client_message(raw: str | bytes) -> Message:
     """Parse and validate a client frame; raises ProtocolError with the code to answer."""
     message = parse_message(raw, CLIENT_MESSAGES)
-    context_id = getattr(message, "context_id")
+    context_id = message.context_id
     if not isinstance(context_id, str) or not 0 < len(context_id) <= MAX_CONTEXT_ID_CHARS:
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f'"context_id" must be a string of 1-{MAX_CONTEXT_ID_CHARS} characters')
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, f'"context_id" must be a string of 1-{MAX_CONTEXT_ID_CHARS} characters'
+        )
     if isinstance(message, Text):
         if not isinstance(message.text, str):
             raise ProtocolError(ErrorCode.BAD_MESSAGE, '"text" must be a string', context_id)

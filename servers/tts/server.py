@@ -80,6 +80,8 @@ def _chars(item: str | protocol.Mark | None) -> int:
 
 
 class TTSServer(ModelServer):
+    """The TTS server: sessions of contexts, one engine worker taking their segments in turn."""
+
     kind = "tts"
 
     def __init__(
@@ -103,7 +105,9 @@ class TTSServer(ModelServer):
 
     def ready_message(self) -> protocol.Ready:
         e = self.engine
-        return protocol.Ready(engine=e.name, sample_rate=e.sample_rate, voices=list(e.voices), languages=list(e.languages))
+        return protocol.Ready(
+            engine=e.name, sample_rate=e.sample_rate, voices=list(e.voices), languages=list(e.languages)
+        )
 
     async def run_on_worker(self, fn: Any, *args: Any) -> Any:
         depth = metrics.QUEUE_DEPTH.labels(self.kind)
@@ -190,7 +194,9 @@ class Session:
         voice = voice or self.engine.voices[0]
         language = language or self.engine.languages[0]
         if voice not in self.engine.voices:
-            raise ProtocolError(ErrorCode.UNKNOWN_VOICE, f"unknown voice {voice!r}; have {self.engine.voices}", context_id)
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_VOICE, f"unknown voice {voice!r}; have {self.engine.voices}", context_id
+            )
         if language not in self.engine.languages:
             raise ProtocolError(
                 ErrorCode.UNKNOWN_LANGUAGE, f"unknown language {language!r}; have {self.engine.languages}", context_id
@@ -212,7 +218,9 @@ class Session:
     def open_context(self, context_id: str) -> Context:
         context = self.contexts.get(context_id)
         if context is None:
-            raise ProtocolError(ErrorCode.UNKNOWN_CONTEXT, "no such context (never started, or already done)", context_id)
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_CONTEXT, "no such context (never started, or already done)", context_id
+            )
         if context.flushed:
             raise ProtocolError(ErrorCode.CONTEXT_CLOSED, "context already flushed", context_id)
         return context
@@ -325,16 +333,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_flag(parser, "--piper-model", "TTS_PIPER_MODEL", None, "Piper .onnx voice (default: packaged en_US joe)")
     add_flag(parser, "--piper-config", "TTS_PIPER_CONFIG", None, "Piper voice .onnx.json (default: next to the model)")
     add_flag(
-        parser, "--max-part-chars", "TTS_MAX_PART_CHARS", None,
+        parser,
+        "--max-part-chars",
+        "TTS_MAX_PART_CHARS",
+        None,
         "longest text synthesized in one engine call (default: the engine's); shorter: fairer, longer: smoother",
         type=int,
     )
     add_flag(
-        parser, "--max-lead-s", "TTS_MAX_LEAD_S", MAX_LEAD_S,
+        parser,
+        "--max-lead-s",
+        "TTS_MAX_LEAD_S",
+        MAX_LEAD_S,
         "synthesize a reply at most this many seconds of audio ahead of its playback (0: as fast as possible)",
     )
     add_flag(
-        parser, "--magpie-model", "TTS_MAGPIE_MODEL", TTS_MODEL,
+        parser,
+        "--magpie-model",
+        "TTS_MAGPIE_MODEL",
+        TTS_MODEL,
         "Hugging Face name or local .nemo path",
     )
     return parser.parse_args(argv)

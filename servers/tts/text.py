@@ -156,7 +156,7 @@ _ENDS_SENTENCE = re.compile(rf"(?:(?<!\d){_SENTENCE}|{_SENTENCE}\s|\n)\s*$")
 _ENDS_CLAUSE = re.compile(rf"(?:(?<!\d){_CLAUSE}|{_CLAUSE}\s)\s*$")
 FIRST_SEGMENT_WORDS = (2, 4)
 """(min, max) words after which a reply's first segment may end at a phrase boundary (`phrase_cut`).
-Measured against (3, 6) on the 2-core CPU with the 1.5B (README, "Where a turn's time goes"): server
+Measured against (3, 6) on the 2-core CPU with the 1.5B (docs/agent.md, "Where a turn's time goes"): server
 V2V p50 60-115 ms lower in three comparisons, and the same answers equally intelligible when the
 bot's audio is transcribed (21 varied questions, one session each, temperature 0)."""
 

@@ -116,6 +116,8 @@ class _Job:
 
 
 class NemotronEngine(ASREngine):
+    """Nemotron Speech streaming ASR on NeMo: every open stream decoded in one batched step."""
+
     name = "nemotron"
 
     def __init__(
@@ -281,7 +283,7 @@ class NemotronEngine(ASREngine):
             for job in jobs:
                 job.done.set_exception(exc)
             return
-        for job, text in zip(jobs, texts):
+        for job, text in zip(jobs, texts, strict=False):
             job.done.set_result(text)
 
     def _process(self, jobs: list[_Job]) -> list[str]:
@@ -291,19 +293,19 @@ class NemotronEngine(ASREngine):
         states = [job.state for job in jobs]
         finals = [job.final for job in jobs]
         new_frames = self.featurizer.extract([s.tail for s in states], finals)
-        for state, frames, final in zip(states, new_frames, finals):
+        for state, frames, final in zip(states, new_frames, finals, strict=False):
             state.pending = torch.cat([state.pending, frames], dim=1)
             if final:
                 pad = finalize_padding(state.pending.shape[1], chunk)
                 state.pending = torch.cat([state.pending, self._silence(pad)], dim=1)
-        while ready := [(s, f) for s, f in zip(states, finals) if s.pending.shape[1] >= chunk]:
+        while ready := [(s, f) for s, f in zip(states, finals, strict=False) if s.pending.shape[1] >= chunk]:
             flushing = [s for s, f in ready if f and s.pending.shape[1] == chunk]
             steady = [s for s, f in ready if not (f and s.pending.shape[1] == chunk)]
             for group, keep_all in ((steady, False), (flushing, True)):
                 if group:
                     self._step(group, keep_all)
         texts = []
-        for state, final in zip(states, finals):
+        for state, final in zip(states, finals, strict=False):
             texts.append(state.text)
             if final:
                 state.tail.reset()
@@ -349,7 +351,9 @@ class NemotronEngine(ASREngine):
             return
         ids = hyp.y_sequence.tolist() if isinstance(hyp.y_sequence, Tensor) else list(hyp.y_sequence)
         half = len(ids) // 2
-        cut = next((k for k in range(half, 0, -1) if ids[k] < len(self._word_starts) and self._word_starts[ids[k]]), half)
+        cut = next(
+            (k for k in range(half, 0, -1) if ids[k] < len(self._word_starts) and self._word_starts[ids[k]]), half
+        )
         decode = self.model.decoding.decode_tokens_to_str_with_strip_punctuation
         state.committed.add(decode(ids[:cut]))
         if hyp.timestamp is not None and len(hyp.timestamp) == len(ids):

@@ -112,15 +112,15 @@ class IncrementalFeaturizer:
         """
         ends = [
             self.frame_count(t.total) if is_final else t.next_frame + t.complete_frames()
-            for t, is_final in zip(tails, final)
+            for t, is_final in zip(tails, final, strict=False)
         ]
-        wanted = [i for i, (t, end) in enumerate(zip(tails, ends)) if end > t.next_frame]
+        wanted = [i for i, (t, end) in enumerate(zip(tails, ends, strict=False)) if end > t.next_frame]
         out = [torch.zeros(self.silence_frame.shape[0], 0, device=self.device) for _ in tails]
         if not wanted:
             return out
         audio = [tails[i].audio() for i in wanted]
         batch = np.zeros((len(audio), max(len(a) for a in audio)), dtype=np.float32)
-        for row, a in zip(batch, audio):
+        for row, a in zip(batch, audio, strict=False):
             row[: len(a)] = a
         lengths = torch.tensor([len(a) for a in audio], device=self.device)
         feats, _ = self.preprocessor(input_signal=torch.from_numpy(batch).to(self.device), length=lengths)

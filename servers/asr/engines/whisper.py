@@ -84,6 +84,8 @@ class _Decode:
 
 
 class WhisperEngine(ASREngine):
+    """Whisper tiny.en on CTranslate2 (faster-whisper), its model shipped in a package."""
+
     name = "whisper"
 
     def __init__(
@@ -146,7 +148,11 @@ class WhisperEngine(ASREngine):
         seconds = len(audio) / SAMPLE_RATE
         if seconds + TAIL_S > 30:
             segments, _ = self._model.transcribe(
-                audio, language="en", beam_size=1, temperature=0.0, without_timestamps=True,
+                audio,
+                language="en",
+                beam_size=1,
+                temperature=0.0,
+                without_timestamps=True,
                 condition_on_previous_text=False,
             )
             return " ".join(s.text.strip() for s in segments).strip()

@@ -21,6 +21,8 @@ import numpy as np
 
 
 class TTSEngine(ABC):
+    """What the TTS server needs of an engine: load, synthesize in chunks, close."""
+
     name: str = "base"
     sample_rate: int = 22_050
     voices: tuple[str, ...] = ()

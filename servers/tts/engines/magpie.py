@@ -69,6 +69,8 @@ class _Reply:
 
 
 class MagpieEngine(TTSEngine):
+    """Magpie TTS on NeMo, streamed frame by frame through its codec."""
+
     name = "magpie"
     sample_rate = 22_050
     voices = SPEAKERS
@@ -233,7 +235,7 @@ class MagpieEngine(TTSEngine):
         if reply.caches is None:
             self.model.decoder.reset_cache(use_cache=True)
         else:
-            for module, cache in zip(self._cache_modules, reply.caches):
+            for module, cache in zip(self._cache_modules, reply.caches, strict=False):
                 module.cache, module.use_cache = cache, True
         try:
             with torch.inference_mode():
@@ -364,7 +366,7 @@ class MagpieEngine(TTSEngine):
         return codes[0]
 
     def _decode(self, codes: Tensor) -> Tensor:
-        """codes [codebooks, frames] -> audio [frames * samples_per_frame] through the model's codec."""
+        """Codes [codebooks, frames] -> audio [frames * samples_per_frame] through the model's codec."""
         lens = torch.tensor([codes.shape[1]], device=self.device)
         audio, audio_lens, _ = self.model._codec_helper.codes_to_audio(codes[None].long().to(self.device), lens)
         return audio[0, : int(audio_lens[0])].float()

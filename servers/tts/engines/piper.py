@@ -21,6 +21,8 @@ CHUNK_S = 0.5
 
 
 class PiperEngine(TTSEngine):
+    """Piper with the packaged joe voice, on the CPU."""
+
     name = "piper"
     languages = ("en",)
     first_segment_words = FIRST_SEGMENT_WORDS
