@@ -31,6 +31,26 @@ class RestartableServer(LocalServer):
         await asyncio.to_thread(self.run)
 
 
+SERVER_FIXTURES = {
+    "asr_server",
+    "tts_server",
+    "llm_server",
+    "tool_llm_server",
+    "bot_server",
+    "tool_bot_server",
+    "whisper",
+}
+"""The shared fixtures that start a server or load a model: a test using one (directly or through another
+fixture) is marked `servers`, which `scripts/test.sh --fast` leaves out. Modules whose own fixtures do
+the same say `pytestmark = pytest.mark.servers`."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)
+
+
 BOT_VOICE = "en-us+m3"
 """The espeak-ng voice Whisper tiny.en hears best ("of France", not "and friends")."""
 
