@@ -142,7 +142,6 @@ class LlamaServerBackend(LLMBackend):
                 text=reply.get("content", ""),
                 tokens=reply.get("tokens", []),
                 stop=reply.get("stop_type") in ("eos", "word"),  # not "limit": the one token asked for
-                stop_type=reply.get("stop_type"),
                 timings=reply.get("timings", {}),
             ),
         )
@@ -167,7 +166,6 @@ class LlamaServerBackend(LLMBackend):
                     text=event.get("content", ""),
                     tokens=event.get("tokens", []),
                     stop=event.get("stop", False),
-                    stop_type=event.get("stop_type"),
                     timings=event.get("timings", {}),
                 )
 

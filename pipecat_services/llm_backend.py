@@ -26,7 +26,6 @@ class Piece:
     text: str
     tokens: list[int]
     stop: bool = False
-    stop_type: str | None = None
     timings: dict[str, Any] = field(default_factory=dict)
 
 

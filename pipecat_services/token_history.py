@@ -96,6 +96,3 @@ class TokenHistory:
     def add_generated(self, text: str, tokens: list[int]) -> None:
         """Record what the model generated, token by token as the server streamed it."""
         self.blocks.append(Block(text, tuple(tokens)))
-
-    def clear(self) -> None:
-        self.blocks.clear()

