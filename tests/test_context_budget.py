@@ -18,6 +18,8 @@ from pipecat_services.llama_llm import LlamaServerLLMService
 from pipecat_services.openai_llm import BudgetedOpenAILLMService
 from tests.conftest import RestartableServer, serve_for_session
 
+pytestmark = pytest.mark.servers
+
 SLOT = 1024
 """Small, so a conversation three times its size is cheap; a trim keeps ~500 tokens, more than
 llama-server's 256-token minimum for shifting a cached chunk."""

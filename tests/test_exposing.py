@@ -23,6 +23,8 @@ from servers.tts.client import TTSClient
 from tests.conftest import serve_for_session
 from tests.test_bot import one_question
 
+pytestmark = pytest.mark.servers
+
 TOKEN = "test-token-0123456789"
 SECURED = {"MODEL_SERVER_TOKEN": TOKEN}
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

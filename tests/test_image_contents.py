@@ -25,6 +25,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+pytestmark = pytest.mark.servers  # pip builds of the project and imports of every image: ~50 s
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

@@ -18,7 +18,7 @@ from servers.launch import MODEL_SERVERS, GaveUp, RestartPolicy, Supervised, ser
 from servers.processes import ServerProcess, free_port, is_healthy
 from tests.test_bot import ask, heard
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.servers, pytest.mark.timeout(600)]
 
 
 def model_server_pid(launcher: ServerProcess, service: str) -> int:

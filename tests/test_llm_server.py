@@ -23,6 +23,8 @@ from servers.llm import binary
 from servers.llm.models import MODELS, ModelError, PackagedModel, Part, assemble
 from servers.processes import ROOT, LocalServer, free_port
 
+pytestmark = pytest.mark.servers
+
 
 def fake_model(packages: Path, contents: list[bytes], sha256: str | None = None) -> PackagedModel:
     """A registry entry whose parts are tiny packages `fakellm_partN/data/partNN.bin` under `packages`."""

@@ -24,6 +24,8 @@ from benchmarks.real_size.magpie import EOS_IMPOSSIBLE, install_baked_speakers, 
 from servers.tts.engines.codec_stream import CodecStream, measure_context
 from servers.tts.engines.magpie import SPEAKERS, MagpieEngine
 
+pytestmark = pytest.mark.servers
+
 SPF = 64
 """Codec samples per frame: up-sampling 8 * 4 * 2."""
 MAX_FRAMES = 40

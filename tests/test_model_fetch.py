@@ -241,6 +241,7 @@ def test_only_an_unreachable_hub_falls_back_to_the_files_on_disk():
     assert not model_fetch.hub_unreachable(FetchError("no file"))
 
 
+@pytest.mark.servers
 @pytest.mark.parametrize(
     ("module", "engine", "missing"),
     [

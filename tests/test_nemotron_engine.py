@@ -23,6 +23,8 @@ import torch
 
 from servers.asr.engines.nemotron import NemotronEngine, StreamingGeometry, finalize_padding
 
+pytestmark = pytest.mark.servers
+
 RIGHT_CONTEXTS = (0, 1, 6, 13)
 SENTENCES = [
     "hello world how are you today",

@@ -21,6 +21,8 @@ from benchmarks.real_size import parameter_count
 from benchmarks.real_size.nemotron import PUBLISHED_PARAMETERS, build_nemotron_asr
 from servers.asr.engines.nemotron import NemotronEngine, StreamingGeometry
 
+pytestmark = pytest.mark.servers
+
 
 @pytest.fixture(scope="module")
 def real_size_model(tmp_path_factory: pytest.TempPathFactory):

@@ -22,6 +22,8 @@ pytest.importorskip("nemo.collections.tts")
 from benchmarks.real_size.magpie import PUBLISHED_PARAMETERS, build_magpie_tts, magpie_parameter_count
 from servers.tts.engines.magpie import MagpieEngine
 
+pytestmark = pytest.mark.servers
+
 FRAMES = 4
 SAMPLES_PER_FRAME = 1024
 """NanoCodec 22 kHz: 22050 / 1024 = 21.5 frames/s."""

@@ -17,7 +17,7 @@ from pipecat_services.model_readiness import ModelServers, health_url
 from servers.processes import LocalServer, free_port
 from tests.conftest import RestartableServer
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.servers, pytest.mark.timeout(300)]
 
 
 async def get(url: str) -> tuple[int, str]:

@@ -11,7 +11,7 @@ from benchmarks.scoring import wer
 from servers.asr.engines.transcript import Transcript
 from servers.asr.engines.whisper import MAX_PENDING_COMMITS, WhisperEngine
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.servers, pytest.mark.asyncio(loop_scope="module")]
 
 
 @pytest.fixture(scope="module")
