@@ -48,9 +48,9 @@ PYTHON_STAGE = {"nemotron-voice-agent/llm-cpu": "model"}
 """Images whose last stage has no Python: the stage that runs ours."""
 NO_PYTHON = {"nemotron-voice-agent/llama-server-cuda"}
 MODAL_ENTRY_POINTS = {
-    "nemo_image": (["modal_app", "servers.asr.engines.nemotron", "servers.tts.engines.magpie", "servers.model_fetch"]),
-    "llm_image": (["modal_app", "servers.model_fetch"]),
-    "bot_image": (["modal_app", "bot", "call_signalling"]),
+    "nemo_image": ["modal_app", "servers.asr.engines.nemotron", "servers.tts.engines.magpie", "servers.model_fetch"],
+    "llm_image": ["modal_app", "servers.model_fetch"],
+    "bot_image": ["modal_app", "bot", "call_signalling"],
 }
 
 
