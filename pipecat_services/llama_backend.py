@@ -33,6 +33,11 @@ from pipecat_services.model_server import SERVER_WAIT_S
 from pipecat_services.tool_calls import NEXT_TOKENS, SPEECH_ONLY_GBNF, CallGrammar
 from servers.auth import auth_headers
 
+HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=5)
+"""One /health probe: a server (or Modal's proxy) that holds it counts as not loaded yet."""
+NOT_LISTENING = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ConnectionTimeoutError)
+"""Before any response: the server is restarting, starting after the bot, or scaling up."""
+
 
 class LlamaServerError(RuntimeError):
     """llama-server answered with an error, or never became ready."""
@@ -71,9 +76,9 @@ class LlamaServerBackend(LLMBackend):
     async def is_loaded(self) -> bool:
         """llama-server's /health: 200 once the model is loaded (and its warm-up decode has run)."""
         try:
-            async with self.session.get(self.base_url + "/health") as response:
+            async with self.session.get(self.base_url + "/health", timeout=HEALTH_TIMEOUT) as response:
                 return response.status == 200
-        except aiohttp.ClientError:
+        except (TimeoutError, aiohttp.ClientError):
             return False
 
     async def wait_loaded(self, wait_s: float | None = None) -> None:
@@ -87,19 +92,21 @@ class LlamaServerBackend(LLMBackend):
             await asyncio.sleep(0.25)
 
     @asynccontextmanager
-    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None):
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> AsyncIterator[Any]:
         """The response to one request, waiting once for a server that is loading or not listening."""
         for attempt in (1, 2):
             try:
-                async with self.session.request(method, self.base_url + path, json=body) as response:
+                response = await self.session.request(method, self.base_url + path, json=body)
+            except NOT_LISTENING:
+                if attempt == 2:
+                    raise
+            else:
+                async with response:
                     if response.status == 200:
                         yield response
                         return
                     if response.status != 503 or attempt == 2:
                         raise LlamaServerError(f"{path}: HTTP {response.status}: {(await response.text())[:300]}")
-            except aiohttp.ClientConnectorError:
-                if attempt == 2:
-                    raise
             await self.wait_loaded()
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -67,9 +67,9 @@ class ModelServerConnection:
             self._receive_task = self.create_task(self._receive_task_handler(self._report_error))
 
     async def _disconnect(self) -> None:
-        await super()._disconnect()
         if self._connecting is not None and not self._connecting.done():
             await self.cancel_task(self._connecting)
+        await super()._disconnect()
         if self._receive_task is not None:
             await self.cancel_task(self._receive_task)
             self._receive_task = None
@@ -97,11 +97,12 @@ class ModelServerConnection:
             logger.info(f"{self}: connected to {self._url} ({ready.engine}, {ready.sample_rate} Hz)")
             await self._call_event_handler("on_connected")
         except Exception as e:
-            if websocket is not None and websocket is not self._websocket:
-                await websocket.close()
             self._websocket = None
             await self.push_error(error_msg=f"{self._url}: {e}", exception=e)
             await self._call_event_handler("on_connection_error", str(e))
+        finally:  # a connection that never became ours, cancelled (the call hung up) or refused, is closed
+            if websocket is not None and websocket is not self._websocket:
+                await websocket.close()
 
     async def _disconnect_websocket(self) -> None:
         try:

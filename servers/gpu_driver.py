@@ -48,7 +48,11 @@ def verdict(cuda: str) -> tuple[bool, str]:
     except (subprocess.SubprocessError, OSError, IndexError) as error:
         return False, f"nvidia-smi failed ({error}): the GPU is not usable from containers"
     line = f"this image needs driver >= {needed} (CUDA {cuda}), the host has {driver} ({name})"
-    if version(driver) < version(needed):
+    try:
+        too_old = version(driver) < version(needed)
+    except ValueError:
+        return False, f"{line}: that is not a driver version nvidia-smi should report"
+    if too_old:
         return False, f"{line}: update the NVIDIA driver"
     return True, line
 
@@ -57,6 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_flag(parser, "--cuda", "IMAGE_CUDA", IMAGE_CUDA, "the images' CUDA release", choices=sorted(MINIMUM_DRIVER))
     args = parser.parse_args()
+    if args.cuda not in MINIMUM_DRIVER:  # an IMAGE_CUDA from the environment skips argparse's check
+        parser.error(f"--cuda / IMAGE_CUDA: {args.cuda!r} is not one of {sorted(MINIMUM_DRIVER)}")
     runs, line = verdict(args.cuda)
     print(f"gpu-driver: {line}", file=sys.stdout if runs else sys.stderr, flush=True)
     sys.exit(0 if runs else 1)

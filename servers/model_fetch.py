@@ -226,6 +226,8 @@ def all_present(args: argparse.Namespace, dest: Path) -> bool:
             return False
         if {f.repo for f in files} != set(part_repos(args)[part]):
             return False
+        if any(f.revision != PINNED_REVISIONS.get(f.repo) for f in files):
+            return False  # fetched before a pin changed: those are not the weights the servers expect
         for file in files:
             path = local_path(file, dest)
             if path is None or not path.exists() or not (dest / "verified" / file.digest).exists():

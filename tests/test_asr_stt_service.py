@@ -131,3 +131,25 @@ async def test_waits_for_a_server_that_starts_late(tmp_path, speech):
         starting.cancel()
         server.stop()
     assert wer([text], [r.text for r in finals(down)]) <= 0.2
+
+
+async def test_a_call_that_ends_while_the_server_loads_leaves_no_connection():
+    """The connection made at start waits for the server's `ready`, which a loading model holds back; a
+    call that ends meanwhile (the caller heard "one moment" and hung up) closes it, so it holds no
+    session of the server. A stand-in server that accepts and never says ready plays the loading one."""
+    from websockets.asyncio.server import serve
+
+    opened, closed = asyncio.Event(), asyncio.Event()
+
+    async def loading(websocket) -> None:
+        opened.set()
+        try:
+            await websocket.wait_closed()
+        finally:
+            closed.set()
+
+    async with serve(loading, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        stt = ASRServerSTTService(url=f"ws://127.0.0.1:{port}", server_wait_s=60)
+        await run_script(stt, steps=[opened.wait])
+        await asyncio.wait_for(closed.wait(), 10)

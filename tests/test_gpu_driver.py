@@ -67,3 +67,10 @@ def test_the_checked_cuda_is_the_one_the_gpu_images_are_built_on():
     services = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())["services"]
     assert services["gpu-driver"]["command"] == ["python", "-m", "servers.gpu_driver"]
     assert "devices" in str(services["gpu-driver"]["deploy"])  # nvidia-smi is there only with the GPU
+
+
+def test_odd_answers_are_one_line_too(tmp_path):
+    result = check(tmp_path, "N/A")
+    assert result.returncode == 1 and len(result.stderr.splitlines()) == 1 and "not a driver version" in result.stderr
+    unknown = check(tmp_path, "580.95.05", IMAGE_CUDA="12.9")
+    assert unknown.returncode == 2 and "IMAGE_CUDA: '12.9' is not one of" in unknown.stderr

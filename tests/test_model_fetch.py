@@ -8,6 +8,7 @@ real with the hub off and an empty cache.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -260,3 +261,19 @@ def test_a_server_without_its_checkpoint_stops_with_one_line(tmp_path, module, e
     last = done.stderr.strip().splitlines()[-1]
     assert missing in last and "servers.model_fetch" in last
     assert "Traceback" not in done.stderr
+
+
+def test_weights_fetched_before_a_pin_do_not_count_as_present(tmp_path, monkeypatch):
+    """With the hub unreachable a start falls back on the last verified fetch, but only if it fetched the
+    pinned revision: an older, unpinned fetch is not what the servers expect."""
+    from servers.nemo_loading import ASR_MODEL, PINNED_REVISIONS
+
+    weights = hub_file(tmp_path / "asr.nemo", b"asr", repo=ASR_MODEL, filename="nemotron-speech-streaming-en-0.6b.nemo")
+    (tmp_path / "verified").mkdir()
+    (tmp_path / "verified" / weights.digest).touch()
+    monkeypatch.setattr(model_fetch, "local_path", lambda file, dest: tmp_path / "asr.nemo")
+    args = model_fetch.parse_args(["--parts", "asr"])
+    for revision, present in ((None, False), ("0" * 40, False), (PINNED_REVISIONS[ASR_MODEL], True)):
+        pinned = dataclasses.replace(weights, revision=revision)
+        model_fetch.manifest(tmp_path, "asr").write_text(json.dumps([dataclasses.asdict(pinned)]))
+        assert model_fetch.all_present(args, tmp_path) is present, revision
