@@ -42,8 +42,6 @@ NOT_LISTENING = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, 
 class LlamaServerError(RuntimeError):
     """llama-server answered with an error, or never became ready."""
 
-    pass
-
 
 class LlamaServerBackend(LLMBackend):
     """The `LLMBackend` on llama-server's HTTP API."""

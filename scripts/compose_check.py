@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from servers.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "nemotron-voice-agent-check"
@@ -139,14 +140,8 @@ def compatible_file(dest: Path) -> None:
     dest.write_text(yaml.safe_dump(stack, sort_keys=False))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(compose: list[str], service: str) -> float:
-    """Seconds until `service` is healthy; fails on a container that exits or stays unhealthy."""
+def wait_healthy(compose: list[str], service: str) -> None:
+    """Until `service` is healthy; fails on a container that exits or stays unhealthy."""
     start = time.monotonic()
     while time.monotonic() - start < HEALTHY_TIMEOUT_S:
         ids = subprocess.run(
@@ -158,7 +153,7 @@ def wait_healthy(compose: list[str], service: str) -> float:
             )[0]
             health = state["State"].get("Health", {}).get("Status")
             if health == "healthy":
-                return time.monotonic() - start
+                return
             if state["State"]["Status"] == "exited":
                 raise RuntimeError(f"{service} exited with code {state['State']['ExitCode']}")
         time.sleep(2)

@@ -97,7 +97,7 @@ def plan(args: argparse.Namespace, token: str | None) -> list[HubFile]:
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    wanted: list[tuple[str, str, list[str]]] = []
+    wanted: list[tuple[str, str, str | None, list[str]]] = []
     for part in args.parts:
         for repo in part_repos(args)[part]:
             revision = PINNED_REVISIONS.get(repo)
@@ -110,10 +110,9 @@ def plan(args: argparse.Namespace, token: str | None) -> list[HubFile]:
                     raise FetchError(f"{repo}: quantization {args.llm_quant!r} has {found}; choose a single-file one")
             else:
                 names = [nemo_filename(repo)]
-            wanted.append((part, repo, names))
+            wanted.append((part, repo, revision, names))
     files = []
-    for part, repo, names in wanted:
-        revision = PINNED_REVISIONS.get(repo)
+    for part, repo, revision, names in wanted:
         infos = {info.path: info for info in api.get_paths_info(repo, names, revision=revision)}
         if missing := sorted(set(names) - set(infos)):
             raise FetchError(f"{repo} has no {', '.join(missing)}")
