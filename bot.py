@@ -53,12 +53,12 @@ from bot_tools import bot_tools
 from pipecat_services import tracing
 from pipecat_services.asr_stt import ASRServerSTTService
 from pipecat_services.call_records import CallRecording, CallTranscript
-from pipecat_services.interim_prefill import InterimPrefill
 from pipecat_services.interleaving import Interleaver
-from pipecat_services.llama_llm import LlamaServerLLMService
+from pipecat_services.llm.interim_prefill import InterimPrefill
+from pipecat_services.llm.llama_server.service import LlamaServerLLMService
+from pipecat_services.llm.openai_compatible import BudgetedOpenAILLMService
+from pipecat_services.llm.prefill import PrefillingLLMService
 from pipecat_services.model_readiness import ModelServers, add_warming_up_routes, one_moment
-from pipecat_services.openai_llm import BudgetedOpenAILLMService
-from pipecat_services.prefilling_llm import PrefillingLLMService
 from pipecat_services.tts import TTSServerTTSService
 from pipecat_services.turn_end import BackgroundTurnAnalyzerUserTurnStopStrategy, SentenceEndUserTurnStopStrategy
 from pipecat_services.turn_metrics import TurnLatencyMetricsData, TurnLatencyObserver

@@ -42,7 +42,7 @@ from benchmarks.stats import fmt
 from bot_config import BotConfig
 from bot_tools import TOOLS
 from pipecat_services.interleaving import Interleaver, TTSMarkFrame
-from pipecat_services.llama_llm import LlamaServerLLMService
+from pipecat_services.llm.llama_server.service import LlamaServerLLMService
 
 SYSTEM = BotConfig().full_system_prompt
 SCRIPT = [

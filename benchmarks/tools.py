@@ -40,7 +40,7 @@ from benchmarks.servers import running_server
 from benchmarks.stats import fmt
 from bot_config import TOOL_PROMPT, BotConfig
 from bot_tools import TOOLS
-from pipecat_services.llama_llm import LlamaServerLLMService
+from pipecat_services.llm.llama_server.service import LlamaServerLLMService
 
 
 async def canned(params: FunctionCallParams) -> None:

@@ -7,8 +7,7 @@ run at once. The handshake is a *mark*: the LLM pushes `TTSMarkFrame` after a se
 TTS service forwards it to the TTS server in order with the text, the server answers once the
 audio before it is synthesized, and the TTS service calls `reached`.
 
-Where a segment ends is `Segmenting`'s rule: the first at a clause or phrase boundary, so the TTS
-can start on a few words; later ones at a sentence end.
+Where a segment ends is `llm/segments.py`'s rule.
 
 The scheduler also records when each side was busy (the last `BUSY_SPANS` spans: a call may last
 hours), for the test that proves the two never overlap.
@@ -23,8 +22,6 @@ from collections import deque
 from dataclasses import dataclass
 
 from pipecat.frames.frames import DataFrame
-
-from servers.tts.text import ends_clause, ends_sentence, phrase_cut
 
 BUSY_SPANS = 256
 
@@ -98,33 +95,3 @@ class Interleaver:
                 future.cancel()
         self._waiting.clear()
         self._sent_at.clear()
-
-
-@dataclass
-class Segmenting:
-    """When a segment ends: the first at any clause or, with `first_words`, at a phrase boundary
-    (`phrase_cut`); later ones at a sentence end after `min_tokens`; any at `max_tokens`."""
-
-    first: bool
-    min_tokens: int
-    max_tokens: int
-    first_words: tuple[int, int] | None = None
-
-    def done(self, text: str, n_tokens: int) -> bool:
-        if n_tokens >= self.max_tokens:
-            return True
-        if self.first:
-            if self.first_words and phrase_cut(text, *self.first_words) is not None:
-                return True
-            return n_tokens >= 2 and (ends_sentence(text) or ends_clause(text))
-        return n_tokens >= self.min_tokens and ends_sentence(text)
-
-    def split(self, text: str) -> tuple[str, str]:
-        """(text to speak now, text held back for the next segment) of a segment that ended
-        mid-sentence: the words after the phrase cut, or a last word that may still be growing."""
-        if ends_sentence(text) or ends_clause(text):
-            return text, ""
-        cut = phrase_cut(text, *self.first_words) if self.first and self.first_words else None
-        if cut is None:
-            cut = text.rstrip().rfind(" ")
-        return (text[:cut], text[cut:]) if cut and cut > 0 else (text, "")

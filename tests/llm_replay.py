@@ -32,7 +32,7 @@ from pipecat.services.settings import LLMSettings
 from benchmarks.llm import AnswerMarks
 from benchmarks.scripted import Step, Watch, run_script
 from pipecat_services.interleaving import Interleaver
-from pipecat_services.llama_llm import LlamaServerLLMService
+from pipecat_services.llm.llama_server.service import LlamaServerLLMService
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 ASSISTANT = f"{IM_START}assistant\n"

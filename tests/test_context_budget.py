@@ -14,8 +14,8 @@ from pipecat.services.settings import LLMSettings
 from pipecat.tests.utils import run_test
 
 from benchmarks.llm import LONG_CHECKS, LONG_SYSTEM, long_script
-from pipecat_services.llama_llm import LlamaServerLLMService
-from pipecat_services.openai_llm import BudgetedOpenAILLMService
+from pipecat_services.llm.llama_server.service import LlamaServerLLMService
+from pipecat_services.llm.openai_compatible import BudgetedOpenAILLMService
 from tests.conftest import RestartableServer, serve_for_session
 
 pytestmark = pytest.mark.servers

@@ -1,6 +1,6 @@
 """The context budget's trimming rule (`context_budget.py`) on hand-written conversations."""
 
-from pipecat_services.context_budget import (
+from pipecat_services.llm.context_budget import (
     ContextBudget,
     cut_points,
     estimate_tokens,

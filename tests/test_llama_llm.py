@@ -30,9 +30,9 @@ from pipecat.utils.time import time_now_iso8601
 from benchmarks.llm import AnswerMarks
 from benchmarks.scripted import Watch, run_script
 from bot_config import BotConfig
-from pipecat_services.interim_prefill import InterimPrefill
 from pipecat_services.interleaving import Interleaver
-from pipecat_services.llama_llm import LlamaServerLLMService
+from pipecat_services.llm.interim_prefill import InterimPrefill
+from pipecat_services.llm.llama_server.service import LlamaServerLLMService
 from pipecat_services.tts import TTSServerTTSService
 from tests.conftest import RestartableServer
 

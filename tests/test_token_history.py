@@ -1,6 +1,6 @@
 """TokenHistory's prefix reuse, with a deterministic stand-in tokenizer (one token per character)."""
 
-from pipecat_services.token_history import TokenHistory
+from pipecat_services.llm.token_history import TokenHistory
 
 
 async def char_tokens(text: str) -> list[int]:

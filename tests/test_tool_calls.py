@@ -27,10 +27,10 @@ from benchmarks.llm import AnswerMarks
 from benchmarks.scripted import TurnRecorder, Watch, run_script
 from benchmarks.tools import EARLIER
 from bot_config import BotConfig
-from pipecat_services import tool_calls
 from pipecat_services.interleaving import Interleaver
-from pipecat_services.llama_llm import LlamaServerLLMService
-from pipecat_services.tool_calls import without_earlier_calls
+from pipecat_services.llm import tool_calls
+from pipecat_services.llm.llama_server.service import LlamaServerLLMService
+from pipecat_services.llm.tool_calls import without_earlier_calls
 
 TIMER = {
     "name": "set_timer",

@@ -92,7 +92,7 @@ async def test_a_request_answered_loading_waits_for_the_model_and_is_sent_again(
     "Loading model" everywhere, /health included): the request waits for /health and goes again."""
     from aiohttp import web
 
-    from pipecat_services.llama_backend import LlamaServerBackend, LlamaServerError
+    from pipecat_services.llm.llama_server.client import LlamaServerBackend, LlamaServerError
 
     loaded = asyncio.Event()
     asked: list[str] = []

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipecat_services.tool_calls import NEXT_TOKENS
+from pipecat_services.llm.tool_calls import NEXT_TOKENS
 
 
 @dataclass(frozen=True)

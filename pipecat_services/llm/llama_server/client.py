@@ -28,9 +28,9 @@ from typing import Any
 import aiohttp
 from loguru import logger
 
-from pipecat_services.llm_backend import FirstToken, LLMBackend, Piece
+from pipecat_services.llm.backend import FirstToken, LLMBackend, Piece
+from pipecat_services.llm.tool_calls import NEXT_TOKENS, SPEECH_ONLY_GBNF, CallGrammar
 from pipecat_services.model_server import SERVER_WAIT_S
-from pipecat_services.tool_calls import NEXT_TOKENS, SPEECH_ONLY_GBNF, CallGrammar
 from servers.auth import auth_headers
 
 HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=5)

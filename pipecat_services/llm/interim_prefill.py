@@ -24,7 +24,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from pipecat_services.prefilling_llm import PrefillingLLMService
+from pipecat_services.llm.prefill import PrefillingLLMService
 
 
 class InterimPrefill(FrameProcessor):

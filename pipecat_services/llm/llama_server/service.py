@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipecat_services.llama_backend import LlamaServerBackend
+from pipecat_services.llm.llama_server.client import LlamaServerBackend
+from pipecat_services.llm.prefill import PrefillingLLMService
 from pipecat_services.model_server import SERVER_WAIT_S
-from pipecat_services.prefilling_llm import PrefillingLLMService
 
 
 class LlamaServerLLMService(PrefillingLLMService):

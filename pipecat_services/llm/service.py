@@ -65,12 +65,13 @@ from pipecat.services.settings import LLMSettings
 from pipecat.utils.tracing.service_decorators import traced_llm
 from pipecat.utils.types import is_given
 
-from pipecat_services import tool_calls
-from pipecat_services.context_budget import ContextBudget, ContextBudgetError, trimmed
-from pipecat_services.interleaving import Interleaver, Segmenting
-from pipecat_services.llm_backend import FirstToken, LLMBackend, Piece
-from pipecat_services.prepared_prompt import PreparedPrompt, messages_key
-from pipecat_services.token_history import TokenHistory
+from pipecat_services.interleaving import Interleaver
+from pipecat_services.llm import tool_calls
+from pipecat_services.llm.backend import FirstToken, LLMBackend, Piece
+from pipecat_services.llm.context_budget import ContextBudget, ContextBudgetError, trimmed
+from pipecat_services.llm.prepared_prompt import PreparedPrompt, messages_key
+from pipecat_services.llm.segments import Segmenting
+from pipecat_services.llm.token_history import TokenHistory
 from pipecat_services.turn_metrics import PromptCacheMetricsData
 from servers.tts.text import FIRST_SEGMENT_WORDS
 

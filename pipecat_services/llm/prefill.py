@@ -22,9 +22,9 @@ from loguru import logger
 from pipecat.frames.frames import StartFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 
-from pipecat_services import tool_calls
-from pipecat_services.prepared_prompt import PreparedPrompt, messages_key
-from pipecat_services.token_llm import TokenLLMService
+from pipecat_services.llm import tool_calls
+from pipecat_services.llm.prepared_prompt import PreparedPrompt, messages_key
+from pipecat_services.llm.service import TokenLLMService
 
 
 class PrefillingLLMService(TokenLLMService):

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pipecat_services.llm_backend import FirstToken, LLMBackend
+from pipecat_services.llm.backend import FirstToken, LLMBackend
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.services.openai.llm import OpenAILLMService
 from pipecat.utils.types import is_given
 
-from pipecat_services.context_budget import ContextBudget, estimate_prompt_tokens, trimmed
+from pipecat_services.llm.context_budget import ContextBudget, estimate_prompt_tokens, trimmed
 from servers.auth import modal_proxy_headers
 
 FALLBACK_WINDOW = 32768
