@@ -1,16 +1,9 @@
-"""Text normalisation and segmentation for speech."""
+"""Text normalisation for speech, and the TTS's whole text path: segments, then parts."""
 
 import pytest
 
-from servers.tts.text import (
-    MAX_SEGMENT_CHARS,
-    Segmenter,
-    bounded_cut,
-    ends_clause,
-    ends_sentence,
-    normalize,
-    split_bounded,
-)
+from servers.segmentation import MAX_SEGMENT_CHARS, ReplySegmentation, Segmenter, split_bounded
+from servers.tts.text import normalize
 
 
 @pytest.mark.parametrize(
@@ -34,61 +27,6 @@ from servers.tts.text import (
 )
 def test_normalize(written: str, spoken: str) -> None:
     assert normalize(written) == spoken
-
-
-def test_first_segment_is_cut_at_the_first_clause_then_sentences() -> None:
-    s = Segmenter()
-    assert s.add("Sure, the capital of France") == ["Sure,"]
-    assert s.add(" is Paris. It is a lovely city, with") == ["the capital of France is Paris."]
-    assert s.add(" many museums. And") == ["It is a lovely city, with many museums."]
-    assert s.flush() == ["And"]
-    assert s.flush() == []
-
-
-def test_the_second_segment_ends_at_a_clause_too_so_a_long_first_sentence_keeps_sounding() -> None:
-    s = Segmenter(first_words=(2, 4))
-    assert s.add("To improve your sleep, try to keep a regular schedule, avoid") == [
-        "To improve your sleep,",
-        "try to keep a regular schedule,",
-    ]
-    assert s.add(" caffeine, and rest well. Then") == ["avoid caffeine, and rest well."]  # sentences from here
-    assert s.flush() == ["Then"]
-
-
-def test_first_segment_can_end_at_a_phrase_boundary() -> None:
-    s = Segmenter(first_words=(3, 6))
-    assert s.add("The capital of France") == []
-    assert s.add(" is") == ["The capital of France"]
-    assert s.add(" Paris. It is") == ["is Paris."]
-    assert Segmenter(first_words=(3, 6)).add("Sure, it is") == ["Sure,"]
-    assert Segmenter(first_words=(3, 6)).add("Seven green parrots sang loudly today every") == [
-        "Seven green parrots sang loudly today"
-    ]
-
-
-def test_numbers_with_commas_and_decimals_are_not_cut() -> None:
-    s = Segmenter()
-    assert s.add("We have 1,200 apples and 3.5 pears") == []
-    assert s.flush() == ["We have 1,200 apples and 3.5 pears"]
-
-
-def test_numbers_streamed_in_pieces_are_not_cut_at_their_point_or_colon() -> None:
-    """LLM tokens split "05:10" and "29.5"; a cut after "05:" was spoken "zero five. ten"."""
-    s = Segmenter()
-    pieces = ["The time is 05", ":", "10", " and", " it", " lasts", " 29", ".", "5", " days", "."]
-    pieces += [" Then", " 3", ".", " Go"]
-    segments = [segment for piece in pieces for segment in s.add(piece)]
-    assert segments == ["The time is 05:10 and it lasts 29.5 days.", "Then 3."]
-    assert s.flush() == ["Go"]
-    assert [ends_sentence(t) for t in ("It is 29.", "It is 29. ", "It is nine.")] == [False, True, True]
-    assert [ends_clause(t) for t in ("At 05:", "At 05: ", "Well,")] == [False, True, True]
-
-
-def test_long_text_without_punctuation_is_cut_at_a_space() -> None:
-    s = Segmenter()
-    segments = s.add("word " * 100)
-    assert segments and all(len(seg) <= 300 for seg in segments)
-    assert " ".join(segments + s.flush()).split() == ["word"] * 100
 
 
 @pytest.mark.parametrize(
@@ -116,19 +54,6 @@ def test_a_huge_number_is_read_in_groups_of_bounded_length() -> None:
         assert len(spoken) < 8 * len(written)
 
 
-def test_bounded_cut_prefers_punctuation_then_conjunctions_then_any_word() -> None:
-    assert bounded_cut("one two three four, five six seven eight nine ten", 36) == len("one two three four,")
-    assert bounded_cut("one two three four and five six seven eight nine ten", 36) == len("one two three four")
-    assert bounded_cut("one two three four five six the seven eight nine", 36) == len("one two three four five six")
-    assert bounded_cut("one two three four five six seven eight nine ten", 36) == len(
-        "one two three four five six seven"
-    )
-    assert bounded_cut("one, two three four five six seven eight nine ten", 36) == len(
-        "one, two three four five six seven"
-    )
-    assert bounded_cut("x" * 100, 40) == 40
-
-
 @pytest.mark.parametrize(
     "text",
     [
@@ -140,7 +65,7 @@ def test_bounded_cut_prefers_punctuation_then_conjunctions_then_any_word() -> No
     ],
 )
 def test_any_text_is_cut_into_bounded_segments_and_parts_without_losing_words(text: str) -> None:
-    s = Segmenter(first_words=(3, 6))
+    s = Segmenter(ReplySegmentation(first_words=(3, 6)))
     segments = s.add(text[:2000]) + s.add(text[2000:]) + s.flush()
     assert segments and all(len(seg) <= MAX_SEGMENT_CHARS for seg in segments)
     assert "".join("".join(segments).split()) == "".join(text.split())
@@ -148,10 +73,3 @@ def test_any_text_is_cut_into_bounded_segments_and_parts_without_losing_words(te
     parts = [p for seg in segments for p in split_bounded(normalize(seg), 60)]
     assert all(0 < len(p) <= 60 for p in parts)
     assert "".join("".join(parts).split()) == "".join(spoken.split())
-
-
-def test_long_sentence_is_cut_at_a_clause_not_mid_phrase() -> None:
-    sentence = "We looked at the old house by the river, " + "and then we walked along the quiet road " * 10 + "home."
-    segments = Segmenter().add("Hi. " + sentence + " Bye. ")
-    assert segments[0] == "Hi."
-    assert all(seg.endswith((",", ".")) or seg.split()[-1] == "road" for seg in segments[1:]), segments

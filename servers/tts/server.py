@@ -6,8 +6,9 @@ The protocol is in `servers/tts/protocol.py`.
 All model work runs on one worker thread per engine: sessions take turns chunk by chunk, so two
 sessions can never corrupt shared model state, and a cancel stops a reply at the next chunk.
 Every chunk is bounded whatever the text: segments are cut to a bounded length and their spoken
-form into parts of at most the engine's `max_part_chars` (`text.split_bounded`), so a long reply
-delays another session's first audio by one part at most and the engine's memory stays bounded.
+form into parts of at most the engine's `max_part_chars` (`servers/segmentation.py`'s
+`split_bounded`), so a long reply delays another session's first audio by one part at most and the
+engine's memory stays bounded.
 Audio leaves through the WebSocket's flow control: a client that stops reading stops its own
 reply, so nothing queues up for it. A reply is synthesized at most `max_lead_s` of audio ahead of
 its playback (from its first audio on, in real time): a long text takes the engine a few parts per
@@ -32,11 +33,12 @@ from websockets.exceptions import ConnectionClosed
 from servers import metrics
 from servers.cli import add_flag, add_limit_flags, add_server_flags, main_with_clear_errors, session_limits
 from servers.nemo_loading import TTS_MODEL
+from servers.segmentation import ReplySegmentation, Segmenter, split_bounded
 from servers.serving import ModelServer, SessionLimits
 from servers.tts import protocol
 from servers.tts.engines.base import TTSEngine
 from servers.tts.protocol import ErrorCode, ProtocolError
-from servers.tts.text import Segmenter, normalize, split_bounded
+from servers.tts.text import normalize
 
 DEFAULT_PORT = 8001
 MAX_LEAD_S = 10.0
@@ -204,7 +206,8 @@ class Session:
         for earlier in self.contexts.values():
             if not earlier.flushed:
                 self.flush(earlier)
-        context = Context(context_id, voice, language, Segmenter(self.engine.first_segment_words))
+        rule = ReplySegmentation(first_words=self.engine.first_segment_words)
+        context = Context(context_id, voice, language, Segmenter(rule))
         self.contexts[context_id] = context
         self.order.put_nowait(context)
         return context

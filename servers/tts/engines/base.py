@@ -29,7 +29,8 @@ class TTSEngine(ABC):
     languages: tuple[str, ...] = ("en",)
     first_segment_words: tuple[int, int] | None = None
     """(min, max) words after which a reply's first segment may end at a phrase boundary without
-    punctuation (`text.phrase_cut`), for engines whose first audio waits for a whole segment."""
+    punctuation (`ReplySegmentation.phrase_cut` of `servers/segmentation.py`), for engines whose
+    first audio waits for a whole segment."""
     max_part_chars: int = 200
     """Longest (normalised) text given to one `synthesize` call: bounds what one call allocates and,
     for engines that compute a call's audio at once, how long it holds the worker from other sessions."""

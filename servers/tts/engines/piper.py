@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import numpy as np
 from loguru import logger
 
+from servers.segmentation import FIRST_SEGMENT_WORDS
 from servers.tts.engines.base import TTSEngine
-from servers.tts.text import FIRST_SEGMENT_WORDS
 
 CHUNK_S = 0.5
 """Piper returns a sentence at once; yielding it in slices lets a cancel stop between them."""
