@@ -54,10 +54,11 @@ from pipecat_services import tracing
 from pipecat_services.asr_stt import ASRServerSTTService
 from pipecat_services.call_records import CallRecording, CallTranscript
 from pipecat_services.interleaving import Interleaver
+from pipecat_services.llm.generation import Interleaving
 from pipecat_services.llm.interim_prefill import InterimPrefill
 from pipecat_services.llm.llama_server.service import LlamaServerLLMService
 from pipecat_services.llm.openai_compatible import BudgetedOpenAILLMService
-from pipecat_services.llm.prefill import PrefillingLLMService
+from pipecat_services.llm.service import TokenLLMService
 from pipecat_services.model_readiness import ModelServers, add_warming_up_routes, one_moment
 from pipecat_services.tts import TTSServerTTSService
 from pipecat_services.turn_end import BackgroundTurnAnalyzerUserTurnStopStrategy, SentenceEndUserTurnStopStrategy
@@ -94,8 +95,9 @@ def make_llm(config: BotConfig, interleaver: Interleaver | None, context: LLMCon
     return LlamaServerLLMService(
         base_url=config.llm_url,
         server_wait_s=config.model_server_wait_s,
-        interleaver=interleaver,
-        interleaved_segments=1 if config.interleave == "first" else None,
+        interleaving=Interleaving(interleaver, waiting_segments=1 if config.interleave == "first" else None)
+        if interleaver
+        else None,
         warm_context=context,
         context_tokens=config.context_tokens or None,
         settings=LLMSettings(
@@ -140,7 +142,7 @@ async def warm_llm(config: BotConfig) -> None:
     they take ≈4 s on two cores, so the first call after a start would wait for them on its first
     turn. Prefill them when the bot starts instead; later calls share the server's cached prefix."""
     llm = make_llm(config, None, new_context(config))
-    if not isinstance(llm, PrefillingLLMService):
+    if not isinstance(llm, TokenLLMService):
         return
     try:
         await llm.warm_server(config.model_server_wait_s)
@@ -167,7 +169,7 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
     recording = (
         CallRecording(Path(config.transcripts) / f"{call_id}.wav") if transcript and config.record_audio else None
     )
-    prefill = [InterimPrefill(llm)] if config.prefill_interims and isinstance(llm, PrefillingLLMService) else []
+    prefill = [InterimPrefill(llm)] if config.prefill_interims and isinstance(llm, TokenLLMService) else []
     pipeline = Pipeline(
         [transport.input(), stt, *prefill, user_aggregator, llm, tts, transport.output(),
          *([recording.processor] if recording else []), assistant_aggregator]

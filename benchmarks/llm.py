@@ -42,6 +42,7 @@ from benchmarks.stats import fmt
 from bot_config import BotConfig
 from bot_tools import TOOLS
 from pipecat_services.interleaving import Interleaver, TTSMarkFrame
+from pipecat_services.llm.generation import Interleaving
 from pipecat_services.llm.llama_server.service import LlamaServerLLMService
 
 SYSTEM = BotConfig().full_system_prompt
@@ -125,7 +126,7 @@ async def run_conversation(url: str, interleave: bool, temperature: float) -> li
     context = LLMContext(tools=ToolsSchema(standard_tools=[TOOLS["time"]]))
     llm = LlamaServerLLMService(
         base_url=url,
-        interleaver=interleaver,
+        interleaving=Interleaving(interleaver) if interleaver else None,
         warm_context=context,
         settings=LLMSettings(system_instruction=SYSTEM, temperature=temperature, seed=7, max_tokens=160),
     )
@@ -147,11 +148,11 @@ async def run_conversation(url: str, interleave: bool, temperature: float) -> li
                     "turn": i,
                     "after_call": j > 0,
                     "first_segment_ms": round(max(ttfb) * 1000, 1) if ttfb and j == 0 else None,
-                    "cache_hit_ratio": reply["cache_hit_ratio"],
-                    "prompt_cached_share": reply["prompt_cached_share"],
-                    "prompt_tokens": reply["prompt_tokens"],
+                    "cache_hit_ratio": reply.cache_hit_ratio,
+                    "prompt_cached_share": reply.prompt_cached_share,
+                    "prompt_tokens": reply.prompt_tokens,
                     "call": recorder.call[0] if recorder.call and j == 0 else None,
-                    "call_probability": reply.get("call_probability"),
+                    "call_probability": reply.call_probability,
                     "first_segment": first.text,
                     "reply": recorder.text,
                 }
@@ -165,11 +166,11 @@ async def run_long_conversation(url: str, turns: int, interleave: bool, reuse_ta
     interleaver = Interleaver() if interleave else None
     llm = LlamaServerLLMService(
         base_url=url,
-        interleaver=interleaver,
+        interleaving=Interleaving(interleaver) if interleaver else None,
         settings=LLMSettings(system_instruction=LONG_SYSTEM, temperature=0.0, seed=7, max_tokens=40),
     )
     if not reuse_tail:
-        llm.history.min_tail_tokens = 10**9
+        llm.prompts.history.min_tail_tokens = 10**9
     context, rows = LLMContext(), []
     for i, question in enumerate(long_script(turns)):
         context.add_message({"role": "user", "content": question})
@@ -182,10 +183,10 @@ async def run_long_conversation(url: str, turns: int, interleave: bool, reuse_ta
             pipeline_params=PipelineParams(enable_metrics=True),
         )
         ttfb = [d.value for f in down if isinstance(f, MetricsFrame) for d in f.data if isinstance(d, TTFBMetricsData)]
-        turn = llm.last_turn
+        turn = llm.last_reply
         rows.append(
-            {"turn": i + 1, "trimmed": turn["trimmed"], "ttfb_ms": round(max(ttfb) * 1000, 1),
-             "prompt_tokens": turn["prompt_tokens"], "cache_n": turn.get("cache_n"), "prompt_n": turn.get("prompt_n"),
+            {"turn": i + 1, "trimmed": turn.trimmed, "ttfb_ms": round(max(ttfb) * 1000, 1),
+             "prompt_tokens": turn.prompt_tokens, "cache_n": turn.cache_n, "prompt_n": turn.prompt_n,
              "messages": len(context.messages), "reply": recorder.text}
         )  # fmt: skip
     await llm.backend.close()

@@ -25,6 +25,8 @@ from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import SleepFrame, run_test
 
+from pipecat_services.llm.reply_stats import ReplyStats
+
 STEP_TIMEOUT_S = 60.0
 """How long a test waits for something it observes; only a broken feature takes this long."""
 
@@ -111,7 +113,7 @@ async def run_script(*processors: FrameProcessor, steps: list[Step], **kwargs) -
 
 class TurnRecorder(FrameProcessor):
     """After an LLM service in a user turn that may call tools: records the first call, the spoken
-    text and, per reply, the `last_turn` numbers of `llm` (a `LlamaServerLLMService`); `done` is set
+    text and, per reply, the `last_reply` numbers of `llm` (a `LlamaServerLLMService`); `done` is set
     once a reply ends without a call (the aggregator re-runs the LLM after a call's result)."""
 
     def __init__(self, llm: Any = None) -> None:
@@ -120,7 +122,7 @@ class TurnRecorder(FrameProcessor):
         self.call: tuple[str, dict[str, Any]] | None = None
         self.text = ""
         self.first_text_at: float | None = None
-        self.replies: list[dict[str, Any]] = []
+        self.replies: list[ReplyStats] = []
         self.done = asyncio.Event()
         self._called = False
 
@@ -136,7 +138,7 @@ class TurnRecorder(FrameProcessor):
                 self.first_text_at = self.first_text_at or time.perf_counter()
             elif isinstance(frame, LLMFullResponseEndFrame):
                 if self.llm is not None:
-                    self.replies.append(dict(self.llm.last_turn))
+                    self.replies.append(self.llm.last_reply)
                 if not self._called:
                     self.done.set()
                 self._called = False

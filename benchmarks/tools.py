@@ -202,7 +202,7 @@ async def ask(
     name, arguments = recorder.call or (None, {})
     right = name == expected and (expected is None or arguments_match(args, arguments))
     first = None if recorder.first_text_at is None else round((recorder.first_text_at - started) * 1000, 1)
-    p_call = recorder.replies[0].get("call_probability") if recorder.replies else None
+    p_call = recorder.replies[0].call_probability if recorder.replies else None
     return RequestResult(request, expected, name, arguments, right, p_call, first, recorder.text.strip())
 
 

@@ -7,7 +7,7 @@ while loading). While one is not:
   check of the bot), and the Playground page says the bot is warming up, reloading until it is not;
 - a call that starts hears "One moment, please." from a clip in this package, which needs no TTS
   server (that may be the one loading). Its first answer comes as soon as the models are up: every
-  client waits for its server (`model_server.py`, `llama_backend.py`).
+  client waits for its server (`model_server.py`, `llm/llama_server/client.py`).
 """
 
 from __future__ import annotations

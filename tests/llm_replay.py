@@ -32,6 +32,7 @@ from pipecat.services.settings import LLMSettings
 from benchmarks.llm import AnswerMarks
 from benchmarks.scripted import Step, Watch, run_script
 from pipecat_services.interleaving import Interleaver
+from pipecat_services.llm.generation import Interleaving
 from pipecat_services.llm.llama_server.service import LlamaServerLLMService
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -257,9 +258,14 @@ class Conversation:
         settings = LLMSettings(
             system_instruction=SYSTEM, temperature=0.0, seed=1, max_tokens=service.pop("max_tokens", 80)
         )
-        self.interleaver = Interleaver() if service.pop("interleave", False) else None
+        segments = service.pop("interleave", None)
+        self.interleaver = Interleaver() if segments is not None else None
         self.llm = LlamaServerLLMService(
-            base_url=url, interleaver=self.interleaver, warm_context=self.context, settings=settings, **service
+            base_url=url,
+            interleaving=Interleaving(self.interleaver, **segments) if self.interleaver else None,
+            warm_context=self.context,
+            settings=settings,
+            **service,
         )
         self.ends = Watch(LLMFullResponseEndFrame)
         self.texts = Watch(LLMTextFrame)

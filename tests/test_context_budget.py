@@ -45,10 +45,12 @@ async def converse(llm: LlamaServerLLMService, turns: list[str]) -> tuple[LLMCon
         assert not [f for f in up if isinstance(f, ErrorFrame)], f"turn {i}: {up}"
         reply = context.messages[-1]
         assert reply["role"] == "assistant" and reply["content"].strip(), f"turn {i}: no answer"
-        asked = await llm.backend.render((await llm._invocation(LLMContext(messages=context.messages[:-1])))[0])
+        asked = await llm.backend.render(
+            (await llm.prompts.invocation(LLMContext(messages=context.messages[:-1]))).messages
+        )
         assert asked.startswith("<|im_start|>system\n" + LONG_SYSTEM), "the system prompt left"
-        assert llm.history.text.startswith(asked), f"turn {i}: the history no longer follows the context"
-        numbers.append(dict(llm.last_turn))
+        assert llm.prompts.history.text.startswith(asked), f"turn {i}: the history no longer follows the context"
+        numbers.append(llm.last_reply)
         said += [text, reply["content"]]
     return context, numbers, said
 
@@ -65,12 +67,12 @@ async def test_three_times_the_slot_never_fails_and_trims_rarely_and_cheaply(sma
     ]
     conversation = len(await llm.backend.tokenize(await llm.backend.render(whole)))
     assert conversation >= 3 * SLOT, conversation
-    assert all(n["prompt_tokens"] + 16 <= SLOT for n in numbers), "the window comes from the server's /props"
-    assert 2 <= llm.trims <= len(turns) // 5, llm.trims
-    trims = [n for n in numbers if n["trimmed"]]
-    assert len(trims) == llm.trims, "one trim per turn that needed one"
+    assert all(n.prompt_tokens + 16 <= SLOT for n in numbers), "the window comes from the server's /props"
+    assert 2 <= llm.prompts.trims <= len(turns) // 5, llm.prompts.trims
+    trims = [n for n in numbers if n.trimmed]
+    assert len(trims) == llm.prompts.trims, "one trim per turn that needed one"
     for n in trims:
-        assert n["prompt_n"] < 0.2 * n["prompt_tokens"], f"the kept turns were evaluated again: {n}"
+        assert n.prompt_n < 0.2 * n.prompt_tokens, f"the kept turns were evaluated again: {n}"
     assert len(context.messages) < len(said) // 2, "the context itself is trimmed"
     await llm.backend.close()
 
@@ -84,7 +86,7 @@ async def test_the_last_turns_of_a_long_conversation_stay_coherent(tool_llm_serv
     )
     turns = long_script(11)
     _, numbers, said = await converse(llm, turns)
-    assert llm.trims >= 2 and all(n["prompt_tokens"] + 24 <= 600 for n in numbers)
+    assert llm.prompts.trims >= 2 and all(n.prompt_tokens + 24 <= 600 for n in numbers)
     answers = said[1::2][-len(LONG_CHECKS) :]
     for (question, expected), answer in zip(LONG_CHECKS, answers, strict=False):
         assert expected is None or expected.lower() in answer.lower(), (question, answer)

@@ -31,6 +31,7 @@ from benchmarks.llm import AnswerMarks
 from benchmarks.scripted import Watch, run_script
 from bot_config import BotConfig
 from pipecat_services.interleaving import Interleaver
+from pipecat_services.llm.generation import Interleaving
 from pipecat_services.llm.interim_prefill import InterimPrefill
 from pipecat_services.llm.llama_server.service import LlamaServerLLMService
 from pipecat_services.tts import TTSServerTTSService
@@ -64,7 +65,7 @@ async def test_interleaved_segments_give_the_same_text_as_one_free_stream(llm_se
     free_text = reply_text(await one_turn(free, new_context(QUESTIONS[1])))
     interleaver = Interleaver()
     chunked = LlamaServerLLMService(
-        base_url=llm_server.http_url, settings=GREEDY, interleaver=interleaver, segment_tokens=8
+        base_url=llm_server.http_url, settings=GREEDY, interleaving=Interleaving(interleaver, segment_tokens=8)
     )
     frames = await one_turn(chunked, new_context(QUESTIONS[1]), AnswerMarks(interleaver))
     segments = [f.text for f in frames if isinstance(f, LLMTextFrame)]
@@ -80,9 +81,7 @@ async def test_only_the_first_segment_waits_and_it_ends_on_a_whole_word(llm_serv
     first_only = LlamaServerLLMService(
         base_url=llm_server.http_url,
         settings=GREEDY,
-        interleaver=interleaver,
-        first_segment_words=(2, 3),
-        interleaved_segments=1,
+        interleaving=Interleaving(interleaver, first_segment_words=(2, 3), waiting_segments=1),
     )
     frames = await one_turn(first_only, new_context(QUESTIONS[1]), AnswerMarks(interleaver))
     texts = [f.text for f in frames if isinstance(f, LLMTextFrame)]
@@ -103,14 +102,12 @@ async def test_cache_hit_ratio_from_the_second_turn_on(llm_server):
             frames_to_send=[LLMContextFrame(context)],
             start_timeout=10,
         )
-        turns.append(llm.last_turn)
+        turns.append(llm.last_reply)
         assert context.messages[-1]["role"] == "assistant"
         context.add_message({"role": "user", "content": question})
-    assert all(t["cache_hit_ratio"] >= 0.95 for t in turns[1:]), turns
-    assert all(t["prompt_cached_share"] > 0.6 for t in turns[1:]), turns
-    assert all(
-        t["reusable_tokens"] > previous["prompt_tokens"] for previous, t in zip(turns, turns[1:], strict=False)
-    ), turns
+    assert all(t.cache_hit_ratio >= 0.95 for t in turns[1:]), turns
+    assert all(t.prompt_cached_share > 0.6 for t in turns[1:]), turns
+    assert all(t.reusable_tokens > previous.prompt_tokens for previous, t in zip(turns, turns[1:], strict=False)), turns
 
 
 async def test_an_interruption_truncates_the_history_to_what_was_spoken(llm_server):
@@ -123,19 +120,19 @@ async def test_an_interruption_truncates_the_history_to_what_was_spoken(llm_serv
         llm, pieces, steps=[LLMContextFrame(context), lambda: pieces.reached(16), InterruptionFrame()]
     )
     generated = reply_text(down)
-    seen_by_server = len(llm.history.tokens)
+    seen_by_server = len(llm.prompts.history.tokens)
     words = generated.split(" ")
     spoken = " ".join(words[: len(words) // 2])
     assert len(words) >= 6, generated
     context.add_message({"role": "assistant", "content": spoken})
     context.add_message({"role": "user", "content": "Stop. What is the capital of France?"})
     await run_test(Pipeline([llm]), frames_to_send=[LLMContextFrame(context)], start_timeout=10)
-    turn = llm.last_turn
-    rendered = await llm.backend.render((await llm._invocation(context))[0])
-    assert llm.history.text.startswith(rendered), "the history must follow the context, not what was generated"
-    assert spoken in rendered and generated not in llm.history.text
-    assert turn["reusable_tokens"] < seen_by_server
-    assert turn["cache_hit_ratio"] >= 0.95, turn
+    turn = llm.last_reply
+    rendered = await llm.backend.render((await llm.prompts.invocation(context)).messages)
+    assert llm.prompts.history.text.startswith(rendered), "the history must follow the context, not what was generated"
+    assert spoken in rendered and generated not in llm.prompts.history.text
+    assert turn.reusable_tokens < seen_by_server
+    assert turn.cache_hit_ratio >= 0.95, turn
     await llm.backend.close()
 
 
@@ -168,15 +165,15 @@ async def test_words_prefilled_while_the_user_speaks_are_not_evaluated_again(llm
             InterimPrefill(llm), seen, llm, ended, steps=[*steps, lambda ended=ended: ended.reached(1)]
         )
         replies[name] = reply_text(down)
-        turns[name] = llm.last_turn
+        turns[name] = llm.last_reply
         question_tokens = len(await llm.backend.tokenize(question))
         await llm.backend.close()
     assert replies["none"].strip()
-    evaluated = {name: turn["prompt_n"] for name, turn in turns.items()}
+    evaluated = {name: turn.prompt_n for name, turn in turns.items()}
     assert evaluated["none"] >= question_tokens, evaluated
     assert evaluated["partial"] <= evaluated["none"] - question_tokens // 2, evaluated
-    assert not turns["partial"].get("first_token_prefilled"), turns
-    assert turns["whole"].get("first_token_prefilled") and evaluated["whole"] == 1, turns
+    assert not turns["partial"].first_token_prefilled, turns
+    assert turns["whole"].first_token_prefilled and evaluated["whole"] == 1, turns
     # The same reply: compared on its first words, as the splits of the prompt into batches may
     # round differently and tip a near-tie later on (a lost or repeated first token shows at once).
     opening = {name: reply.split()[:4] for name, reply in replies.items()}
@@ -208,7 +205,7 @@ async def test_interims_are_prefilled_only_while_the_user_speaks():
 async def test_llm_and_tts_never_run_at_once(llm_server, tts_server):
     interleaver = Interleaver()
     llm = LlamaServerLLMService(
-        base_url=llm_server.http_url, settings=GREEDY, interleaver=interleaver, segment_tokens=8
+        base_url=llm_server.http_url, settings=GREEDY, interleaving=Interleaving(interleaver, segment_tokens=8)
     )
     tts = TTSServerTTSService(url=tts_server.url, interleaver=interleaver)
     # The EndFrame after the context waits for the whole reply: generated, then played.
@@ -230,7 +227,9 @@ async def test_reports_ttfb_usage_and_cache_metrics(llm_server, interleave):
     from pipecat_services.turn_metrics import PromptCacheMetricsData
 
     interleaver = Interleaver() if interleave else None
-    llm = LlamaServerLLMService(base_url=llm_server.http_url, settings=GREEDY, interleaver=interleaver)
+    llm = LlamaServerLLMService(
+        base_url=llm_server.http_url, settings=GREEDY, interleaving=Interleaving(interleaver) if interleaver else None
+    )
     extra = [AnswerMarks(interleaver)] if interleaver else []
     down, _ = await run_test(
         Pipeline([llm, *extra]),
@@ -268,9 +267,9 @@ async def test_the_bot_warms_a_server_that_starts_after_it(tmp_path):
         llm = bot.make_llm(config, None, bot.new_context(config))
         assert isinstance(llm, LlamaServerLLMService)
         try:
-            messages, tools, _ = await llm._invocation(bot.new_context(config))
-            assert tools, "the bot's default tools"
-            system = len(await llm.backend.tokenize(await llm.backend.render(messages, tools)))
+            invocation = await llm.prompts.invocation(bot.new_context(config))
+            assert invocation.tools, "the bot's default tools"
+            system = len(await llm.prompts.side_tokens(invocation.messages, invocation.tools))
             assert warmed >= system, (warmed, system)
             await llm.warm_server(config.model_server_wait_s)  # what a call does when it starts
             assert prompt_tokens_evaluated(server) - warmed <= 2, "the call evaluated the system prompt again"

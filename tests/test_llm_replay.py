@@ -56,11 +56,11 @@ async def plain(url: str) -> Conversation:
 
 
 async def interleaved(url: str) -> Conversation:
-    return _turns(Conversation(url, interleave=True, segment_tokens=24), PLAIN)
+    return _turns(Conversation(url, interleave={"segment_tokens": 24}), PLAIN)
 
 
 async def first_segment_only(url: str) -> Conversation:
-    return _turns(Conversation(url, interleave=True, interleaved_segments=1), PLAIN[1:2])
+    return _turns(Conversation(url, interleave={"waiting_segments": 1}), PLAIN[1:2])
 
 
 async def tools(url: str) -> Conversation:
@@ -69,7 +69,7 @@ async def tools(url: str) -> Conversation:
 
 
 async def tools_interleaved(url: str) -> Conversation:
-    return _turns(Conversation(url, tools=TOOLS, interleave=True), ["What's the weather in Paris?"])
+    return _turns(Conversation(url, tools=TOOLS, interleave={}), ["What's the weather in Paris?"])
 
 
 async def trim(url: str) -> Conversation:
@@ -145,7 +145,7 @@ async def test_requests_to_llama_server_are_unchanged(name):
     recorded, conversation = await replay(name)
     assert recorded, "the conversation sent nothing"
     if name == "trim":
-        assert conversation.llm.trims >= 1, "the trim script never trimmed"
+        assert conversation.llm.prompts.trims >= 1, "the trim script never trimmed"
     if os.environ.get("LLM_REPLAY_RECORD"):
         everything = json.loads(RECORDED.read_text()) if RECORDED.exists() else {}
         everything[name] = recorded

@@ -28,9 +28,10 @@ from benchmarks.scripted import TurnRecorder, Watch, run_script
 from benchmarks.tools import EARLIER
 from bot_config import BotConfig
 from pipecat_services.interleaving import Interleaver
-from pipecat_services.llm import tool_calls
+from pipecat_services.llm import tool_calls, tool_policy
+from pipecat_services.llm.generation import Interleaving
 from pipecat_services.llm.llama_server.service import LlamaServerLLMService
-from pipecat_services.llm.tool_calls import without_earlier_calls
+from pipecat_services.llm.tool_policy import without_earlier_calls
 
 TIMER = {
     "name": "set_timer",
@@ -77,7 +78,7 @@ def test_calls_are_checked_against_their_schemas():
 
 
 def test_first_token_probability_of_a_call_and_error_results():
-    assert tool_calls.call_probability([("<", 0.3), ("{{", 0.2), ("The", 0.4), (" `", 0.05)]) == pytest.approx(0.55)
+    assert tool_policy.call_probability([("<", 0.3), ("{{", 0.2), ("The", 0.4), (" `", 0.05)]) == pytest.approx(0.55)
     assert tool_calls.is_error('{"error": "no such city"}') and not tool_calls.is_error('{"ok": true}')
     assert tool_calls.is_error('"{\\"error\\": \\"down\\"}"')
     assert not tool_calls.is_error("Done.")
@@ -142,8 +143,9 @@ async def converse(url: str, request: str, *schemas: FunctionSchema, interleave:
     interleaver = Interleaver() if interleave != "off" else None
     llm = LlamaServerLLMService(
         base_url=url,
-        interleaver=interleaver,
-        interleaved_segments=1 if interleave == "first" else None,
+        interleaving=Interleaving(interleaver, waiting_segments=1 if interleave == "first" else None)
+        if interleaver
+        else None,
         warm_context=context,
         settings=LLMSettings(system_instruction=BotConfig().full_system_prompt, temperature=0.0, max_tokens=60),
     )
@@ -193,7 +195,7 @@ async def test_the_cache_is_reused_on_the_turn_after_a_call(tool_llm_server):
     )
     recorder, _, _, llm = await converse(tool_llm_server.http_url, "Thanks! Why is the sky blue?", context=context)
     assert tools.calls == [("set_timer", {"minutes": 10})] and recorder.call is None
-    assert llm.last_turn["cache_hit_ratio"] >= 0.95, llm.last_turn
+    assert llm.last_reply.cache_hit_ratio >= 0.95, llm.last_reply
 
 
 @pytest.mark.parametrize("failure", ["bad_arguments", "raising_handler", "no_handler"])
@@ -258,12 +260,12 @@ def test_a_request_is_judged_alone_only_when_it_opens_a_later_turn():
     system = {"role": "system", "content": "Be brief."}
     first, answer = {"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}
     request = {"role": "user", "content": "What time is it?"}
-    assert tool_calls.last_request_alone([system, request]) is None  # the first request: judged as it is
-    alone = tool_calls.last_request_alone([system, first, answer, request])
-    assert alone == [{"role": "system", "content": tool_calls.ALONE_PREAMBLE + "Be brief."}, request]
+    assert tool_policy.last_request_alone([system, request]) is None  # the first request: judged as it is
+    alone = tool_policy.last_request_alone([system, first, answer, request])
+    assert alone == [{"role": "system", "content": tool_policy.ALONE_PREAMBLE + "Be brief."}, request]
     result = {"role": "tool", "tool_call_id": "c1", "content": '{"error": "down"}'}
-    assert tool_calls.last_request_alone([system, first, answer, request, result]) is None  # a retry
-    assert tool_calls.last_request_alone([first, answer, request])[0]["content"] == tool_calls.ALONE_PREAMBLE
+    assert tool_policy.last_request_alone([system, first, answer, request, result]) is None  # a retry
+    assert tool_policy.last_request_alone([first, answer, request])[0]["content"] == tool_policy.ALONE_PREAMBLE
 
 
 def spoken_exchanges(*schemas: FunctionSchema) -> LLMContext:
@@ -298,11 +300,12 @@ async def test_a_request_judged_alone_leaves_the_conversation_cached(tool_llm_se
     llm = LlamaServerLLMService(
         base_url=tool_llm_server.http_url, settings=LLMSettings(system_instruction=BotConfig().full_system_prompt)
     )
-    messages, tools, _ = await llm._invocation(context)
+    invocation = await llm.prompts.invocation(context)
     backend, speech = llm.backend, llm.backend.speech_fields()
-    conversation = await backend.tokenize(await backend.render(messages, tools))
+    conversation = await llm.prompts.side_tokens(invocation.messages, invocation.tools)
     await backend.first_token(conversation, speech)
-    await llm._call_probability(tool_calls.last_request_alone(messages), tools, speech)
+    alone = tool_policy.last_request_alone(invocation.messages)
+    await backend.first_token(await llm.prompts.side_tokens(alone, invocation.tools), speech)
     again = await backend.first_token(conversation, speech)
     await backend.close()
     assert again.piece.timings["prompt_n"] <= 1 and again.piece.timings["cache_n"] >= len(conversation) - 1

@@ -1,9 +1,9 @@
-"""The small interface an LLM server implements for `TokenLLMService`, the way engines do for our
+"""The small interface an LLM server implements for `TokenLLMService` (`service.py`), the way engines do for our
 model servers: the service owns what is generic (token history, segments, interleaving with the TTS,
 tool calls, metrics); a backend only renders prompts, tokenizes, samples and streams tokens, and
 constrains them.
 
-llama-server is the one backend today (`llama_backend.py`). Another server fits if it can continue
+llama-server is the one backend today (`llama_server/`). Another server fits if it can continue
 a prompt given as token ids (so the token history stays an exact prefix of its cache), return the
 ids it generates, and report the next token's distribution.
 """
@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipecat_services.llm.tool_calls import NEXT_TOKENS
+NEXT_TOKENS = 100
+"""How many of the most likely first tokens are asked for: enough to see a call as unlikely as the
+tool policy's `RECHECK_FLOOR`, which is rarely among the top 10."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 The user aggregator consumes transcripts, so the LLM service never sees interims. This processor
 sits between the STT and the user aggregator, passes every frame on unchanged, and gives the turn's
-words so far to `PrefillingLLMService.prefill_user_words`: the finals of this turn (the ASR finalizes at
+words so far to `TokenLLMService.prefill_user_words`: the finals of this turn (the ASR finalizes at
 each pause, and the aggregator joins them into one user message) then the latest interim. By the
 end of the turn the server has already evaluated most of what the user said, and the reply starts
 after only the last words.
@@ -24,13 +24,13 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from pipecat_services.llm.prefill import PrefillingLLMService
+from pipecat_services.llm.service import TokenLLMService
 
 
 class InterimPrefill(FrameProcessor):
     """Hands the user's interim transcripts to the LLM service to prefill while they speak."""
 
-    def __init__(self, llm: PrefillingLLMService, **kwargs) -> None:
+    def __init__(self, llm: TokenLLMService, **kwargs) -> None:
         super().__init__(**kwargs)
         self._llm = llm
         self._finals: list[str] = []

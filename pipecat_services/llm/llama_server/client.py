@@ -1,4 +1,4 @@
-"""The llama-server backend of `TokenLLMService` (`llm_backend.py`): its HTTP endpoints.
+"""The llama-server backend of `TokenLLMService` (`../backend.py`): its HTTP endpoints.
 
 - `/apply-template`: the model's own chat template (from the GGUF, `--jinja`), so one code path
   serves Nemotron and the embedded Qwen alike.
@@ -8,7 +8,7 @@
   from (does the reply begin with a tool call?); the reply's stream goes on from it.
 - `/completion` with a token-id prompt, `cache_prompt` and a slot (-1: the server picks the one
   whose cache matches best), streamed (SSE) with the ids of every generated token. Closing the
-  stream stops generation on the server. Constraints are llama.cpp GBNF grammars (`tool_calls.py`).
+  stream stops generation on the server. Constraints are llama.cpp GBNF grammars (`grammar.py`).
 
 A server that is loading its model (HTTP 503) or not listening (restarting, starting after the bot) is
 waited for until its `/health` says loaded, at most `server_wait_s`, and the request is sent again:
@@ -28,8 +28,8 @@ from typing import Any
 import aiohttp
 from loguru import logger
 
-from pipecat_services.llm.backend import FirstToken, LLMBackend, Piece
-from pipecat_services.llm.tool_calls import NEXT_TOKENS, SPEECH_ONLY_GBNF, CallGrammar
+from pipecat_services.llm.backend import NEXT_TOKENS, FirstToken, LLMBackend, Piece
+from pipecat_services.llm.llama_server.grammar import SPEECH_ONLY_GBNF, CallGrammar
 from pipecat_services.model_server import SERVER_WAIT_S
 from servers.auth import auth_headers
 

@@ -1,9 +1,9 @@
-"""Pipecat LLM service for llama-server: `PrefillingLLMService` on the llama-server backend.
+"""Pipecat LLM service for llama-server: `TokenLLMService` on the llama-server backend.
 
-    LlamaServerLLMService(base_url="http://127.0.0.1:8002", interleaver=Interleaver(), ...)
+    LlamaServerLLMService(base_url="http://127.0.0.1:8002", interleaving=Interleaving(Interleaver()), ...)
 
-Everything but the HTTP endpoints is generic and lives in `token_llm.py` and `prefilling_llm.py`;
-the endpoints, and the GBNF grammars that constrain tool calls, in `llama_backend.py`.
+Everything but the HTTP endpoints is generic and lives in `../service.py`; the endpoints in
+`client.py`, the GBNF grammars that constrain tool calls in `grammar.py`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from pipecat_services.llm.llama_server.client import LlamaServerBackend
-from pipecat_services.llm.prefill import PrefillingLLMService
+from pipecat_services.llm.service import TokenLLMService
 from pipecat_services.model_server import SERVER_WAIT_S
 
 
-class LlamaServerLLMService(PrefillingLLMService):
+class LlamaServerLLMService(TokenLLMService):
     """The bot's LLM service on llama-server: exact cache reuse, prefill, interleaving, tool calls."""
 
     def __init__(
@@ -24,6 +24,5 @@ class LlamaServerLLMService(PrefillingLLMService):
     ) -> None:  # fmt: skip
         """`slot`: llama-server's slot; -1 lets it pick the one whose cache matches best, so with
         `--parallel N` each conversation keeps its own slot. `server_wait_s`: how long a request waits
-        for a server that is loading or restarting. Other arguments: `PrefillingLLMService`,
-        `TokenLLMService`."""
+        for a server that is loading or restarting. Other arguments: `TokenLLMService`."""
         super().__init__(backend=LlamaServerBackend(base_url, slot, server_wait_s), **kwargs)
