@@ -64,6 +64,7 @@ class ASRServerSTTService(ModelServerConnection, WebsocketSTTService):
         self._url = url
         self._wire = protocol
         self._server_wait_s = server_wait_s
+        self._reconnect_max_wait_s = reconnect_backoff_max_wait
         self._resampler = create_stream_resampler()
 
     def can_generate_metrics(self) -> bool:

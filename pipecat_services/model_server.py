@@ -40,6 +40,8 @@ class ModelServerConnection:
     _url: str
     _wire: ModuleType
     _server_wait_s: float = SERVER_WAIT_S
+    _reconnect_max_wait_s: float = 2.0
+    """The longest backoff between reconnects, as given to Pipecat's `WebsocketService`."""
     _receive_task: asyncio.Task | None = None
     _connecting: asyncio.Task | None = None
     server_info: Any = None
@@ -57,7 +59,7 @@ class ModelServerConnection:
     async def _try_reconnect(self, max_retries: int = 10, report_error: Any = None) -> bool:
         """Attempts enough to span `server_wait_s` at the longest backoff (each fails fast while
         nothing listens)."""
-        window = math.ceil(self._server_wait_s / self._reconnect_backoff_max_wait)
+        window = math.ceil(self._server_wait_s / self._reconnect_max_wait_s)
         return await super()._try_reconnect(max_retries=max(max_retries, window), report_error=report_error)
 
     async def _connect(self) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 
 from loguru import logger
 
+from pipecat_services.pipecat_internals import open_turn_span
+
 SERVICE_NAME = "nemotron-voice-agent"
 _endpoint: str | None = None
 
@@ -31,8 +33,7 @@ def export_to(endpoint: str) -> None:
 def on_turn_span(worker: Any, latency: Any) -> None:
     """Put a turn's latency numbers on the turn span Pipecat has open (when tracing)."""
     observer = worker.turn_trace_observer
-    # Pipecat offers the open turn's SpanContext only, which takes no attributes: use its span.
-    span = getattr(observer, "_current_span", None) if observer is not None else None
+    span = open_turn_span(observer) if observer is not None else None
     if span is None:
         if observer is not None:
             logger.debug("tracing: no open turn span for this turn's latency")

@@ -59,6 +59,7 @@ class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
         self._url = url
         self._wire = protocol
         self._server_wait_s = server_wait_s
+        self._reconnect_max_wait_s = reconnect_backoff_max_wait
         self._started: set[str] = set()
         self._interleaver = interleaver
         self._last_context_id: str | None = None

@@ -22,20 +22,29 @@ import re
 import time
 from typing import Any
 
+from pipecat.audio.turn.base_turn_analyzer import BaseTurnAnalyzer, EndOfTurnState
 from pipecat.frames.frames import (
     Frame,
+    InputAudioRawFrame,
     InterimTranscriptionFrame,
+    MetricsFrame,
+    SpeechControlParamsFrame,
+    StartFrame,
+    STTMetadataFrame,
     TranscriptionFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
+from pipecat.processors.frame_processor import FrameProcessorSetup
 from pipecat.turns.types import ProcessFrameResult
-from pipecat.turns.user_stop import BaseUserTurnStopStrategy, TurnAnalyzerUserTurnStopStrategy
+from pipecat.turns.user_stop import BaseUserTurnStopStrategy
 
 SENTENCE_END = re.compile(r"(?<![.…])[.?!][\"')\]]*\s*$")
 
 
-def ends_sentence(text: str) -> bool:
+def final_ends_sentence(text: str) -> bool:
+    """Whether a final transcript ends a sentence: the ASR punctuates a whole utterance, so its last
+    ".", "?" or "!" (not "...") ends one; the rules for where a streamed reply's text ends one differ."""
     return bool(SENTENCE_END.search(text))
 
 
@@ -64,53 +73,145 @@ class SentenceEndUserTurnStopStrategy(BaseUserTurnStopStrategy):
             and frame.finalized
             and self._vad_stopped
             and not self._speaking
-            and ends_sentence(frame.text)
+            and final_ends_sentence(frame.text)
         ):
             await self.trigger_user_turn_stopped()
         return ProcessFrameResult.CONTINUE
 
 
-class BackgroundTurnAnalyzerUserTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
-    """Pipecat's Smart Turn strategy, its model run beside the frames, once the final transcript is in.
+class BackgroundTurnAnalyzerUserTurnStopStrategy(BaseUserTurnStopStrategy):
+    """Smart Turn's verdict applied as Pipecat's `TurnAnalyzerUserTurnStopStrategy` applies it, its model
+    run beside the frames, once the final transcript is in.
 
     A final that ends a sentence ends the turn (`SentenceEndUserTurnStopStrategy`, next in the list)
     before the model starts, so the model's 30-60 ms of CPU do not compete with the reply's first
     words; any other final starts it a few milliseconds after the VAD stop. The verdict applies only
     to the silence it was asked about: the user speaking again, or the turn ending on another
-    strategy's signal, discards an analysis not yet done."""
+    strategy's signal, discards an analysis not yet done.
 
-    def __init__(self, **kwargs: Any) -> None:
+    Pipecat's strategy runs the model inside its own private VAD-stop handler, so this one holds the
+    analyzer itself and calls its public API, with Pipecat's rules: a complete verdict ends the turn
+    once a final transcript is in, or once the STT's p99 time to a final since the user stopped
+    speaking has passed with some transcript in hand."""
+
+    def __init__(self, *, turn_analyzer: BaseTurnAnalyzer, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._analysis: asyncio.Task[None] | None = None
+        self._analyzer = turn_analyzer
+        self._final_wait_s = 0.0
+        """The STT's p99 time to a final after the user stops speaking (its `STTMetadataFrame`)."""
+        self._user_speaking = False
+        self._vad_stopped = False
+        """VAD reported a stop this turn, and no start since."""
+        self._vad_stop_secs = 0.0
+        self._text = ""
+        self._complete = False
+        """The analyzer's verdict on the last silence: the turn is complete."""
         self._finalized = asyncio.Event()
         """A final transcript came since the user last spoke, and no interim after it."""
+        self._final_wait: asyncio.Task[None] | None = None
+        self._final_waited = False
+        """The wait for a final ran out: any transcript will do."""
+        self._analysis: asyncio.Task[None] | None = None
+
+    async def setup(self, setup: FrameProcessorSetup) -> None:
+        await super().setup(setup)
+        self._analyzer.set_sample_rate(setup.audio_in_sample_rate)
+
+    async def handle_user_turn_started(self) -> None:
+        self._text = ""
+        await self._discard_verdict()
+
+    async def handle_user_turn_stopped(self) -> None:
+        """Also drops the analyzer's buffered speech: after a turn ended on another signal, its silence
+        timer must not end the next one."""
+        self._text = ""
+        await self._discard_verdict()
+        self._analyzer.clear()
 
     async def process_frame(self, frame: Frame) -> ProcessFrameResult:
-        if isinstance(frame, TranscriptionFrame) and frame.finalized:
-            self._finalized.set()
+        if isinstance(frame, StartFrame):
+            await self.broadcast_frame(SpeechControlParamsFrame, turn_params=self._analyzer.params)
+        elif isinstance(frame, STTMetadataFrame):
+            self._final_wait_s = frame.ttfs_p99_latency
+        elif isinstance(frame, VADUserStartedSpeakingFrame):
+            self._analyzer.update_vad_start_secs(frame.start_secs)
+            self._user_speaking = True
+            await self._discard_verdict()
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            await self._discard_analysis()
+            # The audio that follows is silence to the analyzer, whose own silence fallback then counts
+            # from the VAD stop, not from the end of the analysis.
+            self._user_speaking, self._vad_stopped, self._vad_stop_secs = False, True, frame.stop_secs
+            self._analysis = self.task_manager.create_task(self._analyze(frame), f"{self}::analysis")
+        elif isinstance(frame, InputAudioRawFrame):
+            # COMPLETE here is Smart Turn's silence fallback (or a streaming analyzer's verdict).
+            if self._analyzer.append_audio(frame.audio, self._user_speaking) == EndOfTurnState.COMPLETE:
+                await self._verdict()
+                self._complete = True
+                await self._maybe_stop()
+        elif isinstance(frame, TranscriptionFrame):
+            await self._handle_transcription(frame)
         elif isinstance(frame, InterimTranscriptionFrame):
             self._finalized.clear()
-        return await super().process_frame(frame)
-
-    async def _handle_vad_user_stopped_speaking(self, frame: VADUserStoppedSpeakingFrame) -> None:
-        await self._discard_analysis()
-        # What Pipecat sets first, set now: the audio that follows is silence to Smart Turn, whose
-        # own silence fallback then counts from the VAD stop, not from the end of the analysis.
-        self._vad_user_speaking, self._vad_stopped, self._stop_secs = False, True, frame.stop_secs
-        self._analysis = self.task_manager.create_task(self._analyze(frame), f"{self}::analysis")
+        return ProcessFrameResult.CONTINUE
 
     async def _analyze(self, frame: VADUserStoppedSpeakingFrame) -> None:
-        """Wait for the final (at most until Pipecat's own wait for it ends), then judge the silence."""
-        final_due = frame.timestamp - frame.stop_secs + self._stt_timeout - time.time()
+        """Wait for the final (at most the STT's p99 since the user stopped speaking), then judge the
+        silence, and wait out the rest of that time for a final if none came."""
+        final_due = frame.timestamp - frame.stop_secs + self._final_wait_s
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._finalized.wait(), max(0.0, final_due))
-        if self._turn_analyzer.speech_triggered:  # else Smart Turn's silence fallback judged it already
-            await super()._handle_vad_user_stopped_speaking(frame)
+            await asyncio.wait_for(self._finalized.wait(), max(0.0, final_due - time.time()))
+        if not self._analyzer.speech_triggered:  # its silence fallback judged this silence already
+            return
+        self._complete = await self._verdict() == EndOfTurnState.COMPLETE
+        self._final_wait = self.task_manager.create_task(
+            self._wait_for_final(max(0.0, final_due - time.time())), f"{self}::final_wait"
+        )
+        await self._maybe_stop()
 
-    async def _discard_pending_end_of_turn(self) -> None:
+    async def _verdict(self) -> EndOfTurnState:
+        state, prediction = await self._analyzer.analyze_end_of_turn()
+        if prediction:
+            await self.push_frame(MetricsFrame(data=[prediction]))
+        return state
+
+    async def _handle_transcription(self, frame: TranscriptionFrame) -> None:
+        self._text = frame.text
+        if frame.finalized:
+            self._finalized.set()
+            await self._maybe_stop()
+        elif self._final_waited and self._complete:
+            await self.trigger_user_turn_stopped()
+            return
+        if not self._user_speaking and not self._vad_stopped:
+            # Speech VAD did not report: no verdict to wait for, only the STT's, from this transcript on.
+            await self._cancel_final_wait()
+            self._complete = True
+            self._final_wait = self.task_manager.create_task(
+                self._wait_for_final(max(0.0, self._final_wait_s - self._vad_stop_secs)), f"{self}::final_wait"
+            )
+
+    async def _wait_for_final(self, timeout_s: float) -> None:
+        await asyncio.sleep(timeout_s)
+        self._final_wait, self._final_waited = None, True
+        await self._maybe_stop()
+
+    async def _maybe_stop(self) -> None:
+        """End the turn on a complete verdict with a transcript: a final, or any once the wait is over."""
+        if not self._complete or not self._text:
+            return
+        if self._finalized.is_set():
+            await self._cancel_final_wait()
+            await self.trigger_user_turn_stopped()
+        elif self._final_wait is None:
+            await self.trigger_user_turn_stopped()
+
+    async def _discard_verdict(self) -> None:
+        """Drop what was concluded about the last silence: at a turn's bounds, and when speech resumes."""
         await self._discard_analysis()
+        await self._cancel_final_wait()
+        self._complete = self._final_waited = self._vad_stopped = False
         self._finalized.clear()
-        await super()._discard_pending_end_of_turn()
 
     async def _discard_analysis(self) -> None:
         # The analysis itself may end the turn, which resets this strategy: it must not cancel itself.
@@ -118,6 +219,13 @@ class BackgroundTurnAnalyzerUserTurnStopStrategy(TurnAnalyzerUserTurnStopStrateg
         if analysis is not None and analysis is not asyncio.current_task() and not analysis.done():
             await self.task_manager.cancel_task(analysis)
 
+    async def _cancel_final_wait(self) -> None:
+        final_wait, self._final_wait = self._final_wait, None
+        if final_wait is not None:
+            await self.task_manager.cancel_task(final_wait)
+
     async def cleanup(self) -> None:
         await self._discard_analysis()
+        await self._cancel_final_wait()
         await super().cleanup()
+        await self._analyzer.cleanup()

@@ -11,6 +11,9 @@ from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
 from pipecat.clocks.system_clock import SystemClock
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
+    Frame,
+    InputAudioRawFrame,
+    StartFrame,
     STTMetadataFrame,
     TranscriptionFrame,
     VADUserStartedSpeakingFrame,
@@ -18,14 +21,14 @@ from pipecat.frames.frames import (
 )
 from pipecat.observers.base_observer import FramePushed
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor, FrameProcessorSetup
-from pipecat.turns.user_stop import BaseUserTurnStopStrategy
+from pipecat.turns.user_stop import BaseUserTurnStopStrategy, TurnAnalyzerUserTurnStopStrategy
 from pipecat.utils.asyncio.task_manager import TaskManager
 from pipecat.utils.time import time_now_iso8601
 
 from pipecat_services.turn_end import (
     BackgroundTurnAnalyzerUserTurnStopStrategy,
     SentenceEndUserTurnStopStrategy,
-    ends_sentence,
+    final_ends_sentence,
 )
 from pipecat_services.turn_metrics import TurnLatencyObserver
 
@@ -43,8 +46,8 @@ from pipecat_services.turn_metrics import TurnLatencyObserver
         ("", False),
     ],
 )
-def test_ends_sentence(text: str, ends: bool) -> None:
-    assert ends_sentence(text) is ends
+def test_final_ends_sentence(text: str, ends: bool) -> None:
+    assert final_ends_sentence(text) is ends
 
 
 def final(text: str) -> TranscriptionFrame:
@@ -113,11 +116,12 @@ async def test_turn_latency_keeps_a_final_that_overtook_the_vad_stop():
 
 
 class CountingAnalyzer(BaseTurnAnalyzer):
-    """A stand-in Smart Turn (this tests the strategy's own rule): says `verdict` after `delay_s`."""
+    """A stand-in Smart Turn (this tests the strategy's own rule): says `verdict` after `delay_s`; with
+    `silence_fallback`, any silence ends the turn, as Smart Turn's own fallback does after its wait."""
 
-    def __init__(self, verdict: EndOfTurnState, delay_s: float = 0.0) -> None:
+    def __init__(self, verdict: EndOfTurnState, delay_s: float = 0.0, silence_fallback: bool = False) -> None:
         super().__init__()
-        self.verdict, self.delay_s, self.calls = verdict, delay_s, 0
+        self.verdict, self.delay_s, self.silence_fallback, self.calls = verdict, delay_s, silence_fallback, 0
 
     @property
     def speech_triggered(self) -> bool:
@@ -128,7 +132,7 @@ class CountingAnalyzer(BaseTurnAnalyzer):
         return SmartTurnParams()
 
     def append_audio(self, buffer: bytes, is_speech: bool) -> EndOfTurnState:
-        return EndOfTurnState.INCOMPLETE
+        return EndOfTurnState.COMPLETE if self.silence_fallback and not is_speech else EndOfTurnState.INCOMPLETE
 
     async def analyze_end_of_turn(self) -> tuple[EndOfTurnState, None]:
         self.calls += 1
@@ -145,13 +149,18 @@ class StopStrategies:
 
     def __init__(self, *strategies: BaseUserTurnStopStrategy, final_wait_s: float) -> None:
         self.strategies, self.stops, self.final_wait_s = strategies, 0, final_wait_s
+        self.broadcasts: list[type[Frame]] = []
         for strategy in strategies:
             strategy.add_event_handler("on_user_turn_stopped", self._stopped)
             strategy.add_event_handler("on_user_turn_inference_triggered", self._ignored)
             strategy.add_event_handler("on_push_frame", self._ignored)
+            strategy.add_event_handler("on_broadcast_frame", self._broadcast)
 
     async def _ignored(self, *_) -> None:
         pass
+
+    async def _broadcast(self, _, frame_cls: type[Frame], **__) -> None:
+        self.broadcasts.append(frame_cls)
 
     async def _stopped(self, *_) -> None:
         self.stops += 1
@@ -221,3 +230,51 @@ async def test_speech_that_resumes_discards_the_analysis_of_the_pause() -> None:
         await turn.send(VADUserStartedSpeakingFrame())
         await asyncio.sleep(0.5)  # past the analysis and Pipecat's wait for a final
         assert turn.stops == 0, "a verdict on a pause the user talked through ended the turn"
+
+
+def partial(text: str) -> TranscriptionFrame:
+    return TranscriptionFrame(text, "user", "2026-11-21T00:00:00Z", finalized=False)
+
+
+def vad_stop() -> VADUserStoppedSpeakingFrame:
+    """A VAD stop made when the script reaches it: the wait for a final counts from its timestamp."""
+    return VADUserStoppedSpeakingFrame(stop_secs=0.2)
+
+
+SILENCE = InputAudioRawFrame(bytes(320), 16000, 1)
+START, STOP = VADUserStartedSpeakingFrame(), vad_stop
+COMPLETE, INCOMPLETE = EndOfTurnState.COMPLETE, EndOfTurnState.INCOMPLETE
+
+
+@pytest.mark.parametrize(
+    ("verdict", "script"),
+    [
+        (COMPLETE, [START, STOP, final("I'd like to book a table")]),
+        (INCOMPLETE, [START, STOP, final("I'd like to book a table")]),
+        (COMPLETE, [START, STOP, partial("I'd like to book")]),  # a non-final will do once the wait is over
+        (COMPLETE, [START, STOP, 0.3, partial("I'd like to book")]),  # ... even one that comes after it
+        (COMPLETE, [START, STOP]),  # no transcript, no turn
+        (COMPLETE, [final("Hello")]),  # speech VAD missed: the transcript ends it after the wait
+        (COMPLETE, [START, STOP, partial("I'd like"), START]),  # the user speaks again
+        ("fallback", [START, partial("I'd like to"), STOP, SILENCE]),  # Smart Turn's silence fallback
+        (COMPLETE, [StartFrame()]),  # the analyzer's parameters go to the transport
+    ],
+    ids=["final", "incomplete", "non-final", "late", "silent", "no-vad", "resumed", "fallback", "start"],
+)
+async def test_turns_end_as_with_pipecats_smart_turn_strategy(verdict: EndOfTurnState | str, script: list) -> None:
+    """The background strategy keeps Pipecat's rules (it holds the analyzer instead of extending
+    Pipecat's strategy): each script ends as many turns, and broadcasts the same frames, with each."""
+
+    async def outcome(strategy_cls: type[BaseUserTurnStopStrategy]) -> tuple[int, list[type[Frame]]]:
+        fallback = verdict == "fallback"
+        analyzer = CountingAnalyzer(INCOMPLETE if fallback else verdict, silence_fallback=fallback)
+        async with StopStrategies(strategy_cls(turn_analyzer=analyzer), final_wait_s=0.3) as turn:
+            for step in script:
+                await (asyncio.sleep(step) if isinstance(step, float) else turn.send(step() if step is STOP else step))
+            await asyncio.sleep(0.6)  # past the wait for a final
+            return turn.stops, turn.broadcasts
+
+    ours, pipecats = await asyncio.gather(
+        outcome(BackgroundTurnAnalyzerUserTurnStopStrategy), outcome(TurnAnalyzerUserTurnStopStrategy)
+    )
+    assert ours == pipecats

@@ -50,14 +50,20 @@ class BudgetedOpenAILLMService(OpenAILLMService):
 
     def __init__(self, *, context_tokens: int | None = None, **kwargs: Any) -> None:
         """`context_tokens`: the conversation's window, prompt and reply (None: ask the server)."""
+        self.openai_client: Any = None
         super().__init__(**kwargs)
         self.context_tokens = context_tokens
         self.trims = 0
 
+    def create_client(self, **kwargs: Any) -> Any:
+        """Pipecat's client, kept: its resolved base URL and key also ask the server for its window."""
+        self.openai_client = super().create_client(**kwargs)
+        return self.openai_client
+
     async def _budget(self) -> ContextBudget:
         if self.context_tokens is None:
-            base_url = str(self._client.base_url)
-            headers = {"Authorization": f"Bearer {self._client.api_key}", **modal_proxy_headers(base_url)}
+            base_url = str(self.openai_client.base_url)
+            headers = {"Authorization": f"Bearer {self.openai_client.api_key}", **modal_proxy_headers(base_url)}
             self.context_tokens = await served_window(base_url, headers) or FALLBACK_WINDOW
             logger.info(f"{self}: context window {self.context_tokens} tokens")
         s = self._settings
