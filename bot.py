@@ -159,7 +159,8 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
     stt = ASRServerSTTService(url=config.asr_url, server_wait_s=config.model_server_wait_s)
     llm = make_llm(config, interleaver, context)
     tts = TTSServerTTSService(
-        url=config.tts_url, voice=config.voice, language=config.language, interleaver=interleaver,
+        url=config.tts_url, interleaver=interleaver,
+        settings=TTSServerTTSService.Settings(voice=config.voice, language=config.language),
         server_wait_s=config.model_server_wait_s,
     )  # fmt: skip
     user_aggregator, assistant_aggregator = LLMContextAggregatorPair(context, user_params=user_turn_params(config))

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
 
 from servers.cli import add_flag
+from servers.ports import ASR_PORT, LLM_PORT, TTS_PORT
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly voice assistant running on the user's own machine. Your replies are "
@@ -39,32 +40,73 @@ SESSION_CHECKS = {"interleave": lambda mode: mode in INTERLEAVE_MODES, "temperat
 """Session settings whose values are limited beyond their type."""
 
 
+def on_off(value: str) -> bool:
+    """A boolean flag's or variable's value: 1/true/yes/on, anything else is off."""
+    return str(value).lower() in ("1", "true", "yes", "on")
+
+
+def setting(default: Any, help: str, **flag: Any) -> Any:
+    """A bot setting's default and help, written once: its flag (`--name`) and `BOT_NAME` variable
+    follow from its field name (`add_bot_flags`), the settings table in docs/agent.md from all three."""
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
 @dataclass(frozen=True)
 class BotConfig:
     """Every setting of the bot, each with its flag and BOT_* variable (defaults here, once)."""
 
-    asr_url: str = "ws://127.0.0.1:8080"
-    tts_url: str = "ws://127.0.0.1:8001"
-    llm_url: str = "http://127.0.0.1:8002"
-    llm_api: str = "llama-server"
-    llm_model: str = "llama-server"
-    llm_api_key: str = "none"
-    voice: str | None = None
-    language: str = "en"
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    tools: str = "time,end_call"
-    interleave: str = "first"
-    prefill_interims: bool = True
-    max_tokens: int = 200
-    context_tokens: int = 0
-    temperature: float = 0.7
-    vad_start_secs: float = 0.1
-    vad_stop_secs: float = 0.2
-    turn_fallback_secs: float = 1.0
-    model_server_wait_s: float = 60.0
-    transcripts: str = ""
-    record_audio: bool = False
-    otlp_endpoint: str = ""
+    asr_url: str = setting(f"ws://127.0.0.1:{ASR_PORT}", "ASR server WebSocket")
+    tts_url: str = setting(f"ws://127.0.0.1:{TTS_PORT}", "TTS server WebSocket")
+    llm_url: str = setting(f"http://127.0.0.1:{LLM_PORT}", "llama-server base URL, or an OpenAI-compatible /v1 URL")
+    llm_api: str = setting("llama-server", "LLM protocol", choices=["llama-server", "openai"])
+    llm_model: str = setting("llama-server", "model name sent to an OpenAI-compatible server")
+    llm_api_key: str = setting(
+        "none", "API key for an OpenAI-compatible server (for llama-server's /v1 with a token: the token)"
+    )
+    voice: str | None = setting(None, "TTS voice (default: the server's first)", type=str)
+    language: str = setting("en", "TTS language")
+    system_prompt: str = setting(DEFAULT_SYSTEM_PROMPT, "system prompt")
+    tools: str = setting("time,end_call", "tools the agent may call (bot_tools.py), comma-separated, or none")
+    interleave: str = setting(
+        "first",
+        "LLM and TTS take turns: all (one GPU shared by both), first (only the reply's first words; a "
+        "few CPU cores), off (both stream at once)",
+        choices=INTERLEAVE_MODES,
+    )
+    prefill_interims: bool = setting(
+        True,
+        "llama-server evaluates the user's words while they speak (interim transcripts), so a reply starts "
+        "after only the last ones",
+        type=on_off,
+        nargs="?",
+        const=True,
+    )
+    max_tokens: int = setting(200, "longest reply in tokens")
+    context_tokens: int = setting(
+        0, "a conversation's window (prompt and reply); past it the oldest turns leave. 0: the LLM server's own"
+    )
+    temperature: float = setting(0.7, "LLM sampling temperature (0: greedy)")
+    vad_start_secs: float = setting(
+        0.1, "speech that starts a turn (Silero VAD); over the bot's voice it interrupts, so short = prompt barge-in"
+    )
+    vad_stop_secs: float = setting(0.2, "silence that ends speech (Silero VAD)")
+    turn_fallback_secs: float = setting(1.0, "silence after which a turn Smart Turn judged unfinished ends anyway")
+    model_server_wait_s: float = setting(
+        60.0, "how long the ASR and TTS clients wait for a server that is down, restarting or cold (Modal: 600)"
+    )
+    transcripts: str = setting("", "folder for one JSONL transcript per call (turns, tool calls, latency); empty: none")
+    record_audio: bool = setting(
+        False,
+        "also record each call as a stereo WAV (user left, bot right) next to its transcript",
+        type=on_off,
+        nargs="?",
+        const=True,
+    )
+    otlp_endpoint: str = setting(
+        "",
+        "OpenTelemetry traces (conversation, turn, stt/llm/tts spans) to this OTLP/HTTP endpoint, "
+        "e.g. http://127.0.0.1:4318/v1/traces; empty: no tracing",
+    )
 
     @property
     def tool_names(self) -> list[str]:
@@ -99,103 +141,32 @@ class BotConfig:
         return dataclasses.replace(self, **overrides)
 
 
-def on_off(value: str) -> bool:
-    """A boolean flag's or variable's value: 1/true/yes/on, anything else is off."""
-    return str(value).lower() in ("1", "true", "yes", "on")
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return "BOT_" + name.upper()
 
 
 def add_bot_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    d = BotConfig()
     group = parser.add_argument_group("voice agent (env BOT_*)")
-    add_flag(group, "--asr-url", "BOT_ASR_URL", d.asr_url, "ASR server WebSocket")
-    add_flag(group, "--tts-url", "BOT_TTS_URL", d.tts_url, "TTS server WebSocket")
-    add_flag(group, "--llm-url", "BOT_LLM_URL", d.llm_url, "llama-server base URL, or an OpenAI-compatible /v1 URL")
-    add_flag(group, "--llm-api", "BOT_LLM_API", d.llm_api, "LLM protocol", choices=["llama-server", "openai"])
-    add_flag(group, "--llm-model", "BOT_LLM_MODEL", d.llm_model, "model name sent to an OpenAI-compatible server")
-    add_flag(
-        group, "--llm-api-key", "BOT_LLM_API_KEY", d.llm_api_key,
-        "API key for an OpenAI-compatible server (for llama-server's /v1 with a token: the token)",
-    )  # fmt: skip
-    add_flag(group, "--voice", "BOT_VOICE", d.voice, "TTS voice (default: the server's first)", type=str)
-    add_flag(group, "--language", "BOT_LANGUAGE", d.language, "TTS language")
-    add_flag(group, "--system-prompt", "BOT_SYSTEM_PROMPT", d.system_prompt, "system prompt")
-    add_flag(
-        group, "--tools", "BOT_TOOLS", d.tools, "tools the agent may call (bot_tools.py), comma-separated, or none"
-    )
-    add_flag(
-        group,
-        "--interleave",
-        "BOT_INTERLEAVE",
-        d.interleave,
-        "LLM and TTS take turns: all (one GPU shared by both), first (only the reply's first words; a "
-        "few CPU cores), off (both stream at once)",
-        choices=INTERLEAVE_MODES,
-    )
-    add_flag(
-        group,
-        "--prefill-interims",
-        "BOT_PREFILL_INTERIMS",
-        d.prefill_interims,
-        "llama-server evaluates the user's words while they speak (interim transcripts), so a reply starts "
-        "after only the last ones",
-        type=on_off,
-        nargs="?",
-        const=True,
-    )
-    add_flag(group, "--max-tokens", "BOT_MAX_TOKENS", d.max_tokens, "longest reply in tokens")
-    add_flag(
-        group,
-        "--context-tokens",
-        "BOT_CONTEXT_TOKENS",
-        d.context_tokens,
-        "a conversation's window (prompt and reply); past it the oldest turns leave. 0: the LLM server's own",
-    )
-    add_flag(group, "--temperature", "BOT_TEMPERATURE", d.temperature, "LLM sampling temperature (0: greedy)")
-    add_flag(
-        group,
-        "--vad-start-secs",
-        "BOT_VAD_START_SECS",
-        d.vad_start_secs,
-        "speech that starts a turn (Silero VAD); over the bot's voice it interrupts, so short = prompt barge-in",
-    )
-    add_flag(group, "--vad-stop-secs", "BOT_VAD_STOP_SECS", d.vad_stop_secs, "silence that ends speech (Silero VAD)")
-    add_flag(
-        group,
-        "--turn-fallback-secs",
-        "BOT_TURN_FALLBACK_SECS",
-        d.turn_fallback_secs,
-        "silence after which a turn Smart Turn judged unfinished ends anyway",
-    )
-    add_flag(
-        group,
-        "--model-server-wait-s",
-        "BOT_MODEL_SERVER_WAIT_S",
-        d.model_server_wait_s,
-        "how long the ASR and TTS clients wait for a server that is down, restarting or cold (Modal: 600)",
-    )
-    add_flag(
-        group,
-        "--transcripts",
-        "BOT_TRANSCRIPTS",
-        d.transcripts,
-        "folder for one JSONL transcript per call (turns, tool calls, latency); empty: none",
-    )
-    add_flag(
-        group,
-        "--record-audio",
-        "BOT_RECORD_AUDIO",
-        d.record_audio,
-        "also record each call as a stereo WAV (user left, bot right) next to its transcript",
-        type=on_off,
-        nargs="?",
-        const=True,
-    )
-    add_flag(
-        group,
-        "--otlp-endpoint",
-        "BOT_OTLP_ENDPOINT",
-        d.otlp_endpoint,
-        "OpenTelemetry traces (conversation, turn, stt/llm/tts spans) to this OTLP/HTTP endpoint, "
-        "e.g. http://127.0.0.1:4318/v1/traces; empty: no tracing",
-    )
+    for f in dataclasses.fields(BotConfig):
+        add_flag(group, flag_name(f.name), env_name(f.name), f.default, f.metadata["help"], **f.metadata["flag"])
     return parser
+
+
+def settings_table() -> str:
+    """The settings as the Markdown table in docs/agent.md (`python bot_config.py` prints it)."""
+    rows = ["| flag | variable | default | |", "|---|---|---|---|"]
+    for f in dataclasses.fields(BotConfig):
+        default = "" if f.default is None else str(f.default)
+        shown = f"`{default}`" if default and len(default) < 40 else ("in `bot_config.py`" if default else "")
+        rows.append(f"| `{flag_name(f.name)}` | `{env_name(f.name)}` | {shown} | {f.metadata['help']} |")
+    per_session = ", ".join(f"`{key}`" for key in SESSION_KEYS)
+    rows += ["", f"A client may override {per_session} per session, in the body of its connection request."]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

@@ -45,6 +45,7 @@ import modal
 from servers.gpu_budget import MODAL_CTX_PER_SLOT, MODAL_QUANT, MODAL_SLOTS
 from servers.llm.binary import LLAMA_CPP_BUILD
 from servers.model_fetch import LLM_LINK
+from servers.ports import ASR_PORT, LLM_PORT, TTS_PORT
 from servers.processes import ServerProcess
 
 APP_NAME = "nemotron-voice-agent"
@@ -52,7 +53,6 @@ ROOT = Path(__file__).parent
 MINUTES = 60
 CACHE = "/cache"
 
-ASR_PORT, TTS_PORT, LLM_PORT = 8080, 8001, 8002
 NGC_PYTORCH_IMAGE = "nvcr.io/nvidia/pytorch:25.10-py3"
 LLAMA_CPP_CUDA_IMAGE = f"ghcr.io/ggml-org/llama.cpp:server-cuda13-{LLAMA_CPP_BUILD}"
 CALL_TIMEOUT = 60 * MINUTES

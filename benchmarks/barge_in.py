@@ -24,6 +24,7 @@ import numpy as np
 from benchmarks.audio import read_wav, speak
 from benchmarks.stats import fmt, summary
 from benchmarks.webrtc_client import WebRTCVoiceClient
+from servers.ports import BOT_PORT
 
 TOPICS = [
     "a dragon and a brave knight",
@@ -37,7 +38,7 @@ INTERRUPTION = "Hold on what is two plus two"
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default="http://localhost:7860", help="the bot's runner (default: %(default)s)")
+    parser.add_argument("--url", default=f"http://localhost:{BOT_PORT}", help="the bot's runner (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--after", type=float, default=2.0, help="seconds of reply before the interruption")
     parser.add_argument("--json", action="store_true", help="JSON summary line instead of the table")

@@ -30,6 +30,7 @@ from benchmarks.audio import read_wav, speak
 from benchmarks.stats import fmt, summary
 from benchmarks.webrtc_client import WebRTCVoiceClient
 from pipecat_services.turn_metrics import TIMELINE
+from servers.ports import BOT_PORT
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -184,7 +185,7 @@ def timeline_summary(results: list[TurnResult]) -> str:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("audio", nargs="*", help="WAV files or folders of WAVs (default: generated questions)")
-    parser.add_argument("--url", default="http://localhost:7860", help="the bot's runner (default: %(default)s)")
+    parser.add_argument("--url", default=f"http://localhost:{BOT_PORT}", help="the bot's runner (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="JSON summary line instead of the table")
     parser.add_argument(
         "--interleave", choices=["all", "first", "off"], help="the bot's LLM/TTS turn-taking (default: its own)"

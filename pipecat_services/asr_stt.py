@@ -31,6 +31,7 @@ from pipecat.utils.tracing.service_decorators import traced_stt
 
 from pipecat_services.model_server import SERVER_WAIT_S, ModelServerConnection
 from servers.asr import protocol
+from servers.ports import ASR_PORT
 
 FINAL_WAIT_S = 1.5
 """How long after the end of speech a turn waits for its final transcript (Pipecat's
@@ -42,20 +43,27 @@ Pipecat's 0.6 s closed the turn without the user's words."""
 class ASRServerSTTService(ModelServerConnection, WebsocketSTTService):
     """Streams audio to our ASR server and pushes interim and finalized transcriptions."""
 
+    Settings = STTSettings
+    """English only: our ASR engines are English models."""
+
     def __init__(
         self,
         *,
-        url: str = "ws://127.0.0.1:8080",
+        url: str = f"ws://127.0.0.1:{ASR_PORT}",
         ttfs_p99_latency: float = FINAL_WAIT_S,
         reconnect_backoff_min_wait: float = 0.5,
         reconnect_backoff_max_wait: float = 2.0,
         server_wait_s: float = SERVER_WAIT_S,
+        settings: STTSettings | None = None,
         **kwargs,
     ) -> None:
         """`ttfs_p99_latency`: end of speech → final transcript, p99; the turn's fallback wait.
         `server_wait_s`: how long to wait for a server that is down or cold (`model_server.py`)."""
+        defaults = STTSettings(model=None, language=Language.EN)
+        if settings is not None:
+            defaults.apply_update(settings)
         super().__init__(
-            settings=STTSettings(model=None, language=Language.EN),
+            settings=defaults,
             ttfs_p99_latency=ttfs_p99_latency,
             reconnect_backoff_min_wait=reconnect_backoff_min_wait,
             reconnect_backoff_max_wait=reconnect_backoff_max_wait,

@@ -25,33 +25,39 @@ from pipecat.utils.tracing.service_decorators import traced_tts
 
 from pipecat_services.interleaving import Interleaver, TTSMarkFrame
 from pipecat_services.model_server import SERVER_WAIT_S, ModelServerConnection
+from servers.ports import TTS_PORT
 from servers.tts import protocol
 
 
 class TTSServerTTSService(ModelServerConnection, WebsocketTTSService):
     """Sends LLM text to our TTS server and plays the audio it streams back."""
 
+    Settings = TTSSettings
+    """`voice` and `language`: None picks the server's first (see its `ready` message)."""
+
     def __init__(
         self,
         *,
-        url: str = "ws://127.0.0.1:8001",
-        voice: str | None = None,
-        language: str | None = None,
+        url: str = f"ws://127.0.0.1:{TTS_PORT}",
+        settings: TTSSettings | None = None,
         interleaver: Interleaver | None = None,
         reconnect_backoff_min_wait: float = 0.5,
         reconnect_backoff_max_wait: float = 2.0,
         server_wait_s: float = SERVER_WAIT_S,
         **kwargs,
     ) -> None:
-        """`voice`/`language`: None picks the server's first (see its `ready` message).
-        `server_wait_s`: how long to wait for a server that is down or cold (`model_server.py`)."""
+        """`settings`: `TTSServerTTSService.Settings(voice=..., language=...)`. `server_wait_s`: how long to
+        wait for a server that is down or cold (`model_server.py`)."""
+        defaults = TTSSettings(model=None, voice=None, language=None)
+        if settings is not None:
+            defaults.apply_update(settings)
         super().__init__(
             text_aggregation_mode=TextAggregationMode.TOKEN,
             push_start_frame=True,
             push_stop_frames=True,
             push_text_frames=False,
             pause_frame_processing=True,
-            settings=TTSSettings(model=None, voice=voice, language=language),
+            settings=defaults,
             reconnect_backoff_min_wait=reconnect_backoff_min_wait,
             reconnect_backoff_max_wait=reconnect_backoff_max_wait,
             **kwargs,

@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from servers.ports import ASR_PORT, BOT_PORT, LLM_PORT, TTS_PORT
 from servers.processes import (
     ROOT,
     ServerExited,
@@ -70,17 +71,17 @@ class Service:
 
 
 MODEL_SERVERS = [
-    Service("asr", ("-m", "servers.asr"), "ASR_PORT", 8080, "ASR_HOST"),
-    Service("tts", ("-m", "servers.tts"), "TTS_PORT", 8001, "TTS_HOST"),
+    Service("asr", ("-m", "servers.asr"), "ASR_PORT", ASR_PORT, "ASR_HOST"),
+    Service("tts", ("-m", "servers.tts"), "TTS_PORT", TTS_PORT, "TTS_HOST"),
     # On a shared CPU the LLM yields to ASR and TTS: they are on the way to the first audio, while the
     # LLM streams far ahead of speech (measured on 2 cores: server V2V p50 -100 ms).
-    Service("llm", ("-m", "servers.llm"), "LLM_PORT", 8002, "LLM_HOST", scheme="http", nice=10),
+    Service("llm", ("-m", "servers.llm"), "LLM_PORT", LLM_PORT, "LLM_HOST", scheme="http", nice=10),
 ]
 BOT = Service(
     "bot",
     ("bot.py", "-t", "webrtc"),
     "BOT_PORT",
-    7860,
+    BOT_PORT,
     "BOT_HOST",
     scheme="http",
     health_path="/status",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import os
 import socket
@@ -18,6 +19,7 @@ from types import SimpleNamespace
 import modal
 import pytest
 
+from bot_config import BotConfig, add_bot_flags, flag_name
 from servers.llm.server import llama_server_command
 from tests.test_compose import LLAMA_GPU_POLICY, LLAMA_POLICY, flags
 
@@ -312,3 +314,15 @@ def test_a_deploy_without_the_proxy_auth_token_stops_with_one_line(deployed, tmp
     problem = deployed.module.deploy_problem
     assert problem({"MODAL_PROXY_KEY": "wk-1"}).startswith("modal_app: export MODAL_PROXY_SECRET first")
     assert problem({"MODAL_PROXY_KEY": "wk-1", "MODAL_PROXY_SECRET": "ws-1"}) is None
+
+
+def test_modals_bot_defaults_are_valid_settings(deployed):
+    """`BOT_DEFAULTS` names settings of `bot_config.py` and gives each a value its flag accepts."""
+    fields = {f.name: f for f in dataclasses.fields(BotConfig)}
+    parser = add_bot_flags(argparse.ArgumentParser(exit_on_error=False))
+    for name, value in deployed.module.BOT_DEFAULTS.items():
+        if not name.startswith("BOT_"):
+            continue  # Pipecat's own (PIPECAT_ICE_SERVERS)
+        field = name.removeprefix("BOT_").lower()
+        assert field in fields, f"Modal sets {name}, which is no setting"
+        parser.parse_args([flag_name(field), value])

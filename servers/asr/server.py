@@ -20,9 +20,10 @@ from servers.asr import protocol
 from servers.asr.engines.base import ASREngine, ASRStream
 from servers.cli import add_flag, add_limit_flags, add_server_flags, main_with_clear_errors, session_limits
 from servers.nemo_loading import ASR_MODEL
+from servers.ports import ASR_PORT
 from servers.serving import ModelServer
 
-DEFAULT_PORT = 8080
+DEFAULT_PORT = ASR_PORT
 
 
 class ASRServer(ModelServer):

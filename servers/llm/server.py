@@ -28,9 +28,10 @@ from servers.auth import load_token
 from servers.cli import add_flag, add_server_flags, refuse_insecure_bind, setup_logging
 from servers.llm.binary import BinaryError, add_binary_flags, ensure
 from servers.llm.models import DEFAULT_MODEL, MODELS, ModelError, resolve
+from servers.ports import LLM_PORT
 from servers.processes import ServerExited, port_is_free, wait_healthy
 
-DEFAULT_PORT = 8002
+DEFAULT_PORT = LLM_PORT
 CACHE_REUSE = 256
 """Reuse cached KV chunks of >= this many tokens after an edit in the middle of the prompt
 (history trimmed); llama-server turns it off itself for models that cannot shift their cache."""

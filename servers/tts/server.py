@@ -33,6 +33,7 @@ from websockets.exceptions import ConnectionClosed
 from servers import metrics
 from servers.cli import add_flag, add_limit_flags, add_server_flags, main_with_clear_errors, session_limits
 from servers.nemo_loading import TTS_MODEL
+from servers.ports import TTS_PORT
 from servers.segmentation import ReplySegmentation, Segmenter, split_bounded
 from servers.serving import ModelServer, SessionLimits
 from servers.tts import protocol
@@ -40,7 +41,7 @@ from servers.tts.engines.base import TTSEngine
 from servers.tts.protocol import ErrorCode, ProtocolError
 from servers.tts.text import normalize
 
-DEFAULT_PORT = 8001
+DEFAULT_PORT = TTS_PORT
 MAX_LEAD_S = 10.0
 """Default of --max-lead-s: enough that playback never waits, even with a slow part now and then."""
 MAX_OPEN_CONTEXTS = 16

@@ -1,6 +1,6 @@
 """Pipecat LLM service for llama-server: `TokenLLMService` on the llama-server backend.
 
-    LlamaServerLLMService(base_url="http://127.0.0.1:8002", interleaving=Interleaving(Interleaver()), ...)
+    LlamaServerLLMService(base_url=f"http://127.0.0.1:{LLM_PORT}", interleaving=Interleaving(Interleaver()), ...)
 
 Everything but the HTTP endpoints is generic and lives in `../service.py`; the endpoints in
 `client.py`, the GBNF grammars that constrain tool calls in `grammar.py`.
@@ -13,13 +13,14 @@ from typing import Any
 from pipecat_services.llm.llama_server.client import LlamaServerBackend
 from pipecat_services.llm.service import TokenLLMService
 from pipecat_services.model_server import SERVER_WAIT_S
+from servers.ports import LLM_PORT
 
 
 class LlamaServerLLMService(TokenLLMService):
     """The bot's LLM service on llama-server: exact cache reuse, prefill, interleaving, tool calls."""
 
     def __init__(
-        self, *, base_url: str = "http://127.0.0.1:8002", slot: int = -1, server_wait_s: float = SERVER_WAIT_S,
+        self, *, base_url: str = f"http://127.0.0.1:{LLM_PORT}", slot: int = -1, server_wait_s: float = SERVER_WAIT_S,
         **kwargs: Any,
     ) -> None:  # fmt: skip
         """`slot`: llama-server's slot; -1 lets it pick the one whose cache matches best, so with
