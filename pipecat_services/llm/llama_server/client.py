@@ -39,6 +39,11 @@ NOT_LISTENING = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, 
 """Before any response: the server is restarting, starting after the bot, or scaling up."""
 
 
+ANY_SLOT = -1
+"""llama-server picks the slot whose cache matches best, so with `--parallel N` each conversation
+keeps its own."""
+
+
 class LlamaServerError(RuntimeError):
     """llama-server answered with an error, or never became ready."""
 
@@ -46,9 +51,8 @@ class LlamaServerError(RuntimeError):
 class LlamaServerBackend(LLMBackend):
     """The `LLMBackend` on llama-server's HTTP API."""
 
-    def __init__(self, base_url: str, slot: int = -1, server_wait_s: float = SERVER_WAIT_S) -> None:
+    def __init__(self, base_url: str, server_wait_s: float = SERVER_WAIT_S) -> None:
         self.base_url = base_url.rstrip("/")
-        self.slot = slot
         self.server_wait_s = server_wait_s
         self._session: aiohttp.ClientSession | None = None
 
@@ -126,7 +130,7 @@ class LlamaServerBackend(LLMBackend):
         return (await self._post("/tokenize", body))["tokens"]
 
     async def prefill(self, tokens: list[int]) -> dict[str, Any]:
-        body = {"prompt": tokens, "n_predict": 0, "cache_prompt": True, "id_slot": self.slot}
+        body = {"prompt": tokens, "n_predict": 0, "cache_prompt": True, "id_slot": ANY_SLOT}
         return (await self._post("/completion", body)).get("timings", {})
 
     async def first_token(self, tokens: list[int], fields: dict[str, Any], top: int = NEXT_TOKENS) -> FirstToken:
@@ -135,7 +139,7 @@ class LlamaServerBackend(LLMBackend):
             "n_predict": 1,
             "n_probs": top,
             "cache_prompt": True,
-            "id_slot": self.slot,
+            "id_slot": ANY_SLOT,
             "return_tokens": True,
             **fields,
         }
@@ -156,7 +160,7 @@ class LlamaServerBackend(LLMBackend):
             "prompt": tokens,
             "n_predict": n_predict,
             "cache_prompt": True,
-            "id_slot": self.slot,
+            "id_slot": ANY_SLOT,
             "stream": True,
             "return_tokens": True,
             "timings_per_token": True,

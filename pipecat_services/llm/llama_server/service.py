@@ -20,10 +20,8 @@ class LlamaServerLLMService(TokenLLMService):
     """The bot's LLM service on llama-server: exact cache reuse, prefill, interleaving, tool calls."""
 
     def __init__(
-        self, *, base_url: str = f"http://127.0.0.1:{LLM_PORT}", slot: int = -1, server_wait_s: float = SERVER_WAIT_S,
-        **kwargs: Any,
-    ) -> None:  # fmt: skip
-        """`slot`: llama-server's slot; -1 lets it pick the one whose cache matches best, so with
-        `--parallel N` each conversation keeps its own slot. `server_wait_s`: how long a request waits
-        for a server that is loading or restarting. Other arguments: `TokenLLMService`."""
-        super().__init__(backend=LlamaServerBackend(base_url, slot, server_wait_s), **kwargs)
+        self, *, base_url: str = f"http://127.0.0.1:{LLM_PORT}", server_wait_s: float = SERVER_WAIT_S, **kwargs: Any
+    ) -> None:
+        """`server_wait_s`: how long a request waits for a server that is loading or restarting. Other
+        arguments: `TokenLLMService`."""
+        super().__init__(backend=LlamaServerBackend(base_url, server_wait_s), **kwargs)
