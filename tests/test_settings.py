@@ -69,3 +69,9 @@ def test_compose_points_the_bot_at_each_servers_port() -> None:
             r"(BOT_(?:ASR|TTS|LLM)_URL): \$?\{?[\w:-]*?[a-z]+://[\w.-]+:(\d+)", path.read_text()
         ):
             assert int(port) == expected[name], f"{path.name}: {name} uses port {port}"
+
+
+def test_the_readmes_picture_shows_our_ports() -> None:
+    readme = (ROOT / "README.md").read_text()
+    picture = readme.split("## How it fits together", 1)[1].split("```", 2)[1]
+    assert {int(port) for port in re.findall(r":(\d{4})\b", picture)} == OUR_PORTS
