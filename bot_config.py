@@ -1,7 +1,7 @@
 """The bot's configuration, in one place: CLI flags with environment-variable defaults.
 
-    python bot.py -t webrtc --llm-url http://gpu-box:8002 --interleave on
-    BOT_LLM_URL=http://gpu-box:8002 BOT_INTERLEAVE=on python bot.py -t webrtc
+    python bot.py -t webrtc --llm-url http://gpu-box:8002 --interleave all
+    BOT_LLM_URL=http://gpu-box:8002 BOT_INTERLEAVE=all python bot.py -t webrtc
 
 A client may override the per-session settings in `SESSION_KEYS` through the body of its
 connection request (Pipecat's runner passes it on as `runner_args.body`), e.g. the conversation
@@ -31,7 +31,7 @@ TOOL_PROMPT = (
     "talk about your tools."
 )
 """Appended to the system prompt when the bot has tools. Whether a reply is a call is decided by the
-model's first token (`LlamaServerLLMService.call_threshold`); this keeps chit-chat away from tools
+model's first token (`pipecat_services/llm/tool_policy.py`); this keeps chit-chat away from tools
 (`python -m benchmarks.tools --tool-prompt ...` measures a variant)."""
 
 SESSION_KEYS = {"interleave": str, "prefill_interims": bool, "system_prompt": str, "voice": str, "temperature": float}
@@ -142,10 +142,12 @@ class BotConfig:
 
 
 def flag_name(name: str) -> str:
+    """A setting's flag: `--context-tokens` for `context_tokens`."""
     return "--" + name.replace("_", "-")
 
 
 def env_name(name: str) -> str:
+    """A setting's environment variable: `BOT_CONTEXT_TOKENS` for `context_tokens`."""
     return "BOT_" + name.upper()
 
 

@@ -137,7 +137,7 @@ class TurnRecorder(FrameProcessor):
                 self.text += frame.text
                 self.first_text_at = self.first_text_at or time.perf_counter()
             elif isinstance(frame, LLMFullResponseEndFrame):
-                if self.llm is not None:
+                if self.llm is not None and self.llm.last_reply is not None:
                     self.replies.append(self.llm.last_reply)
                 if not self._called:
                     self.done.set()

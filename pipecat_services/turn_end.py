@@ -164,6 +164,7 @@ class BackgroundTurnAnalyzerUserTurnStopStrategy(BaseUserTurnStopStrategy):
         if not self._analyzer.speech_triggered:  # its silence fallback judged this silence already
             return
         self._complete = await self._verdict() == EndOfTurnState.COMPLETE
+        await self._cancel_final_wait()
         self._final_wait = self.task_manager.create_task(
             self._wait_for_final(max(0.0, final_due - time.time())), f"{self}::final_wait"
         )
@@ -193,7 +194,9 @@ class BackgroundTurnAnalyzerUserTurnStopStrategy(BaseUserTurnStopStrategy):
 
     async def _wait_for_final(self, timeout_s: float) -> None:
         await asyncio.sleep(timeout_s)
-        self._final_wait, self._final_waited = None, True
+        if self._final_wait is asyncio.current_task():
+            self._final_wait = None
+        self._final_waited = True
         await self._maybe_stop()
 
     async def _maybe_stop(self) -> None:

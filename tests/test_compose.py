@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from servers import ports
 from servers.gpu_budget import COMPOSE_QUANT
 from servers.llm import binary as llm_binary
 from servers.llm.server import llama_server_command
@@ -27,7 +28,7 @@ from servers.model_fetch import LLM_LINK
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
-PORTS = {"asr": 8080, "tts": 8001, "llm": 8002, "bot": 7860}
+PORTS = {"asr": ports.ASR_PORT, "tts": ports.TTS_PORT, "llm": ports.LLM_PORT, "bot": ports.BOT_PORT}
 PROFILES = ("cpu", "gpu")
 SERVICE_KEYS = {
     "profiles", "image", "build", "command", "environment", "volumes", "deploy", "depends_on",

@@ -52,9 +52,6 @@ SUBCLASS_HOOKS = {
 """Pipecat private members that Pipecat documents as its subclasses' own to use, on `self` or
 `super()` only: name -> (the Pipecat class that defines it, why it is allowed)."""
 
-"""Uses found in files outside the change that made this test, each to move to `pipecat_internals.py`
-or to a public API; the list must shrink, and fails when it names a use that has gone."""
-
 
 def is_private(name: str) -> bool:
     """One leading underscore: `__dunder__` and name-mangled `__x` are neither Pipecat's nor ours to share."""

@@ -64,11 +64,14 @@ def test_ports_written_out_are_ours(path: Path) -> None:
 
 def test_compose_points_the_bot_at_each_servers_port() -> None:
     expected = {"BOT_ASR_URL": ports.ASR_PORT, "BOT_TTS_URL": ports.TTS_PORT, "BOT_LLM_URL": ports.LLM_PORT}
+    found = []
     for path in sorted((ROOT / "docker").glob("compose*.yaml")):
         for name, port in re.findall(
             r"(BOT_(?:ASR|TTS|LLM)_URL): \$?\{?[\w:-]*?[a-z]+://[\w.-]+:(\d+)", path.read_text()
         ):
             assert int(port) == expected[name], f"{path.name}: {name} uses port {port}"
+            found.append(name)
+    assert set(found) == set(expected), "the compose files no longer point the bot at the servers"
 
 
 def test_the_readmes_picture_shows_our_ports() -> None:

@@ -44,6 +44,7 @@ class Interleaving:
     """How many segments wait for the TTS (None: all; 1: only the first, then the reply streams)."""
 
     def segmenting(self, index: int) -> Segmenting:
+        """Where segment number `index` of a reply ends."""
         return Segmenting(index == 0, self.segment_tokens, self.max_segment_tokens, self.first_segment_words)
 
 
@@ -145,6 +146,7 @@ class ReplyGenerator:
         first: Piece | None,
         watch_calls: bool,
     ) -> Generated:
+        """Segments that each wait for the TTS to reach their mark, the first `waiting_segments` of them."""
         interleaver = interleaving.interleaver
         total, segments, carry = 0, 0, ""
         while total < max_tokens:

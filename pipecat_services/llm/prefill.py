@@ -34,7 +34,7 @@ class Prefill:
         self.lock = lock
         self._prepared: PreparedPrompt | None = None
 
-    async def system_prompt(self, context: LLMContext, reply_tokens: int) -> None:
+    async def warm_system_prompt(self, context: LLMContext, reply_tokens: int) -> None:
         """The conversation so far (its system prompt and tools), before its first turn only, and the
         prompt that judges a request alone in a cache entry of its own, first."""
         backend = self.prompts.backend

@@ -155,7 +155,7 @@ class TokenLLMService(LLMService):
     async def _warm_up(self) -> None:
         """Prefill the system prompt and tools while the user is still speaking, so turn 1 finds them cached."""
         try:
-            await self.prefill.system_prompt(self._warm_context or LLMContext(), self._settings.max_tokens)
+            await self.prefill.warm_system_prompt(self._warm_context or LLMContext(), self._settings.max_tokens)
         except Exception as e:
             logger.warning(f"{self}: warm-up failed ({e}); the first turn will prefill the system prompt")
 
@@ -163,7 +163,7 @@ class TokenLLMService(LLMService):
         """The warm-up without a call: prefill the system prompt and tools as soon as the server
         answers (waiting at most `wait_s`), so that the first call after a start finds them cached."""
         await self.backend.wait_loaded(wait_s)
-        await self.prefill.system_prompt(self._warm_context or LLMContext(), self._settings.max_tokens)
+        await self.prefill.warm_system_prompt(self._warm_context or LLMContext(), self._settings.max_tokens)
 
     def prefill_user_words(self, words: str) -> None:
         """The user's words so far (an interim transcript): evaluate them into the server's cache now,
@@ -223,6 +223,7 @@ class TokenLLMService(LLMService):
 
     async def _respond(self, context: LLMContext) -> None:
         await self.start_ttfb_metrics()
+        self.last_reply = None
         prepared = self.prefill.take_prepared()
         prompt = await self.prompts.build(context, self._settings.max_tokens, prepared)
         self.last_reply = stats = ReplyStats(len(prompt.tokens), prompt.reused, prompt.trimmed)
@@ -270,9 +271,9 @@ class TokenLLMService(LLMService):
         again alone is sampled on the side, the conversation's history left as it is."""
         assert self.last_reply is not None and invocation.tools
         probability = call_probability(first.top)
-        decision = self.tool_policy.decide(probability, invocation.messages)
+        alone = last_request_alone(invocation.messages)
+        decision = self.tool_policy.decide(probability, alone)
         if decision is Decision.JUDGE_ALONE:
-            alone = last_request_alone(invocation.messages)
             assert alone is not None
             self.last_reply.call_probability_in_conversation = round(probability, 4)
             tokens = await self.prompts.side_tokens(alone, invocation.tools)

@@ -1,5 +1,5 @@
 """Tool calls in the text a small local LLM writes: where a call may start, how to read it, whether
-it may run.
+its arguments fit the schema.
 
 Small models know *what* to call but not always *how* to write it. The packaged Qwen2.5 copies its
 template's example with doubled braces (`{{"name": ...}}`) or wraps the JSON in a ```json fence

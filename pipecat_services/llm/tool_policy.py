@@ -72,13 +72,13 @@ class ToolPolicy:
             return ReplyPlan(sampling | self.backend.call_fields(tool_names(tools), forced=False), False)
         return ReplyPlan(sampling | self.backend.speech_fields(), True)
 
-    def decide(self, probability: float, messages: list[dict[str, Any]] | None = None) -> Decision:
-        """A call from `threshold` on; below it, down to `recheck_floor`, judged again alone when
-        `messages` (the conversation; None for a request already judged alone) allow it."""
+    def decide(self, probability: float, alone: list[dict[str, Any]] | None = None) -> Decision:
+        """A call from `threshold` on; below it, down to `recheck_floor`, judged again on `alone` (the
+        request by itself, `last_request_alone`; None: it cannot be, or it was)."""
         assert self.threshold is not None, "no first-token decision without a threshold"
         if probability >= self.threshold:
             return Decision.CALL
-        if messages is not None and probability >= self.recheck_floor and last_request_alone(messages) is not None:
+        if alone is not None and probability >= self.recheck_floor:
             return Decision.JUDGE_ALONE
         return Decision.SPEAK
 
