@@ -52,3 +52,11 @@ def speech_bounds(audio: np.ndarray, threshold: float = 0.01) -> tuple[float, fl
     if not len(voiced):
         return 0.0, 0.0
     return int(voiced[0]) * WINDOW / 16_000, (int(voiced[-1]) + 1) * WINDOW / 16_000
+
+
+def with_pause(before: np.ndarray, after: np.ndarray, pause_s: float) -> np.ndarray:
+    """16 kHz int16 speech `before`, exactly `pause_s` of silence, then `after` (each trimmed to its
+    speech): a pause inside a sentence, as people make them ("What is the tallest … mountain?")."""
+    (_, end), (start, stop) = speech_bounds(before), speech_bounds(after)
+    silence = np.zeros(int(pause_s * 16_000), dtype=np.int16)
+    return np.concatenate([before[: int(end * 16_000)], silence, after[int(start * 16_000) : int(stop * 16_000)]])

@@ -18,6 +18,8 @@ import pytest
 import soxr
 from num2words import num2words
 
+from benchmarks.audio import with_pause
+from benchmarks.scoring import wer
 from benchmarks.webrtc_client import WebRTCVoiceClient
 from pipecat_services.turn_metrics import TIMELINE
 
@@ -58,6 +60,18 @@ async def test_spoken_question_gets_a_spoken_answer(bot_server, whisper, say_wav
     assert list(timeline.values()) == sorted(timeline.values()), timeline
     assert abs(timeline["bot_speaking"] - latency["server_v2v_ms"]) < 1, latency
     print(f"\nbot: {latency}")
+
+
+async def test_a_pause_inside_a_question_is_heard_as_one_question(bot_server, whisper, say_wav):
+    """The bot hears a question with a 140 ms pause as its ASR engine hears the whole clip at once,
+    not in two decodes ("... the Red. Planet")."""
+    clip = with_pause(say_wav("Which planet in our solar system is known as the red"), say_wav("planet?"), 0.14)
+    whole = await heard(whisper, np.concatenate([clip, np.zeros(8000, np.int16)]))
+    _, latency = await one_question(bot_server.http_url, whisper, clip)
+    assert latency is not None, "no turn"
+    user_text = latency["user_text"].lower()
+    assert not re.search(r"[.?!]\s+\S", user_text.strip()), f"decoded in pieces: {user_text!r}"
+    assert wer([whole], [user_text]) <= 0.1, (user_text, whole)
 
 
 async def test_barge_in_stops_the_bot_and_keeps_only_what_was_heard(bot_server, whisper, say_wav):

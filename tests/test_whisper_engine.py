@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from benchmarks.asr import landmarks_in_order, long_speech
-from benchmarks.audio import speech_bounds
+from benchmarks.audio import speech_bounds, with_pause
 from benchmarks.scoring import wer
 from servers.asr.engines.transcript import Transcript
 from servers.asr.engines.whisper import MAX_PENDING_COMMITS, WhisperEngine
@@ -146,3 +146,18 @@ async def test_a_stream_closed_mid_interim_gives_the_interim_slot_back(speech):
     await stream.close()  # the interim task has not run a single step yet
     assert engine.try_claim_interim_slot()
     engine.close()
+
+
+async def test_a_short_pause_inside_a_question_does_not_split_its_decode(engine, say_wav):
+    """One utterance, one decode: a 140 ms gap between two words of a short question is heard as the
+    engine hears the whole clip offline, not as two pieces decoded apart ("... the Red? Plant.")."""
+    before = say_wav("Which planet in our solar system is known as the red")
+    clip = with_pause(before, say_wav("planet?"), 0.14)
+    start, end = speech_bounds(before)
+    assert end - start > engine.commit_min / 16000, "the words before the pause are long enough to commit apart"
+    offline = await engine.transcribe(as_float(np.concatenate([clip, np.zeros(8000, dtype=np.int16)])))
+    stream = engine.open_stream(lambda _: None)
+    await feed(stream, clip, silence_ms=300)
+    final = await stream.finalize(hard=True)
+    assert final == offline.strip(), (final, offline)
+    assert "?" not in final[:-1], final

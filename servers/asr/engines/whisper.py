@@ -8,9 +8,11 @@ text comes from occasional re-decodes, at most one per engine at a time, so inte
 the finals of other sessions.
 
 Speech of any length: Whisper sees at most 30 s, and a decode costs more the longer its audio, so
-the stream *commits* the text of audio it will not decode again. When the user pauses and then goes
-on, the speculation of the audio before the pause becomes committed text (if it holds at least
-`commit_min_s`); a tail that runs `max_tail_s` without a pause is cut at its quietest point. Only the
+the stream *commits* the text of audio it will not decode again. When the user pauses for at least
+`commit_pause_s` and then goes on, the speculation of the audio before the pause becomes committed
+text (if it holds at least `commit_min_s`); a shorter pause, as inside a sentence, never splits a
+decode ("... the Red. Planet" for "... the Red Planet?"); a tail that runs `max_tail_s` without such
+a pause is cut at its quietest point. Only the
 uncommitted tail is ever decoded again (interims, speculations, the final), so the cost of each of
 them, and the final's latency, stay bounded whatever the utterance's length; committed pieces are
 joined in order, and each sample belongs to exactly one piece, so no word is decoded twice.
@@ -97,11 +99,14 @@ class WhisperEngine(ASREngine):
         endpoint_silence_s: float = 0.12,
         speech_threshold: float = 0.01,
         commit_min_s: float = 2.0,
+        commit_pause_s: float = 1.0,
         max_tail_s: float = 10.0,
     ) -> None:
         """`commit_min_s`: audio before a pause is committed once it holds this much (shorter pieces
-        lose Whisper the context it needs); `max_tail_s`: a tail without a pause this long is cut
-        (it bounds every decode, and the buffer, well under Whisper's 30 s window)."""
+        lose Whisper the context it needs); `commit_pause_s`: only a pause this long commits it (as long
+        as the bot's fallback wait for the end of a turn: a shorter one may be inside a sentence);
+        `max_tail_s`: a tail without such a pause this long is cut (it bounds every decode, and the
+        buffer, well under Whisper's 30 s window)."""
         self.model_path = model_path
         self.cpu_threads = cpu_threads
         self.compute_type = compute_type
@@ -109,6 +114,7 @@ class WhisperEngine(ASREngine):
         self.endpoint_silence = int(endpoint_silence_s * SAMPLE_RATE)
         self.speech_threshold = speech_threshold
         self.commit_min = int(commit_min_s * SAMPLE_RATE)
+        self.commit_pause = int(commit_pause_s * SAMPLE_RATE)
         self.max_tail = int(max_tail_s * SAMPLE_RATE)
         self._model = None
         self._tokenizer = None
@@ -294,19 +300,25 @@ class WhisperStream(ASRStream):
         return asyncio.ensure_future(self.engine.transcribe(self._audio.view(start, end).copy()))
 
     def _commit_if_due(self) -> None:
-        """Commit the audio before a pause once speech goes on after it (or the tail grew too long),
-        else cut a tail that has run `max_tail` without a pause. Decisions depend on the audio alone,
-        never on how fast decodes finish: a client streaming faster than real time gets the same text."""
+        """Commit the audio before a long pause once speech goes on after it (or the tail grew too long),
+        else cut a tail that has run `max_tail` without one. Decisions depend on the audio alone, never
+        on how fast decodes finish: a client streaming faster than real time gets the same text."""
         tail = self._audio.end - self._tail_start
         spec = self._speculation
         if spec is not None and spec.start == self._tail_start:
             resumed = self._speech_end > spec.end
-            if (resumed and spec.end - spec.start >= self.engine.commit_min) or tail > self.engine.max_tail:
-                self._commits.append(spec)
-                self._speculation = None
+            if resumed or tail > self.engine.max_tail:
                 voice = first_voiced(self._audio.view(spec.end, self._analyzed), self.engine.speech_threshold)
-                self._move_tail(spec.end + (max(0, voice - PRE_SPEECH) if voice is not None else 0))
-                return
+                pause = voice if voice is not None else 0
+                long_enough = spec.end - spec.start >= self.engine.commit_min and pause >= self.engine.commit_pause
+                if tail > self.engine.max_tail or (resumed and long_enough):
+                    self._commits.append(spec)
+                    self._speculation = None
+                    self._move_tail(spec.end + max(0, pause - PRE_SPEECH))
+                    return
+                if pause < self.engine.commit_pause:  # a pause inside a sentence: decode on through it
+                    spec.task.cancel()
+                    self._speculation = None
         if tail > self.engine.max_tail:
             cut = self._quietest_point()
             self._commits.append(_Decode(self._tail_start, cut, self._decode(self._tail_start, cut)))
