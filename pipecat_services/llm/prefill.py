@@ -69,7 +69,7 @@ class Prefill:
                 rendered = await self.prompts.render(guess)
                 if budget is not None and not budget.fits(len(rendered.tokens)):
                     return
-                plan = self.policy.plan(sampling, guess.messages, guess.tools, guess.tool_choice)
+                plan = self.policy.plan(sampling, guess)
                 first = await self.prompts.backend.first_token(rendered.tokens, plan.fields)
                 self._prepared = PreparedPrompt(guess.key, rendered, plan.fields, first)
             finally:

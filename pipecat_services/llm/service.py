@@ -229,7 +229,7 @@ class TokenLLMService(LLMService):
         self.last_reply = stats = ReplyStats(len(prompt.tokens), prompt.reused, prompt.trimmed)
         invocation = prompt.invocation
         sampling = self._sampling()
-        plan = self.tool_policy.plan(sampling, invocation.messages, invocation.tools, invocation.tool_choice)
+        plan = self.tool_policy.plan(sampling, invocation)
         first = await self._first_token(prompt, plan.fields, prepared)
         # A token that ends inside a character comes back as U+FFFD: the stream then starts over.
         piece: Piece | None = first.piece if "\ufffd" not in first.piece.text else None

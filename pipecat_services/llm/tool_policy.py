@@ -14,6 +14,7 @@ from enum import Enum
 from typing import Any
 
 from pipecat_services.llm.backend import LLMBackend
+from pipecat_services.llm.prompt import Invocation
 from pipecat_services.llm.tool_calls import is_error, tool_names
 
 MAX_FAILED_CALLS = 2
@@ -55,18 +56,13 @@ class ToolPolicy:
     """None: no first-token decision; the model may speak and then call (a lazy grammar)."""
     recheck_floor: float = RECHECK_FLOOR
 
-    def plan(
-        self,
-        sampling: dict[str, Any],
-        messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]] | None,
-        tool_choice: Any,
-    ) -> ReplyPlan:
+    def plan(self, sampling: dict[str, Any], invocation: Invocation) -> ReplyPlan:
         """The reply's fields before its first token: speech only once calls are spent, a lazy call
         grammar without a threshold, else speech for now and the first token decides."""
+        tools = invocation.tools
         if not tools:
             return ReplyPlan(sampling, False)
-        if not calls_allowed(messages, tool_choice):
+        if not calls_allowed(invocation.messages, invocation.tool_choice):
             return ReplyPlan(sampling | self.backend.speech_fields(), False)
         if self.threshold is None:
             return ReplyPlan(sampling | self.backend.call_fields(tool_names(tools), forced=False), False)
