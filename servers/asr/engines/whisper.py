@@ -311,14 +311,15 @@ class WhisperStream(ASRStream):
                 voice = first_voiced(self._audio.view(spec.end, self._analyzed), self.engine.speech_threshold)
                 pause = voice if voice is not None else 0
                 long_enough = spec.end - spec.start >= self.engine.commit_min and pause >= self.engine.commit_pause
-                if tail > self.engine.max_tail or (resumed and long_enough):
+                if tail > self.engine.max_tail or long_enough:
                     self._commits.append(spec)
                     self._speculation = None
                     self._move_tail(spec.end + max(0, pause - PRE_SPEECH))
                     return
-                if pause < self.engine.commit_pause:  # a pause inside a sentence: decode on through it
-                    spec.task.cancel()
-                    self._speculation = None
+                # Speech went on after a pause inside a sentence (or too little to commit): the next
+                # decode covers it whole, and this one is looked at no more (once per chunk otherwise).
+                spec.task.cancel()
+                self._speculation = None
         if tail > self.engine.max_tail:
             cut = self._quietest_point()
             self._commits.append(_Decode(self._tail_start, cut, self._decode(self._tail_start, cut)))
