@@ -45,7 +45,7 @@ from pipecat.services.llm_service import LLMService
 from pipecat.services.settings import LLMSettings
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams
-from pipecat.turns.user_turn_strategies import UserTurnStrategies
+from pipecat.turns.user_turn_strategies import UserTurnStrategies, default_user_turn_start_strategies
 from pipecat.workers.runner import WorkerRunner
 
 from bot_config import BotConfig, add_bot_flags
@@ -61,7 +61,11 @@ from pipecat_services.llm.openai_compatible import BudgetedOpenAILLMService
 from pipecat_services.llm.service import TokenLLMService
 from pipecat_services.model_readiness import ModelServers, add_warming_up_routes, one_moment
 from pipecat_services.tts import TTSServerTTSService
-from pipecat_services.turn_end import BackgroundTurnAnalyzerUserTurnStopStrategy, SentenceEndUserTurnStopStrategy
+from pipecat_services.turn_end import (
+    BackgroundTurnAnalyzerUserTurnStopStrategy,
+    ReopenedTranscriptUserTurnStartStrategy,
+    SentenceEndUserTurnStopStrategy,
+)
 from pipecat_services.turn_metrics import TurnLatencyMetricsData, TurnLatencyObserver
 from servers.auth import modal_proxy_headers
 
@@ -108,8 +112,9 @@ def make_llm(config: BotConfig, interleaver: Interleaver | None, context: LLMCon
 
 def user_turn_params(config: BotConfig) -> LLMUserAggregatorParams:
     """Silero VAD starts speech (and interrupts the bot) after `vad_start_secs` of it and ends it after
-    `vad_stop_secs` of silence; the turn ends when Smart Turn says it is complete or the final
-    transcript ends a sentence, else after `turn_fallback_secs` of silence."""
+    `vad_stop_secs` of silence; the turn ends when Smart Turn says it is complete, or `turn_hold_secs`
+    after a final transcript that ends a sentence, else after `turn_fallback_secs` of silence. Speech
+    before the turn's end continues it, its transcript decoded again whole."""
     smart_turn = LocalSmartTurnAnalyzerV3(params=SmartTurnParams(stop_secs=config.turn_fallback_secs))
     return LLMUserAggregatorParams(
         vad_analyzer=SileroVADAnalyzer(
@@ -118,10 +123,11 @@ def user_turn_params(config: BotConfig) -> LLMUserAggregatorParams:
             )
         ),
         user_turn_strategies=UserTurnStrategies(
+            start=[ReopenedTranscriptUserTurnStartStrategy(), *default_user_turn_start_strategies()],
             stop=[
                 BackgroundTurnAnalyzerUserTurnStopStrategy(turn_analyzer=smart_turn),
-                SentenceEndUserTurnStopStrategy(),
-            ]
+                SentenceEndUserTurnStopStrategy(hold_s=config.turn_hold_secs),
+            ],
         ),
     )
 

@@ -90,6 +90,11 @@ class BotConfig:
         0.1, "speech that starts a turn (Silero VAD); over the bot's voice it interrupts, so short = prompt barge-in"
     )
     vad_stop_secs: float = setting(0.2, "silence that ends speech (Silero VAD)")
+    turn_hold_secs: float = setting(
+        0.3,
+        "silence past the VAD's stop that ends a turn whose final ends a sentence (the reply is generated "
+        "meanwhile; speech before then continues the turn): pauses inside sentences run to 0.4 s in all",
+    )
     turn_fallback_secs: float = setting(1.0, "silence after which a turn Smart Turn judged unfinished ends anyway")
     model_server_wait_s: float = setting(
         60.0, "how long the ASR and TTS clients wait for a server that is down, restarting or cold (Modal: 600)"

@@ -6,6 +6,11 @@ detector), so the final comes back within milliseconds. In Pipecat 1.14 the user
 strategies hold the end of the turn until a `TranscriptionFrame(finalized=True)` arrives, or until
 `ttfs_p99_latency` after the end of speech: that is what guarantees the final transcript reaches
 the user context aggregator before the turn is closed, so we mark every final as finalized.
+
+A final is sent at every VAD stop, and a pause inside a sentence is one. When the user speaks again
+within the same turn, the service asks the server to reopen the last final (`reopen`: its next final
+decodes the whole turn again as one) and tells the aggregator to drop the pieces
+(`TranscriptReopenedFrame`); a final still on its way then is void.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from pipecat.frames.frames import (
     Frame,
     InterimTranscriptionFrame,
     TranscriptionFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection
@@ -30,6 +38,7 @@ from pipecat.utils.time import time_now_iso8601
 from pipecat.utils.tracing.service_decorators import traced_stt
 
 from pipecat_services.model_server import SERVER_WAIT_S, ModelServerConnection
+from pipecat_services.turn_end import TranscriptReopenedFrame
 from servers.asr import protocol
 from servers.ports import ASR_PORT
 
@@ -74,9 +83,20 @@ class ASRServerSTTService(ModelServerConnection, WebsocketSTTService):
         self._server_wait_s = server_wait_s
         self._reconnect_max_wait_s = reconnect_backoff_max_wait
         self._resampler = create_stream_resampler()
+        self._finalized_in_turn = False
+        """A hard finalize was sent since the user's turn began: speech now continues its utterance."""
+        self._finals_due = 0
+        """Hard finalizes sent whose final has not come back."""
+        self._void_finals = 0
+        """Of those, the finals a reopen made void."""
 
     def can_generate_metrics(self) -> bool:
         return True
+
+    async def _connect_websocket(self) -> None:
+        """A new server session: nothing of the last one's utterances is due or open."""
+        self._finalized_in_turn, self._finals_due, self._void_finals = False, 0, 0
+        await super()._connect_websocket()
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
         if self._is_open():
@@ -91,9 +111,18 @@ class ASRServerSTTService(ModelServerConnection, WebsocketSTTService):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
-        if isinstance(frame, VADUserStoppedSpeakingFrame) and self._is_open():
+        if isinstance(frame, UserStartedSpeakingFrame | UserStoppedSpeakingFrame):
+            self._finalized_in_turn = False
+        elif isinstance(frame, VADUserStoppedSpeakingFrame) and self._is_open():
             self.request_finalize()
+            self._finalized_in_turn = True
+            self._finals_due += 1
             await self._websocket.send(protocol.Finalize(hard=True).to_json())
+        elif isinstance(frame, VADUserStartedSpeakingFrame) and self._finalized_in_turn and self._is_open():
+            self._finalized_in_turn = False
+            self._void_finals = self._finals_due
+            await self._websocket.send(protocol.Reopen().to_json())
+            await self.push_frame(TranscriptReopenedFrame())
 
     async def _receive_messages(self) -> None:
         async for raw in self._websocket:
@@ -109,7 +138,10 @@ class ASRServerSTTService(ModelServerConnection, WebsocketSTTService):
             await self.push_frame(InterimTranscriptionFrame(message.text, self._user_id, time_now_iso8601()))
         elif isinstance(message, protocol.Final):
             logger.debug(f"{self}: final in {message.latency_ms:.0f} ms: {message.text!r}")
-            if message.text:
+            self._finals_due = max(0, self._finals_due - 1)
+            if self._void_finals:
+                self._void_finals -= 1
+            elif message.text:
                 self.confirm_finalize()
                 await self.push_frame(
                     TranscriptionFrame(

@@ -1,11 +1,14 @@
-"""User turn stop strategies: a finished sentence in the final transcript, and Smart Turn without a wait.
+"""User turn strategies: a finished sentence in the final transcript, Smart Turn without a wait, and a
+turn whose words go on after a final.
 
 Smart Turn v3 judges from audio alone and is wrong on many short questions ("What is two plus
 two?" scores 0.02 on synthetic speech), and when it says "unfinished" the turn waits for its
 silence fallback (3 s by default): the reference system's 3.5 s turns. Our ASR punctuates its
 final transcript, so a final that ends a sentence (".", "?", "!", not "...") is a second, independent
 signal. Put this strategy next to Smart Turn in the stop list: whichever fires first ends the turn,
-so Smart Turn still holds the turn open on an unpunctuated "I'd like to order a...".
+so Smart Turn still holds the turn open on an unpunctuated "I'd like to order a...". A pause inside
+a sentence gets a punctuated final too: the sentence end answers at once but ends the turn only after
+a short hold, and speech before then reopens the turn's transcript (the ASR decodes it again whole).
 
 Pipecat's Smart Turn strategy awaits the model inside the user aggregator's frame handling, so the
 final transcript that arrives meanwhile (usually within milliseconds of the VAD stop) waits for it
@@ -20,10 +23,12 @@ import asyncio
 import contextlib
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from pipecat.audio.turn.base_turn_analyzer import BaseTurnAnalyzer, EndOfTurnState
 from pipecat.frames.frames import (
+    DataFrame,
     Frame,
     InputAudioRawFrame,
     InterimTranscriptionFrame,
@@ -36,7 +41,8 @@ from pipecat.frames.frames import (
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameProcessorSetup
-from pipecat.turns.types import ProcessFrameResult
+from pipecat.turns.types import ProcessFrameResult, UserTurnSpeculation
+from pipecat.turns.user_start import BaseUserTurnStartStrategy
 from pipecat.turns.user_stop import BaseUserTurnStopStrategy
 
 SENTENCE_END = re.compile(r"(?<![.…])[.?!][\"')\]]*\s*$")
@@ -48,44 +54,103 @@ def final_ends_sentence(text: str) -> bool:
     return bool(SENTENCE_END.search(text))
 
 
-class SentenceEndUserTurnStopStrategy(BaseUserTurnStopStrategy):
-    """Ends the turn on a finalized transcript that ends a sentence, once the user is silent."""
+@dataclass
+class TranscriptReopenedFrame(DataFrame):
+    """From the STT: the user went on after a final within the same turn, and the next final covers
+    the whole turn, decoded again as one; the pieces so far are void."""
 
-    def __init__(self, **kwargs) -> None:
+
+class ReopenedTranscriptUserTurnStartStrategy(BaseUserTurnStartStrategy):
+    """Drops the user aggregator's pieces of a turn whose transcript the STT reopened (see
+    `TranscriptReopenedFrame`), so the user message is the whole turn's final alone."""
+
+    async def process_frame(self, frame: Frame) -> ProcessFrameResult:
+        if isinstance(frame, TranscriptReopenedFrame):
+            await self.trigger_reset_aggregation()
+        return ProcessFrameResult.CONTINUE
+
+
+class SentenceEndUserTurnStopStrategy(BaseUserTurnStopStrategy):
+    """Answers a final that ends a sentence at once, and ends the turn when the user stays silent
+    `hold_s` longer.
+
+    A pause inside a question also gets a final that ends a sentence ("What do you call?"), so the
+    answer starts as a Pipecat speculation: the LLM generates while the user is silent, Pipecat's gate
+    in the LLM service holds its words, and speech within the hold withdraws them unheard; the turn
+    then goes on and its next final covers it whole (`TranscriptReopenedFrame`)."""
+
+    def __init__(self, *, hold_s: float, **kwargs: Any) -> None:
+        """`hold_s`: silence past the VAD's stop that confirms the turn (the bot's `turn_hold_secs`)."""
         super().__init__(**kwargs)
+        self._hold_s = hold_s
         self._speaking = False
-        self._vad_stopped = False
+        self._stopped_at: float | None = None
+        """When VAD reported a stop this turn (monotonic), and no start since."""
+        self._speculation: UserTurnSpeculation | None = None
+        self._confirm: asyncio.Task[None] | None = None
+        self._turn_ended = False
 
     async def handle_user_turn_started(self) -> None:
-        self._vad_stopped = False
+        self._stopped_at = None
+        await self._withdraw()
 
     async def handle_user_turn_stopped(self) -> None:
-        self._vad_stopped = False
+        self._stopped_at, self._turn_ended = None, True
+        await self._withdraw()
 
     async def process_frame(self, frame: Frame) -> ProcessFrameResult:
         if isinstance(frame, VADUserStartedSpeakingFrame):
-            self._speaking = True
+            self._speaking, self._stopped_at = True, None
+            await self._withdraw()
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
-            self._speaking = False
-            self._vad_stopped = True
+            self._speaking, self._stopped_at = False, time.monotonic()
         elif (
             isinstance(frame, TranscriptionFrame)
             and frame.finalized
-            and self._vad_stopped
+            and self._stopped_at is not None
             and not self._speaking
             and final_ends_sentence(frame.text)
         ):
-            await self.trigger_user_turn_stopped()
+            await self._withdraw()
+            self._speculation = UserTurnSpeculation(text=frame.text)
+            await self.trigger_user_turn_inference_triggered(speculation=self._speculation)
+            hold = max(0.0, self._stopped_at + self._hold_s - time.monotonic())
+            self._confirm = self.task_manager.create_task(self._confirm_after(hold), f"{self}::confirm")
         return ProcessFrameResult.CONTINUE
+
+    async def _confirm_after(self, hold_s: float) -> None:
+        await asyncio.sleep(hold_s)
+        self._confirm = None
+        speculation, self._speculation = self._speculation, None
+        self._turn_ended = False
+        await self.trigger_user_turn_finalized(confirms_speculation=True)
+        if not self._turn_ended:
+            # Pipecat keeps a turn open while the user speaks: their speech withdraws the answer.
+            self._speculation = speculation
+
+    async def _withdraw(self) -> None:
+        """Stop waiting to confirm, and withdraw an answer not confirmed."""
+        confirm, self._confirm = self._confirm, None
+        if confirm is not None:
+            await self.task_manager.cancel_task(confirm)
+        if self._speculation is not None:
+            self._speculation = None
+            await self.trigger_user_turn_speculation_cancelled()
+
+    async def cleanup(self) -> None:
+        confirm, self._confirm = self._confirm, None
+        if confirm is not None:
+            await self.task_manager.cancel_task(confirm)
+        await super().cleanup()
 
 
 class BackgroundTurnAnalyzerUserTurnStopStrategy(BaseUserTurnStopStrategy):
     """Smart Turn's verdict applied as Pipecat's `TurnAnalyzerUserTurnStopStrategy` applies it, its model
     run beside the frames, once the final transcript is in.
 
-    A final that ends a sentence ends the turn (`SentenceEndUserTurnStopStrategy`, next in the list)
-    before the model starts, so the model's 30-60 ms of CPU do not compete with the reply's first
-    words; any other final starts it a few milliseconds after the VAD stop. The verdict applies only
+    A final that ends a sentence is the turn end of `SentenceEndUserTurnStopStrategy` (next in the
+    list), and the model does not run on it, so its 30-60 ms of CPU do not compete with the reply's
+    first words; any other final starts it a few milliseconds after the VAD stop. The verdict applies only
     to the silence it was asked about: the user speaking again, or the turn ending on another
     strategy's signal, discards an analysis not yet done.
 
@@ -161,8 +226,8 @@ class BackgroundTurnAnalyzerUserTurnStopStrategy(BaseUserTurnStopStrategy):
         final_due = frame.timestamp - frame.stop_secs + self._final_wait_s
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._finalized.wait(), max(0.0, final_due - time.time()))
-        if not self._analyzer.speech_triggered:  # its silence fallback judged this silence already
-            return
+        if not self._analyzer.speech_triggered or self._sentence_ended():
+            return  # judged already by its silence fallback, or the sentence end's to judge
         self._complete = await self._verdict() == EndOfTurnState.COMPLETE
         await self._cancel_final_wait()
         self._final_wait = self.task_manager.create_task(
@@ -201,13 +266,16 @@ class BackgroundTurnAnalyzerUserTurnStopStrategy(BaseUserTurnStopStrategy):
 
     async def _maybe_stop(self) -> None:
         """End the turn on a complete verdict with a transcript: a final, or any once the wait is over."""
-        if not self._complete or not self._text:
+        if not self._complete or not self._text or self._sentence_ended():
             return
         if self._finalized.is_set():
             await self._cancel_final_wait()
             await self.trigger_user_turn_stopped()
         elif self._final_wait is None:
             await self.trigger_user_turn_stopped()
+
+    def _sentence_ended(self) -> bool:
+        return self._finalized.is_set() and final_ends_sentence(self._text)
 
     async def _discard_verdict(self) -> None:
         """Drop what was concluded about the last silence: at a turn's bounds, and when speech resumes."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import urllib.request
 
 import numpy as np
@@ -86,6 +87,25 @@ async def test_consecutive_turns_on_one_session(asr_server, speech):
             await client.soft_finalize()
             texts.append((await client.finalize()).text)
     assert wer([t for t, _ in speech[:3]], texts) <= 0.15, texts
+
+
+async def test_a_reopened_final_is_decoded_again_with_what_follows(asr_server, say_wav):
+    """The bot's path for a pause it took for an end: final, reopen, more words, one final for all."""
+    async with ASRClient(asr_server.url) as client:
+        for frame in chunks(np.concatenate([say_wav("What do you call"), SILENCE_400MS[:4000]])):
+            await client.send_audio(frame)
+        piece = await client.finalize()
+        await client.reopen()
+        for frame in chunks(np.concatenate([SILENCE_400MS[:1600], say_wav("a baby cat?")])):
+            await client.send_audio(frame)
+        await stream_utterance(client, np.zeros(0, dtype=np.int16), realtime=False)
+        final = await client.finalize()
+        await stream_utterance(client, say_wav("Thank you."), realtime=False)
+        next_turn = await client.finalize()
+    assert "cat" not in piece.text.lower(), piece
+    assert re.fullmatch(r"what do you call a baby cat\?", final.text.lower()), final
+    assert final.audio_ms > piece.audio_ms, (piece, final)
+    assert "cat" not in next_turn.text.lower(), next_turn
 
 
 async def test_finalize_of_silence_is_empty(asr_server):

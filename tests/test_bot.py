@@ -62,10 +62,19 @@ async def test_spoken_question_gets_a_spoken_answer(bot_server, whisper, say_wav
     print(f"\nbot: {latency}")
 
 
-async def test_a_pause_inside_a_question_is_heard_as_one_question(bot_server, whisper, say_wav):
-    """The bot hears a question with a 140 ms pause as its ASR engine hears the whole clip at once,
-    not in two decodes ("... the Red. Planet")."""
-    clip = with_pause(say_wav("Which planet in our solar system is known as the red"), say_wav("planet?"), 0.14)
+@pytest.mark.parametrize(
+    ("before", "after", "pause_s"),
+    [
+        ("Which planet in our solar system is known as the red", "planet?", 0.14),
+        ("What do you call", "a baby cat?", 0.4),
+    ],
+    ids=["shorter-than-the-vad-stop", "past-the-vad-stop"],
+)
+async def test_a_pause_inside_a_question_is_heard_as_one_question(bot_server, whisper, say_wav, before, after, pause_s):
+    """The bot hears a question with a pause inside it as its ASR engine hears the whole clip at once,
+    not in two decodes ("... the Red. Planet"), and answers it once: a pause long enough for the VAD
+    to stop gets a final of its own ("What do you call?"), which the turn's next final replaces."""
+    clip = with_pause(say_wav(before), say_wav(after), pause_s)
     whole = await heard(whisper, np.concatenate([clip, np.zeros(8000, np.int16)]))
     _, latency = await one_question(bot_server.http_url, whisper, clip)
     assert latency is not None, "no turn"

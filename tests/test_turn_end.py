@@ -54,28 +54,6 @@ def final(text: str) -> TranscriptionFrame:
     return TranscriptionFrame(text, "user", "2026-11-21T00:00:00Z", finalized=True)
 
 
-async def test_fires_on_a_finished_sentence_after_speech_stops_only() -> None:
-    strategy = SentenceEndUserTurnStopStrategy()
-    fired: list[bool] = []
-
-    async def on_stopped(*_) -> None:
-        fired.append(True)
-
-    async def on_inference(*_) -> None:
-        pass
-
-    strategy.add_event_handler("on_user_turn_stopped", on_stopped)
-    strategy.add_event_handler("on_user_turn_inference_triggered", on_inference)
-    await strategy.process_frame(VADUserStartedSpeakingFrame())
-    await strategy.process_frame(final("What time is it?"))
-    assert not fired, "the user was still speaking"
-    await strategy.process_frame(VADUserStoppedSpeakingFrame())
-    await strategy.process_frame(final("What time is"))
-    assert not fired, "an unfinished sentence"
-    await strategy.process_frame(final("What time is it?"))
-    assert fired == [True]
-
-
 def test_session_settings_take_a_json_temperature_and_refuse_bad_values():
     """A client's body may set the temperature (JSON 0 is an int); nonsense keeps the default."""
     from bot_config import BotConfig
@@ -150,9 +128,13 @@ class StopStrategies:
     def __init__(self, *strategies: BaseUserTurnStopStrategy, final_wait_s: float) -> None:
         self.strategies, self.stops, self.final_wait_s = strategies, 0, final_wait_s
         self.broadcasts: list[type[Frame]] = []
+        self.speculations: list[str] = []
+        self.withdrawn = 0
+        self.confirmed = 0
         for strategy in strategies:
             strategy.add_event_handler("on_user_turn_stopped", self._stopped)
-            strategy.add_event_handler("on_user_turn_inference_triggered", self._ignored)
+            strategy.add_event_handler("on_user_turn_inference_triggered", self._inference)
+            strategy.add_event_handler("on_user_turn_speculation_cancelled", self._withdrawn)
             strategy.add_event_handler("on_push_frame", self._ignored)
             strategy.add_event_handler("on_broadcast_frame", self._broadcast)
 
@@ -162,8 +144,16 @@ class StopStrategies:
     async def _broadcast(self, _, frame_cls: type[Frame], **__) -> None:
         self.broadcasts.append(frame_cls)
 
-    async def _stopped(self, *_) -> None:
+    async def _inference(self, _, speculation=None) -> None:
+        if speculation is not None:
+            self.speculations.append(speculation.text)
+
+    async def _withdrawn(self, *_) -> None:
+        self.withdrawn += 1
+
+    async def _stopped(self, _, params) -> None:
         self.stops += 1
+        self.confirmed += params.confirms_speculation
         for strategy in self.strategies:
             await strategy.handle_user_turn_stopped()
 
@@ -187,9 +177,12 @@ class StopStrategies:
 def background_smart_turn(analyzer: CountingAnalyzer, final_wait_s: float = 5.0) -> StopStrategies:
     return StopStrategies(
         BackgroundTurnAnalyzerUserTurnStopStrategy(turn_analyzer=analyzer),
-        SentenceEndUserTurnStopStrategy(),
+        SentenceEndUserTurnStopStrategy(hold_s=HOLD_S),
         final_wait_s=final_wait_s,
     )
+
+
+HOLD_S = 0.05
 
 
 async def until(condition, timeout_s: float = 10.0) -> None:
@@ -206,9 +199,10 @@ async def test_a_final_that_ends_a_sentence_ends_the_turn_without_smart_turn() -
         await asyncio.sleep(0.02)
         assert analyzer.calls == 0, "the model ran before the final transcript"
         await turn.send(final("What time is it?"))
-        assert turn.stops == 1, "the final waited for Smart Turn"
+        assert turn.speculations == ["What time is it?"], "the final waited for Smart Turn"
+        await until(lambda: turn.stops == 1)
         await asyncio.sleep(0.1)
-        assert analyzer.calls == 0 and turn.stops == 1
+        assert analyzer.calls == 0 and turn.stops == turn.confirmed == 1
 
 
 async def test_smart_turn_judges_an_unfinished_sentence_once_its_final_is_in() -> None:
@@ -230,6 +224,34 @@ async def test_speech_that_resumes_discards_the_analysis_of_the_pause() -> None:
         await turn.send(VADUserStartedSpeakingFrame())
         await asyncio.sleep(0.5)  # past the analysis and Pipecat's wait for a final
         assert turn.stops == 0, "a verdict on a pause the user talked through ended the turn"
+
+
+async def test_a_finished_sentence_is_answered_at_once_and_ends_the_turn_after_the_hold() -> None:
+    async with StopStrategies(SentenceEndUserTurnStopStrategy(hold_s=0.3), final_wait_s=1.0) as turn:
+        await turn.send(VADUserStartedSpeakingFrame(), final("What time is it?"))
+        assert turn.speculations == [], "the user was still speaking"
+        await turn.send(vad_stop(), final("What time is"))
+        assert turn.speculations == [], "an unfinished sentence"
+        await turn.send(final("What time is it?"))
+        assert turn.speculations == ["What time is it?"] and turn.stops == 0
+        await until(lambda: turn.stops == 1)
+        assert turn.confirmed == 1 and turn.withdrawn == 0
+
+
+async def test_speech_within_the_hold_withdraws_the_answer_and_the_turn_goes_on() -> None:
+    """A pause inside "What do you call … a baby cat?": the first final's answer is withdrawn unheard,
+    and the turn ends on the whole question's."""
+    async with StopStrategies(SentenceEndUserTurnStopStrategy(hold_s=0.3), final_wait_s=1.0) as turn:
+        await turn.send(VADUserStartedSpeakingFrame(), vad_stop(), final("What do you call?"))
+        await asyncio.sleep(0.1)
+        await turn.send(VADUserStartedSpeakingFrame())
+        assert turn.withdrawn == 1
+        await asyncio.sleep(0.4)
+        assert turn.stops == 0, "the hold ended a turn the user went on with"
+        await turn.send(vad_stop(), final("What do you call a baby cat?"))
+        await until(lambda: turn.stops == 1)
+        assert turn.speculations == ["What do you call?", "What do you call a baby cat?"]
+        assert turn.confirmed == 1 and turn.withdrawn == 1
 
 
 def partial(text: str) -> TranscriptionFrame:

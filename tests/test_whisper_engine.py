@@ -161,3 +161,26 @@ async def test_a_short_pause_inside_a_question_does_not_split_its_decode(engine,
     final = await stream.finalize(hard=True)
     assert final == offline.strip(), (final, offline)
     assert "?" not in final[:-1], final
+
+
+async def test_a_turn_reopened_after_a_final_is_decoded_again_as_one(engine, say_wav):
+    """A pause long enough for a hard finalize ("What do you call?"), then the user goes on: after
+    `reopen` the next final is the whole question as the engine hears the clip offline, and a reopened
+    turn without new speech gives the same final again without a decode."""
+    before, after = say_wav("What do you call"), say_wav("a baby cat?")
+    clip = with_pause(before, after, 0.35)
+    offline = await engine.transcribe(as_float(np.concatenate([clip, np.zeros(8000, dtype=np.int16)])))
+    stream = engine.open_stream(lambda _: None)
+    await feed(stream, before, silence_ms=250)
+    piece = await stream.finalize(hard=True)
+    await feed(stream, np.zeros(0, dtype=np.int16), silence_ms=100)
+    assert await stream.reopen()
+    await feed(stream, after, silence_ms=300)
+    final = await stream.finalize(hard=True)
+    assert "cat" not in piece.lower() and final == offline.strip(), (piece, final, offline)
+    engine.calls.clear()
+    assert await stream.reopen()
+    assert not await stream.reopen(), "a final is reopened once"
+    assert await stream.finalize(hard=True) == final and engine.calls == []
+    await stream.reset()
+    assert not await stream.reopen(), "reset forgets the finished utterance"

@@ -3,7 +3,8 @@
 The user aggregator consumes transcripts, so the LLM service never sees interims. This processor
 sits between the STT and the user aggregator, passes every frame on unchanged, and gives the turn's
 words so far to `TokenLLMService.prefill_user_words`: the finals of this turn (the ASR finalizes at
-each pause, and the aggregator joins them into one user message) then the latest interim. By the
+each pause, and the aggregator joins them into one user message; a reopened turn's interims cover
+it whole) then the latest interim. By the
 end of the turn the server has already evaluated most of what the user said, and the reply starts
 after only the last words.
 
@@ -25,6 +26,7 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from pipecat_services.llm.service import TokenLLMService
+from pipecat_services.turn_end import TranscriptReopenedFrame
 
 
 class InterimPrefill(FrameProcessor):
@@ -40,8 +42,8 @@ class InterimPrefill(FrameProcessor):
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
-        if isinstance(frame, UserStartedSpeakingFrame):
-            self._finals = []  # a new user turn (the aggregator sends this both ways)
+        if isinstance(frame, UserStartedSpeakingFrame | TranscriptReopenedFrame):
+            self._finals = []  # a new user turn (the aggregator sends this both ways), or all of it again
         elif isinstance(frame, VADUserStartedSpeakingFrame | VADUserStoppedSpeakingFrame):
             self._speaking = isinstance(frame, VADUserStartedSpeakingFrame)
             if not self._speaking:

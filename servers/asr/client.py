@@ -72,6 +72,11 @@ class ASRClient:
         await self.ws.send(protocol.Finalize(hard=True).to_json())
         return await asyncio.wait_for(self._finals.get(), timeout)
 
+    async def reopen(self) -> None:
+        """The last final was not the turn's end: the next one covers its words too."""
+        assert self.ws is not None
+        await self.ws.send(protocol.Reopen().to_json())
+
     async def reset(self) -> None:
         assert self.ws is not None
         await self.ws.send(protocol.Reset().to_json())

@@ -5,11 +5,13 @@ One WebSocket per client session:
 client → server
   binary frames                 PCM s16le, 16 kHz, mono; at most MAX_AUDIO_FRAME_BYTES each
   {"type": "finalize", "hard": false}   soft: the user probably stopped (VAD); start decoding now
-  {"type": "finalize", "hard": true}    the turn is over: answer with one `final`
+  {"type": "finalize", "hard": true}    the user stopped: answer with one `final`
+  {"type": "reopen"}                    the user went on in the same turn: the next `final` covers the
+                                        last one's words too, decoded again with what follows as one
   {"type": "reset"}                     drop the utterance in progress and any carried context
 
 server → client
-  {"type": "ready", "protocol": 1, "engine": "whisper", "sample_rate": 16000}   once, first
+  {"type": "ready", "protocol": 2, "engine": "whisper", "sample_rate": 16000}   once, first
   {"type": "interim", "text": "..."}                       while the user speaks
   {"type": "final", "text": "...", "latency_ms": 12.3, "audio_ms": 2400.0}
         the answer to a hard finalize; latency_ms = hard finalize received → final sent
@@ -28,7 +30,7 @@ from typing import ClassVar
 from servers import wire
 from servers.wire import Message, ProtocolError, by_type, parse_message
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 SAMPLE_RATE = 16_000
 MAX_AUDIO_FRAME_BYTES = 64_000
 """2 s of audio: clients send 10-100 ms frames; anything bigger is a client bug."""
@@ -94,6 +96,13 @@ class Finalize(Message):
 
 
 @dataclass(frozen=True)
+class Reopen(Message):
+    """Client → server: the last final was not the turn's end; decode it again with what follows."""
+
+    type: ClassVar[str] = "reopen"
+
+
+@dataclass(frozen=True)
 class Reset(Message):
     """Client → server: forget the audio so far."""
 
@@ -101,7 +110,7 @@ class Reset(Message):
 
 
 SERVER_MESSAGES = by_type(Ready, Interim, Final, Error)
-CLIENT_MESSAGES = by_type(Finalize, Reset)
+CLIENT_MESSAGES = by_type(Finalize, Reopen, Reset)
 
 
 def parse_client_message(raw: str | bytes) -> Message:

@@ -61,6 +61,11 @@ class Session:
         self.name = name
         self.stream: ASRStream | None = None
         self.utterance_samples = 0
+        self.finished_samples = 0
+        """The last final's audio, which a `reopen` adds back to the utterance."""
+        self.last_final = ""
+        self.joined = ""
+        """After a `reopen` the engine could not honour: the last final's text, put before the next ones."""
 
     async def send(self, message: protocol.Message) -> None:
         try:
@@ -74,7 +79,7 @@ class Session:
 
     async def become_ready(self, server: ASRServer) -> None:
         await server.loaded.wait()
-        self.stream = server.engine.open_stream(lambda text: self.send(protocol.Interim(text)))
+        self.stream = server.engine.open_stream(lambda text: self.send(protocol.Interim(self.joined_with(text))))
         await self.send(protocol.Ready(engine=server.engine.name, sample_rate=server.engine.sample_rate))
 
     async def serve(self) -> None:
@@ -105,19 +110,29 @@ class Session:
         message = protocol.parse_client_message(raw)
         if isinstance(message, protocol.Reset):
             await self.reset()
+        elif isinstance(message, protocol.Reopen):
+            self.utterance_samples += self.finished_samples
+            self.finished_samples = 0
+            if not await self.stream.reopen():
+                self.joined = self.last_final
         elif isinstance(message, protocol.Finalize) and not message.hard:
             await self.stream.finalize(hard=False)
         elif isinstance(message, protocol.Finalize):
             audio_ms = self.utterance_samples * 1000 / protocol.SAMPLE_RATE
-            self.utterance_samples = 0
-            text = await self.stream.finalize(hard=True)
+            self.finished_samples, self.utterance_samples = self.utterance_samples, 0
+            text = self.joined_with(await self.stream.finalize(hard=True))
+            self.last_final, self.joined = text, ""
             latency_ms = (time.perf_counter() - received) * 1000
             metrics.ASR_FINAL_LATENCY.observe(latency_ms / 1000)
             await self.send(protocol.Final(text=text, latency_ms=round(latency_ms, 1), audio_ms=audio_ms))
             logger.debug(f"{self.name}: final in {latency_ms:.0f} ms: {text!r}")
 
+    def joined_with(self, text: str) -> str:
+        return f"{self.joined} {text}".strip()
+
     async def reset(self) -> None:
-        self.utterance_samples = 0
+        self.utterance_samples = self.finished_samples = 0
+        self.last_final = self.joined = ""
         if self.stream is not None:
             await self.stream.reset()
 

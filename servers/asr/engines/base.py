@@ -38,6 +38,12 @@ class ASRStream(ABC):
         new utterance (engines may keep acoustic context across utterances when it helps accuracy).
         """
 
+    async def reopen(self) -> bool:
+        """The user went on after the last hard finalize, within the same turn: make that utterance the
+        one in progress again, so the next final decodes it with what follows as one. False: this
+        engine cannot, and the server joins the two finals' texts instead."""
+        return False
+
     @abstractmethod
     async def reset(self) -> None:
         """Drop the utterance in progress without producing text, and any carried-over context."""

@@ -16,6 +16,10 @@ a pause is cut at its quietest point. Only the
 uncommitted tail is ever decoded again (interims, speculations, the final), so the cost of each of
 them, and the final's latency, stay bounded whatever the utterance's length; committed pieces are
 joined in order, and each sample belongs to exactly one piece, so no word is decoded twice.
+
+One turn, one decode: the finished utterance is kept until the next hard finalize, and `reopen` (the
+user went on within the same turn, after a pause the client took for an end) makes it the utterance
+in progress again, with the audio since appended, so the next final decodes the two as one.
 """
 
 from __future__ import annotations
@@ -234,6 +238,20 @@ class _AudioBuffer:
             self._data = self._data[: len(self._data) // 2].copy()
 
 
+@dataclass
+class _Finished:
+    """A hard-finalized utterance, kept in case the user's turn goes on (`WhisperStream.reopen`)."""
+
+    audio: _AudioBuffer
+    transcript: Transcript
+    tail_start: int
+    analyzed: int
+    speech_end: int
+    tail: _Decode
+    """The final's decode of the tail, done."""
+    text: str
+
+
 class WhisperStream(ASRStream):
     """One session's utterance: committed text, then the uncommitted tail [tail_start, end) of audio.
 
@@ -245,6 +263,7 @@ class WhisperStream(ASRStream):
         self.engine = engine
         self._utterance = 0
         self._interim_task: asyncio.Task[None] | None = None
+        self._finished: _Finished | None = None
         self._begin_utterance()
 
     def _begin_utterance(self) -> None:
@@ -296,7 +315,7 @@ class WhisperStream(ASRStream):
                 self._speculation.task.cancel()
             self._speculation = _Decode(start, end, self._decode(start, end))
 
-    def _decode(self, start: int, end: int) -> asyncio.Future[str]:
+    def _decode(self, start: int, end: int | None = None) -> asyncio.Future[str]:
         return asyncio.ensure_future(self.engine.transcribe(self._audio.view(start, end).copy()))
 
     def _commit_if_due(self) -> None:
@@ -375,18 +394,37 @@ class WhisperStream(ASRStream):
                 self._speculate()
             return self._interim_text
         transcript, commits, spec = self._transcript, self._commits, self._speculation
-        reusable = spec is not None and spec.start == self._tail_start and self._speech_end <= spec.end
-        audio = self._audio.view(self._tail_start).copy()
+        buffer, tail_start, analyzed, speech_end = self._audio, self._tail_start, self._analyzed, self._speech_end
+        reusable = spec is not None and spec.start == tail_start and speech_end <= spec.end
         if spec is not None and not reusable:
             spec.task.cancel()
+        tail = spec if reusable and spec is not None else _Decode(tail_start, buffer.end, self._decode(tail_start))
         self._begin_utterance()
         for commit in commits:
             transcript.add(await commit.task)
-        tail = await spec.task if reusable and spec is not None else await self.engine.transcribe(audio)
-        return transcript.text(tail)
+        text = transcript.text(await tail.task)
+        self._finished = _Finished(buffer, transcript, tail_start, analyzed, speech_end, tail, text)
+        return text
+
+    async def reopen(self) -> bool:
+        """The finished utterance is in progress again, the audio since appended; False when there is
+        none, or what came since has been committed already."""
+        finished, self._finished = self._finished, None
+        if finished is None or self._commits or len(self._transcript):
+            return False
+        since = self._audio.view(self._audio.start).copy()
+        self._cancel_decodes()
+        self._utterance += 1
+        self._audio, self._transcript = finished.audio, finished.transcript
+        self._tail_start, self._analyzed, self._speech_end = finished.tail_start, finished.analyzed, finished.speech_end
+        self._interim_at, self._interim_text = finished.audio.end, finished.text
+        self._speculation, self._commits = finished.tail, deque()
+        await self.feed(since)
+        return True
 
     async def reset(self) -> None:
         self._cancel_decodes()
+        self._finished = None
         self._begin_utterance()
 
     async def close(self) -> None:
