@@ -4,6 +4,7 @@ same clips.
     scripts/run.sh                                   # the stack, in another terminal
     python -m benchmarks.hearing                     # 50 clips per set, two runs
     python -m benchmarks.hearing --clips 5 --runs 1 --sets clean,paused --json
+    scripts/hearing-compare.sh OLD --clips 20 --runs 1   # git ref OLD's stack and this one's, in turn
 
 The sets are made here from espeak-ng voices (nothing downloaded; `--seed` fixes them):
   clean    one question per clip, the voices varied
@@ -12,8 +13,10 @@ The sets are made here from espeak-ng voices (nothing downloaded; `--seed` fixes
   noise    the babble or fan noise alone: it must make no user turn
 Per set: the bot's WER (each turn's `user_text`, from its `turn_latency` message) beside the
 yardstick, the embedded engine decoding each whole clip offline; how many clips lost their first
-word; for `noise`, how many made a turn. The clips are played by `conversation.converse`, so another
-transport's client can reuse the sets and the scoring.
+word; for `noise`, how many made a turn; and the voice-to-voice time at the client (end of the clip's
+speech to the reply's first audio). The clips are played by `conversation.converse`, so another
+transport's client can reuse the sets and the scoring. Each session asks for one-sentence replies
+(`BRIEF`): a turn then lasts seconds, not the tens a 200-token answer is spoken in.
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ import numpy as np
 from benchmarks.audio import read_wav, speak, with_pause
 from benchmarks.conversation import QUESTIONS, VARIED_QUESTIONS, converse
 from benchmarks.scoring import normalize, wer
+from benchmarks.stats import summary
 from servers.ports import BOT_PORT
 
 VOICES = ("en-us+m3", "en-us+f3", "en-gb", "en-gb-x-rp+f2", "en-029", "en-gb-scotland+m2")
 SETS = ("clean", "paused", "noisy", "noise")
 SNRS_DB = (0, 5, 10)
 RATE = 16_000
+BRIEF = {"system_prompt": "You are a helpful voice assistant. Answer in one short sentence."}
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,7 @@ async def main_async(args: argparse.Namespace) -> None:
         engine = await offline(clips) if name != "noise" else []
         for run in range(1, args.runs + 1):
             timeout = 4.0 if name == "noise" else args.turn_timeout
-            results, _ = await converse(args.url, [(c.name, c.audio) for c in clips], turn_timeout=timeout)
+            results, _ = await converse(args.url, [(c.name, c.audio) for c in clips], BRIEF, turn_timeout=timeout)
             heard = [r.heard for r in results]
             if args.json:
                 for clip, bot in zip(clips, heard, strict=True):
@@ -155,10 +160,12 @@ async def main_async(args: argparse.Namespace) -> None:
                 continue
             scripts = [c.script for c in clips]
             lost = sum(first_word_lost(s, h) for s, h in zip(scripts, heard, strict=True))
+            v2v = [r.client_v2v_ms for r in results if r.client_v2v_ms is not None]
             print(
                 f"{name:<7} run {run}: bot WER {wer(scripts, [h or '' for h in heard]):.3f}, engine on whole clips "
                 f"{wer(scripts, engine):.3f}, first word lost {lost}/{len(clips)}, no turn "
                 f"{sum(h is None for h in heard)}/{len(clips)}"
+                + (f", V2V p50 {summary(v2v)['p50']:.0f} ms p90 {summary(v2v)['p90']:.0f} ms" if v2v else "")
             )
 
 
