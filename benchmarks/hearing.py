@@ -80,8 +80,9 @@ class ClipMaker:
         smooth = np.convolve(white, np.ones(8) / 8, mode="same")
         return smooth / max(1e-9, _rms(smooth))
 
-    def noise(self, seconds: float) -> np.ndarray:
-        return self.babble(seconds) if self.rng.random() < 0.5 else self.fan(seconds)
+    def noise(self, seconds: float) -> tuple[str, np.ndarray]:
+        """Babble or fan noise, by chance, and which."""
+        return ("babble", self.babble(seconds)) if self.rng.random() < 0.5 else ("fan", self.fan(seconds))
 
 
 def _rms(x: np.ndarray) -> float:
@@ -118,11 +119,13 @@ def make_sets(n: int, folder: Path, seed: int, wanted: tuple[str, ...]) -> dict[
         for i, clip in enumerate(clean):
             snr = SNRS_DB[i % len(SNRS_DB)]
             speech = np.concatenate([np.zeros(RATE // 4, np.int16), clip.audio]).astype(np.float32)
-            noise = maker.noise(len(speech) / RATE) * _rms(clip.audio) / 10 ** (snr / 20)
-            sets["noisy"].append(Clip(f"noisy{i}-{snr}dB", clip.script, _to_int16(speech + noise)))
+            kind, noise = maker.noise(len(speech) / RATE)
+            noise = noise * _rms(clip.audio) / 10 ** (snr / 20)
+            sets["noisy"].append(Clip(f"noisy{i}-{snr}dB-{kind}", clip.script, _to_int16(speech + noise)))
     if "noise" in wanted:
         level = 0.05 * 32768
-        sets["noise"] = [Clip(f"noise{i}", "", _to_int16(maker.noise(1.5) * level)) for i in range(n)]
+        noises = enumerate(maker.noise(1.5) for _ in range(n))
+        sets["noise"] = [Clip(f"noise{i}-{kind}", "", _to_int16(noise * level)) for i, (kind, noise) in noises]
     return {name: clips for name, clips in sets.items() if name in wanted}
 
 

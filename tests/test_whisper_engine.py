@@ -21,9 +21,9 @@ def engine() -> WhisperEngine:
     calls: list[int] = []
     transcribe = engine._transcribe
 
-    def counting(samples: np.ndarray) -> str:
+    def counting(samples: np.ndarray, beam_size: int) -> str:
         calls.append(len(samples))
-        return transcribe(samples)
+        return transcribe(samples, beam_size)
 
     engine._transcribe = counting
     engine.calls = calls

@@ -146,7 +146,8 @@ def build_engine(args: argparse.Namespace) -> ASREngine:
     if args.engine == "whisper":
         from servers.asr.engines.whisper import WhisperEngine
 
-        options = {} if args.interim_interval is None else {"interim_interval_s": args.interim_interval}
+        chosen = {"interim_interval_s": args.interim_interval, "beam_size": args.beam_size}
+        options = {name: value for name, value in chosen.items() if value is not None}
         return WhisperEngine(model_path=args.whisper_model, cpu_threads=args.threads, **options)
     from servers.asr.engines.nemotron import NemotronEngine
 
@@ -169,6 +170,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         None,
         "whisper: seconds of new speech between interim decodes, each prefilled into the LLM (None: the engine's)",
         type=float,
+    )
+    add_flag(
+        parser,
+        "--beam-size",
+        "ASR_BEAM_SIZE",
+        None,
+        "whisper: beam of the decodes a final is made of (interims are greedy; None: the engine's)",
+        type=int,
     )
     add_flag(
         parser,
