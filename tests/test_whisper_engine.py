@@ -7,6 +7,7 @@ import pytest
 
 from benchmarks.asr import landmarks_in_order, long_speech
 from benchmarks.audio import speech_bounds, with_pause
+from benchmarks.hearing import ClipMaker
 from benchmarks.scoring import wer
 from servers.asr.engines.transcript import Transcript
 from servers.asr.engines.whisper import MAX_PENDING_COMMITS, WhisperEngine
@@ -184,3 +185,10 @@ async def test_a_turn_reopened_after_a_final_is_decoded_again_as_one(engine, say
     assert await stream.finalize(hard=True) == final and engine.calls == []
     await stream.reset()
     assert not await stream.reopen(), "reset forgets the finished utterance"
+
+
+async def test_fan_noise_alone_is_no_speech(engine, tmp_path):
+    """Whisper writes fan-like noise down as "AHHHH" or "Oh..."; its own no-speech verdict drops it."""
+    for seed in range(3):
+        noise = ClipMaker(tmp_path, seed).fan(1.5).astype(np.float32) * 0.05
+        assert await engine.transcribe(noise) == "", seed

@@ -58,6 +58,10 @@ MAX_TOKENS_PER_S = 8
 """Token budget per second of audio: fast speech is ≈5; the bound stops Whisper's repetition loops."""
 QUIET_SPAN = 3
 """Windows averaged when looking for the quietest point to cut a tail without pauses (90 ms)."""
+NO_SPEECH_PROB = 0.6
+NO_SPEECH_LOG_PROB = -1.0
+"""A decode is no speech when Whisper's no-speech probability is above NO_SPEECH_PROB and its mean
+token log-probability below NO_SPEECH_LOG_PROB: faster-whisper's defaults for its long-form path."""
 MAX_PENDING_COMMITS = 4
 """Commits decoding at once per stream; past this `feed` waits for the oldest (back-pressure on the
 socket), so a client faster than the engine is slowed down instead of growing memory or losing audio."""
@@ -150,7 +154,8 @@ class WhisperEngine(ASREngine):
         self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
 
     def _transcribe(self, samples: np.ndarray, beam_size: int) -> str:
-        """Greedy decode of one utterance with a window just long enough for it.
+        """Decode one utterance with a window just long enough for it; nothing for what Whisper
+        itself calls no speech (faster-whisper's thresholds: fan noise comes back as "AHHHH").
 
         faster-whisper pads every input to Whisper's 30 s window, and the encoder then costs
         ≈300 ms on 2 cores. CTranslate2 accepts shorter windows: MIN_WINDOW_S costs ≈40 ms and, with
@@ -182,8 +187,12 @@ class WhisperEngine(ASREngine):
             suppress_blank=True,
             suppress_tokens=[-1],
             no_repeat_ngram_size=4,
-        )
-        return self._tokenizer.decode(result[0].sequences_ids[0]).strip()
+            return_scores=True,
+            return_no_speech_prob=True,
+        )[0]
+        if result.no_speech_prob > NO_SPEECH_PROB and result.scores[0] < NO_SPEECH_LOG_PROB:
+            return ""
+        return self._tokenizer.decode(result.sequences_ids[0]).strip()
 
     async def transcribe(self, samples: np.ndarray, interim: bool = False) -> str:
         """Decode in the engine's thread pool (an interim greedily); empty text for audio without speech."""
