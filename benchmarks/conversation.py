@@ -94,10 +94,12 @@ async def converse(
     body: dict[str, Any] | None = None,
     turn_timeout: float = 30.0,
     fresh_sessions: bool = False,
+    reply_start_only: bool = False,
 ) -> tuple[list[TurnResult], list[np.ndarray]]:
     """Play each clip as a turn; returns the results (without `said`) and each reply's audio.
     `fresh_sessions`: each clip in a session of its own, so that no answer depends on earlier ones
-    (a fair comparison of two settings' answers)."""
+    (a fair comparison of two settings' answers, and no call the bot ended itself). `reply_start_only`:
+    go on once the reply starts (its audio is then not returned): what was heard and how soon."""
     results, replies = [], []
     client = None
     try:
@@ -109,7 +111,11 @@ async def converse(
                 await client.connect()
                 await asyncio.sleep(1.0)
             speech_end = await client.say(audio)
-            reply = await client.wait_for_reply(speech_end, timeout=turn_timeout)
+            if reply_start_only:
+                start = await client.wait_for_reply_start(speech_end, timeout=turn_timeout)
+                reply = None if start is None else (start, start)
+            else:
+                reply = await client.wait_for_reply(speech_end, timeout=turn_timeout)
             latency = await client.wait_for_message("turn_latency", speech_end, timeout=2.0 if reply else 0.1) or {}
             replies.append(client.audio.between(reply[0] - 0.1, reply[1] + 0.1) if reply else np.zeros(0, np.int16))
             results.append(

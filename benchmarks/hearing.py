@@ -15,8 +15,9 @@ Per set: the bot's WER (each turn's `user_text`, from its `turn_latency` message
 yardstick, the embedded engine decoding each whole clip offline; how many clips lost their first
 word; for `noise`, how many made a turn; and the voice-to-voice time at the client (end of the clip's
 speech to the reply's first audio). The clips are played by `conversation.converse`, so another
-transport's client can reuse the sets and the scoring. Each session asks for one-sentence replies
-(`BRIEF`): a turn then lasts seconds, not the tens a 200-token answer is spoken in.
+transport's client can reuse the sets and the scoring. Each clip is a session of its own (no answer
+depends on another, and a bot that ends the call on "goodbye" ends only that clip's), left once the
+reply starts.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ VOICES = ("en-us+m3", "en-us+f3", "en-gb", "en-gb-x-rp+f2", "en-029", "en-gb-sco
 SETS = ("clean", "paused", "noisy", "noise")
 SNRS_DB = (0, 5, 10)
 RATE = 16_000
-BRIEF = {"system_prompt": "You are a helpful voice assistant. Answer in one short sentence."}
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,10 @@ async def main_async(args: argparse.Namespace) -> None:
         engine = await offline(clips) if name != "noise" else []
         for run in range(1, args.runs + 1):
             timeout = 4.0 if name == "noise" else args.turn_timeout
-            results, _ = await converse(args.url, [(c.name, c.audio) for c in clips], BRIEF, turn_timeout=timeout)
+            played = [(c.name, c.audio) for c in clips]
+            results, _ = await converse(
+                args.url, played, turn_timeout=timeout, fresh_sessions=True, reply_start_only=True
+            )
             heard = [r.heard for r in results]
             if args.json:
                 for clip, bot in zip(clips, heard, strict=True):

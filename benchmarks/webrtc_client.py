@@ -204,6 +204,15 @@ class WebRTCVoiceClient:
             await asyncio.sleep(0.05)
         return None
 
+    async def wait_for_reply_start(self, since: float, timeout: float = 30.0) -> float | None:
+        """The arrival time of the bot's first voiced audio after `since`, or None on timeout."""
+        deadline = time.monotonic() + timeout
+        while not (voiced := self.audio.voiced_times(since)):
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.02)
+        return voiced[0]
+
     async def barge_in(self, request: np.ndarray, interruption: np.ndarray, after_s: float = 2.0) -> BargeIn:
         """Ask for a long reply, speak `interruption` `after_s` into it, measure how soon the bot stops.
 
