@@ -130,10 +130,10 @@ def make_sets(n: int, folder: Path, seed: int, wanted: tuple[str, ...]) -> dict[
 
 
 async def offline(clips: list[Clip]) -> list[str]:
-    """The yardstick: the embedded engine decoding each whole clip at once."""
+    """The yardstick: the embedded engine as it was when it was set (greedy) decoding each whole clip."""
     from servers.asr.engines.whisper import WhisperEngine
 
-    engine = WhisperEngine()
+    engine = WhisperEngine(beam_size=1)
     engine.load()
     padded = [np.concatenate([c.audio, np.zeros(RATE // 2, np.int16)]).astype(np.float32) / 32768 for c in clips]
     return [(await engine.transcribe(audio)).strip() for audio in padded]

@@ -199,3 +199,42 @@ async def test_long_speech_comes_back_whole_and_in_order(asr_server, long_speech
     assert wer([reference], [final.text]) <= 0.15, final.text
     landmarks, heard, out_of_place = landmarks_in_order(reference, final.text)
     assert out_of_place == 0 and heard >= 0.8 * landmarks, final.text
+
+
+async def test_a_hard_finalize_the_engine_fails_still_gets_its_final():
+    """Every hard finalize gets one final (the STT counts on it to tell a late final from the next):
+    empty when the engine failed, the error after it, and the session goes on."""
+    from servers.asr.engines.base import ASRStream
+    from servers.asr.server import Session
+
+    class FailingStream(ASRStream):
+        async def feed(self, samples):
+            pass
+
+        async def finalize(self, hard):
+            raise RuntimeError("decoder fell over")
+
+        async def reset(self):
+            pass
+
+    class Socket:
+        def __init__(self, frames):
+            self.frames, self.sent = frames, []
+
+        def __aiter__(self):
+            return self._frames()
+
+        async def _frames(self):
+            for frame in self.frames:
+                yield frame
+
+        async def send(self, text):
+            self.sent.append(protocol.parse_server_message(text))
+
+    finalize = protocol.Finalize(hard=True).to_json()
+    socket = Socket([bytes(640), finalize, finalize])
+    session = Session(socket, "s")
+    session.stream = FailingStream(lambda _: None)
+    await session.serve()
+    kinds = [(type(m).__name__, getattr(m, "text", getattr(m, "code", None))) for m in socket.sent]
+    assert kinds == [("Final", ""), ("Error", "internal")] * 2, kinds

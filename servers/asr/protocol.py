@@ -14,7 +14,8 @@ server → client
   {"type": "ready", "protocol": 2, "engine": "whisper", "sample_rate": 16000}   once, first
   {"type": "interim", "text": "..."}                       while the user speaks
   {"type": "final", "text": "...", "latency_ms": 12.3, "audio_ms": 2400.0}
-        the answer to a hard finalize; latency_ms = hard finalize received → final sent
+        the answer to each hard finalize (empty if the engine failed: an `error` follows);
+        latency_ms = hard finalize received → final sent
   {"type": "error", "code": "bad_audio", "message": "..."}   the session stays open
 
 Audio sent before `ready` is rejected with `not_ready`. Every message is a small JSON object

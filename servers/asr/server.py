@@ -120,11 +120,14 @@ class Session:
         elif isinstance(message, protocol.Finalize):
             audio_ms = self.utterance_samples * 1000 / protocol.SAMPLE_RATE
             self.finished_samples, self.utterance_samples = self.utterance_samples, 0
-            text = self.joined_with(await self.stream.finalize(hard=True))
-            self.last_final, self.joined = text, ""
-            latency_ms = (time.perf_counter() - received) * 1000
-            metrics.ASR_FINAL_LATENCY.observe(latency_ms / 1000)
-            await self.send(protocol.Final(text=text, latency_ms=round(latency_ms, 1), audio_ms=audio_ms))
+            text = ""
+            try:
+                text = self.joined_with(await self.stream.finalize(hard=True))
+            finally:  # every hard finalize gets its final, empty if the engine failed (its error follows)
+                self.last_final, self.joined = text, ""
+                latency_ms = (time.perf_counter() - received) * 1000
+                metrics.ASR_FINAL_LATENCY.observe(latency_ms / 1000)
+                await self.send(protocol.Final(text=text, latency_ms=round(latency_ms, 1), audio_ms=audio_ms))
             logger.debug(f"{self.name}: final in {latency_ms:.0f} ms: {text!r}")
 
     def joined_with(self, text: str) -> str:
