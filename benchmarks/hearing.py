@@ -166,10 +166,11 @@ async def main_async(args: argparse.Namespace) -> None:
                 continue
             scripts = [c.script for c in clips]
             lost = sum(first_word_lost(s, h) for s, h in zip(scripts, heard, strict=True))
+            engine_lost = sum(first_word_lost(s, e) for s, e in zip(scripts, engine, strict=True))
             v2v = [r.client_v2v_ms for r in results if r.client_v2v_ms is not None]
             print(
                 f"{name:<7} run {run}: bot WER {wer(scripts, [h or '' for h in heard]):.3f}, engine on whole clips "
-                f"{wer(scripts, engine):.3f}, first word lost {lost}/{len(clips)}, no turn "
+                f"{wer(scripts, engine):.3f}, first word lost {lost}/{len(clips)} (engine {engine_lost}), no turn "
                 f"{sum(h is None for h in heard)}/{len(clips)}"
                 + (f", V2V p50 {summary(v2v)['p50']:.0f} ms p90 {summary(v2v)['p90']:.0f} ms" if v2v else "")
             )
