@@ -91,9 +91,9 @@ class BotConfig:
     )
     vad_stop_secs: float = setting(0.2, "silence that ends speech (Silero VAD)")
     turn_hold_secs: float = setting(
-        0.3,
+        0.35,
         "silence past the VAD's stop that ends a turn whose final ends a sentence (the reply is generated "
-        "meanwhile; speech before then continues the turn): pauses inside sentences run to 0.4 s in all",
+        "meanwhile; speech before then continues the turn): pauses inside sentences run to 0.4 s",
     )
     turn_fallback_secs: float = setting(1.0, "silence after which a turn Smart Turn judged unfinished ends anyway")
     model_server_wait_s: float = setting(

@@ -54,6 +54,11 @@ def final_ends_sentence(text: str) -> bool:
     return bool(SENTENCE_END.search(text))
 
 
+AUDIO_LAG_S = 0.5
+"""How far the wall clock may run past a turn's hold before it ends anyway: audio that stops coming
+(a muted microphone) must not hold the turn open."""
+
+
 @dataclass
 class TranscriptReopenedFrame(DataFrame):
     """From the STT: the user went on after a final within the same turn, and the next final covers
@@ -77,50 +82,61 @@ class SentenceEndUserTurnStopStrategy(BaseUserTurnStopStrategy):
     A pause inside a question also gets a final that ends a sentence ("What do you call?"), so the
     answer starts as a Pipecat speculation: the LLM generates while the user is silent, Pipecat's gate
     in the LLM service holds its words, and speech within the hold withdraws them unheard; the turn
-    then goes on and its next final covers it whole (`TranscriptReopenedFrame`)."""
+    then goes on and its next final covers it whole (`TranscriptReopenedFrame`). The hold is counted
+    in audio heard, not in wall time: on two busy cores the VAD's verdict on the same audio may come
+    late, and a wall clock would end the turn before it."""
 
     def __init__(self, *, hold_s: float, **kwargs: Any) -> None:
         """`hold_s`: silence past the VAD's stop that confirms the turn (the bot's `turn_hold_secs`)."""
         super().__init__(**kwargs)
         self._hold_s = hold_s
         self._speaking = False
-        self._stopped_at: float | None = None
-        """When VAD reported a stop this turn (monotonic), and no start since."""
+        self._silence_s: float | None = None
+        """Audio heard since the VAD reported a stop this turn; None when it has not, or speech followed."""
         self._speculation: UserTurnSpeculation | None = None
-        self._confirm: asyncio.Task[None] | None = None
+        self._backstop: asyncio.Task[None] | None = None
         self._turn_ended = False
 
     async def handle_user_turn_started(self) -> None:
-        self._stopped_at = None
+        self._silence_s = None
         await self._withdraw()
 
     async def handle_user_turn_stopped(self) -> None:
-        self._stopped_at, self._turn_ended = None, True
+        self._silence_s, self._turn_ended = None, True
         await self._withdraw()
 
     async def process_frame(self, frame: Frame) -> ProcessFrameResult:
         if isinstance(frame, VADUserStartedSpeakingFrame):
-            self._speaking, self._stopped_at = True, None
+            self._speaking, self._silence_s = True, None
             await self._withdraw()
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
-            self._speaking, self._stopped_at = False, time.monotonic()
+            self._speaking, self._silence_s = False, 0.0
+        elif isinstance(frame, InputAudioRawFrame) and self._silence_s is not None:
+            self._silence_s += frame.num_frames / frame.sample_rate
+            if self._speculation is not None and self._silence_s >= self._hold_s:
+                await self._confirm()
         elif (
             isinstance(frame, TranscriptionFrame)
             and frame.finalized
-            and self._stopped_at is not None
+            and self._silence_s is not None
             and not self._speaking
             and final_ends_sentence(frame.text)
         ):
             await self._withdraw()
             self._speculation = UserTurnSpeculation(text=frame.text)
             await self.trigger_user_turn_inference_triggered(speculation=self._speculation)
-            hold = max(0.0, self._stopped_at + self._hold_s - time.monotonic())
-            self._confirm = self.task_manager.create_task(self._confirm_after(hold), f"{self}::confirm")
+            wait_s = self._hold_s - self._silence_s + AUDIO_LAG_S
+            self._backstop = self.task_manager.create_task(self._confirm_after(wait_s), f"{self}::backstop")
         return ProcessFrameResult.CONTINUE
 
-    async def _confirm_after(self, hold_s: float) -> None:
-        await asyncio.sleep(hold_s)
-        self._confirm = None
+    async def _confirm_after(self, wait_s: float) -> None:
+        await asyncio.sleep(wait_s)
+        self._backstop = None
+        await self._confirm()
+
+    async def _confirm(self) -> None:
+        """End the turn, its answer already under way."""
+        await self._cancel_backstop()
         speculation, self._speculation = self._speculation, None
         self._turn_ended = False
         await self.trigger_user_turn_finalized(confirms_speculation=True)
@@ -130,17 +146,19 @@ class SentenceEndUserTurnStopStrategy(BaseUserTurnStopStrategy):
 
     async def _withdraw(self) -> None:
         """Stop waiting to confirm, and withdraw an answer not confirmed."""
-        confirm, self._confirm = self._confirm, None
-        if confirm is not None:
-            await self.task_manager.cancel_task(confirm)
+        await self._cancel_backstop()
         if self._speculation is not None:
             self._speculation = None
             await self.trigger_user_turn_speculation_cancelled()
 
+    async def _cancel_backstop(self) -> None:
+        # The backstop may confirm the turn itself, which resets this strategy: it must not cancel itself.
+        backstop, self._backstop = self._backstop, None
+        if backstop is not None and backstop is not asyncio.current_task():
+            await self.task_manager.cancel_task(backstop)
+
     async def cleanup(self) -> None:
-        confirm, self._confirm = self._confirm, None
-        if confirm is not None:
-            await self.task_manager.cancel_task(confirm)
+        await self._cancel_backstop()
         await super().cleanup()
 
 

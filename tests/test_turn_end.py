@@ -26,6 +26,7 @@ from pipecat.utils.asyncio.task_manager import TaskManager
 from pipecat.utils.time import time_now_iso8601
 
 from pipecat_services.turn_end import (
+    AUDIO_LAG_S,
     BackgroundTurnAnalyzerUserTurnStopStrategy,
     SentenceEndUserTurnStopStrategy,
     final_ends_sentence,
@@ -226,32 +227,46 @@ async def test_speech_that_resumes_discards_the_analysis_of_the_pause() -> None:
         assert turn.stops == 0, "a verdict on a pause the user talked through ended the turn"
 
 
+def audio(seconds: float) -> list[InputAudioRawFrame]:
+    """`seconds` of silence as the transport delivers it, 20 ms a frame."""
+    return [InputAudioRawFrame(bytes(640), 16000, 1)] * round(seconds / 0.02)
+
+
 async def test_a_finished_sentence_is_answered_at_once_and_ends_the_turn_after_the_hold() -> None:
     async with StopStrategies(SentenceEndUserTurnStopStrategy(hold_s=0.3), final_wait_s=1.0) as turn:
         await turn.send(VADUserStartedSpeakingFrame(), final("What time is it?"))
         assert turn.speculations == [], "the user was still speaking"
         await turn.send(vad_stop(), final("What time is"))
         assert turn.speculations == [], "an unfinished sentence"
-        await turn.send(final("What time is it?"))
+        await turn.send(final("What time is it?"), *audio(0.28))
         assert turn.speculations == ["What time is it?"] and turn.stops == 0
-        await until(lambda: turn.stops == 1)
-        assert turn.confirmed == 1 and turn.withdrawn == 0
+        await turn.send(*audio(0.02))
+        assert turn.stops == turn.confirmed == 1 and turn.withdrawn == 0
 
 
 async def test_speech_within_the_hold_withdraws_the_answer_and_the_turn_goes_on() -> None:
     """A pause inside "What do you call … a baby cat?": the first final's answer is withdrawn unheard,
     and the turn ends on the whole question's."""
     async with StopStrategies(SentenceEndUserTurnStopStrategy(hold_s=0.3), final_wait_s=1.0) as turn:
-        await turn.send(VADUserStartedSpeakingFrame(), vad_stop(), final("What do you call?"))
-        await asyncio.sleep(0.1)
+        await turn.send(VADUserStartedSpeakingFrame(), vad_stop(), final("What do you call?"), *audio(0.2))
         await turn.send(VADUserStartedSpeakingFrame())
         assert turn.withdrawn == 1
-        await asyncio.sleep(0.4)
+        await turn.send(*audio(0.5))
         assert turn.stops == 0, "the hold ended a turn the user went on with"
-        await turn.send(vad_stop(), final("What do you call a baby cat?"))
-        await until(lambda: turn.stops == 1)
+        await turn.send(vad_stop(), final("What do you call a baby cat?"), *audio(0.3))
         assert turn.speculations == ["What do you call?", "What do you call a baby cat?"]
-        assert turn.confirmed == 1 and turn.withdrawn == 1
+        assert turn.stops == turn.confirmed == 1 and turn.withdrawn == 1
+
+
+async def test_the_hold_counts_audio_heard_and_ends_anyway_when_audio_stops_coming() -> None:
+    """Frames that arrive late (two busy cores) count when they arrive; none at all (a muted
+    microphone) end the turn once the wall clock is `AUDIO_LAG_S` past the hold."""
+    async with StopStrategies(SentenceEndUserTurnStopStrategy(hold_s=0.1), final_wait_s=1.0) as turn:
+        await turn.send(VADUserStartedSpeakingFrame(), vad_stop(), final("What time is it?"))
+        await asyncio.sleep(0.3)
+        assert turn.stops == 0, "a wall-clock hold ended the turn before its audio was heard"
+        await until(lambda: turn.stops == 1, timeout_s=0.1 + AUDIO_LAG_S + 5)
+        assert turn.confirmed == 1
 
 
 def partial(text: str) -> TranscriptionFrame:
