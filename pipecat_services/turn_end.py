@@ -29,6 +29,7 @@ from typing import Any
 from pipecat.audio.turn.base_turn_analyzer import BaseTurnAnalyzer, EndOfTurnState
 from pipecat.frames.frames import (
     DataFrame,
+    EagerEndOfTurnCancelFrame,
     Frame,
     InputAudioRawFrame,
     InterimTranscriptionFrame,
@@ -93,7 +94,10 @@ class SentenceEndUserTurnStopStrategy(BaseUserTurnStopStrategy):
         self._speaking = False
         self._silence_s: float | None = None
         """Audio heard since the VAD reported a stop this turn; None when it has not, or speech followed."""
-        self._speculation: UserTurnSpeculation | None = None
+        self._answered: UserTurnSpeculation | None = None
+        """The final this turn's answer started on, while the turn waits to confirm it."""
+        self._speculating = False
+        """Pipecat still holds that answer (the LLM withdraws it to run a tool call for real)."""
         self._backstop: asyncio.Task[None] | None = None
         self._turn_ended = False
 
@@ -111,9 +115,11 @@ class SentenceEndUserTurnStopStrategy(BaseUserTurnStopStrategy):
             await self._withdraw()
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             self._speaking, self._silence_s = False, 0.0
+        elif isinstance(frame, EagerEndOfTurnCancelFrame):
+            self._speculating = False
         elif isinstance(frame, InputAudioRawFrame) and self._silence_s is not None:
             self._silence_s += frame.num_frames / frame.sample_rate
-            if self._speculation is not None and self._silence_s >= self._hold_s:
+            if self._answered is not None and self._silence_s >= self._hold_s:
                 await self._confirm()
         elif (
             isinstance(frame, TranscriptionFrame)
@@ -123,8 +129,8 @@ class SentenceEndUserTurnStopStrategy(BaseUserTurnStopStrategy):
             and final_ends_sentence(frame.text)
         ):
             await self._withdraw()
-            self._speculation = UserTurnSpeculation(text=frame.text)
-            await self.trigger_user_turn_inference_triggered(speculation=self._speculation)
+            self._answered, self._speculating = UserTurnSpeculation(text=frame.text), True
+            await self.trigger_user_turn_inference_triggered(speculation=self._answered)
             wait_s = self._hold_s - self._silence_s + AUDIO_LAG_S
             self._backstop = self.task_manager.create_task(self._confirm_after(wait_s), f"{self}::backstop")
         return ProcessFrameResult.CONTINUE
@@ -135,20 +141,25 @@ class SentenceEndUserTurnStopStrategy(BaseUserTurnStopStrategy):
         await self._confirm()
 
     async def _confirm(self) -> None:
-        """End the turn, its answer already under way."""
+        """End the turn with its answer under way, or with a new one if the LLM withdrew it."""
         await self._cancel_backstop()
-        speculation, self._speculation = self._speculation, None
+        answered, self._answered = self._answered, None
+        speculating, self._speculating = self._speculating, False
         self._turn_ended = False
+        if not speculating:
+            await self.trigger_user_turn_stopped()
+            return
         await self.trigger_user_turn_finalized(confirms_speculation=True)
         if not self._turn_ended:
             # Pipecat keeps a turn open while the user speaks: their speech withdraws the answer.
-            self._speculation = speculation
+            self._answered, self._speculating = answered, True
 
     async def _withdraw(self) -> None:
         """Stop waiting to confirm, and withdraw an answer not confirmed."""
         await self._cancel_backstop()
-        if self._speculation is not None:
-            self._speculation = None
+        self._answered = None
+        if self._speculating:
+            self._speculating = False
             await self.trigger_user_turn_speculation_cancelled()
 
     async def _cancel_backstop(self) -> None:

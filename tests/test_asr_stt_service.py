@@ -11,6 +11,7 @@ from pipecat.frames.frames import (
     InputAudioRawFrame,
     InterimTranscriptionFrame,
     TranscriptionFrame,
+    UserStoppedSpeakingFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
@@ -21,6 +22,7 @@ from benchmarks.audio import chunks
 from benchmarks.scoring import wer
 from benchmarks.scripted import Count, Watch, run_script
 from pipecat_services.asr_stt import ASRServerSTTService
+from pipecat_services.turn_end import TranscriptReopenedFrame
 from tests.conftest import RestartableServer
 
 
@@ -31,6 +33,28 @@ def utterance_frames(audio: np.ndarray, sample_rate: int = 16000) -> list:
     for pcm in chunks(padded, sample_rate=sample_rate):
         frames += [InputAudioRawFrame(audio=pcm, sample_rate=sample_rate, num_channels=1), SleepFrame(0.02)]
     return [*frames, VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=time.time())]
+
+
+async def test_speech_again_within_the_turn_reopens_it_and_the_next_final_covers_both(asr_server, speech):
+    """No turn end between two utterances (a pause the VAD took for an end): the STT reopens the
+    first final, tells the aggregator to drop it, and the second final is both, decoded as one."""
+    (text1, audio1), (text2, audio2) = speech[3], speech[5]
+    transcripts = Watch(TranscriptionFrame)
+    down = await run_script(
+        ASRServerSTTService(url=asr_server.url),
+        transcripts,
+        steps=[
+            *utterance_frames(audio1),
+            lambda: transcripts.reached(1),
+            *utterance_frames(audio2),
+            lambda: transcripts.reached(2),
+        ],
+    )
+    results = finals(down)
+    reopened = [i for i, f in enumerate(down) if isinstance(f, TranscriptReopenedFrame)]
+    final_indexes = [i for i, f in enumerate(down) if isinstance(f, TranscriptionFrame)]
+    assert len(reopened) == 1 and final_indexes[0] < reopened[0] < final_indexes[1], down
+    assert wer([f"{text1} {text2}"], [results[1].text]) <= 0.15, results[1].text
 
 
 def finals(frames) -> list[TranscriptionFrame]:
@@ -47,12 +71,14 @@ async def test_final_transcript_is_finalized_and_follows_vad_stop(asr_server, sp
         steps=[
             *utterance_frames(audio1),
             lambda: transcripts.reached(1),
+            UserStoppedSpeakingFrame(),  # the user aggregator ends the turn
             *utterance_frames(audio2),
             lambda: transcripts.reached(2),
         ],
     )
     results = finals(down)
     assert [r.finalized for r in results] == [True, True]
+    assert not any(isinstance(f, TranscriptReopenedFrame) for f in down)
     assert wer([text1, text2], [r.text for r in results]) <= 0.15, [r.text for r in results]
     stop_indexes = [i for i, f in enumerate(down) if isinstance(f, VADUserStoppedSpeakingFrame)]
     final_indexes = [i for i, f in enumerate(down) if isinstance(f, TranscriptionFrame)]

@@ -11,6 +11,7 @@ from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
 from pipecat.clocks.system_clock import SystemClock
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
+    EagerEndOfTurnCancelFrame,
     Frame,
     InputAudioRawFrame,
     StartFrame,
@@ -256,6 +257,15 @@ async def test_speech_within_the_hold_withdraws_the_answer_and_the_turn_goes_on(
         await turn.send(vad_stop(), final("What do you call a baby cat?"), *audio(0.3))
         assert turn.speculations == ["What do you call?", "What do you call a baby cat?"]
         assert turn.stops == turn.confirmed == 1 and turn.withdrawn == 1
+
+
+async def test_an_answer_the_llm_withdrew_for_a_tool_call_is_asked_again_at_the_turn_end() -> None:
+    """Pipecat's LLM service withdraws a speculative answer that wants a tool call (a call cannot
+    be undone): the turn then ends with a fresh inference, which runs the call for real."""
+    async with StopStrategies(SentenceEndUserTurnStopStrategy(hold_s=0.3), final_wait_s=1.0) as turn:
+        await turn.send(VADUserStartedSpeakingFrame(), vad_stop(), final("What time is it?"), *audio(0.1))
+        await turn.send(EagerEndOfTurnCancelFrame(), *audio(0.2))
+        assert turn.stops == 1 and turn.confirmed == 0 and turn.withdrawn == 0
 
 
 async def test_the_hold_counts_audio_heard_and_ends_anyway_when_audio_stops_coming() -> None:
