@@ -35,21 +35,29 @@ def utterance_frames(audio: np.ndarray, sample_rate: int = 16000) -> list:
     return [*frames, VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=time.time())]
 
 
-async def test_speech_again_within_the_turn_reopens_it_and_the_next_final_covers_both(asr_server, speech):
-    """No turn end between two utterances (a pause the VAD took for an end): the STT reopens the
-    first final, tells the aggregator to drop it, and the second final is both, decoded as one."""
-    (text1, audio1), (text2, audio2) = speech[3], speech[5]
+async def two_utterances(url: str, audio1: np.ndarray, audio2: np.ndarray, turn_ends: bool) -> list:
+    """The frames the STT pushes for two utterances, each waited for its final; `turn_ends`: the user
+    aggregator ends the turn between them (else the second continues the first's turn)."""
     transcripts = Watch(TranscriptionFrame)
-    down = await run_script(
-        ASRServerSTTService(url=asr_server.url),
+    between = [UserStoppedSpeakingFrame()] if turn_ends else []
+    return await run_script(
+        ASRServerSTTService(url=url),
         transcripts,
         steps=[
             *utterance_frames(audio1),
             lambda: transcripts.reached(1),
+            *between,
             *utterance_frames(audio2),
             lambda: transcripts.reached(2),
         ],
     )
+
+
+async def test_speech_again_within_the_turn_reopens_it_and_the_next_final_covers_both(asr_server, speech):
+    """No turn end between two utterances (a pause the VAD took for an end): the STT reopens the
+    first final, tells the aggregator to drop it, and the second final is both, decoded as one."""
+    (text1, audio1), (text2, audio2) = speech[3], speech[5]
+    down = await two_utterances(asr_server.url, audio1, audio2, turn_ends=False)
     results = finals(down)
     reopened = [i for i, f in enumerate(down) if isinstance(f, TranscriptReopenedFrame)]
     final_indexes = [i for i, f in enumerate(down) if isinstance(f, TranscriptionFrame)]
@@ -64,18 +72,7 @@ def finals(frames) -> list[TranscriptionFrame]:
 async def test_final_transcript_is_finalized_and_follows_vad_stop(asr_server, speech):
     # ≈3 s each: interims come every second of speech, so there is time for one whatever the speed.
     (text1, audio1), (text2, audio2) = speech[3], speech[5]
-    transcripts = Watch(TranscriptionFrame)
-    down = await run_script(
-        ASRServerSTTService(url=asr_server.url),
-        transcripts,
-        steps=[
-            *utterance_frames(audio1),
-            lambda: transcripts.reached(1),
-            UserStoppedSpeakingFrame(),  # the user aggregator ends the turn
-            *utterance_frames(audio2),
-            lambda: transcripts.reached(2),
-        ],
-    )
+    down = await two_utterances(asr_server.url, audio1, audio2, turn_ends=True)
     results = finals(down)
     assert [r.finalized for r in results] == [True, True]
     assert not any(isinstance(f, TranscriptReopenedFrame) for f in down)
