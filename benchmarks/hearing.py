@@ -76,7 +76,7 @@ class ClipMaker:
 
     def fan(self, seconds: float) -> np.ndarray:
         """Low-frequency broadband noise, like a fan or a street."""
-        white = self.rng.standard_normal(int(seconds * RATE)).astype(np.float32)
+        white = self.rng.standard_normal(round(seconds * RATE)).astype(np.float32)
         smooth = np.convolve(white, np.ones(8) / 8, mode="same")
         return smooth / max(1e-9, _rms(smooth))
 
@@ -90,7 +90,7 @@ def _rms(x: np.ndarray) -> float:
 
 
 def _fit(x: np.ndarray, seconds: float) -> np.ndarray:
-    n = int(seconds * RATE)
+    n = round(seconds * RATE)
     return np.resize(x, n) if len(x) else np.zeros(n, np.float32)
 
 

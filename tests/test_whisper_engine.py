@@ -10,7 +10,7 @@ from benchmarks.audio import speech_bounds, with_pause
 from benchmarks.hearing import ClipMaker
 from benchmarks.scoring import wer
 from servers.asr.engines.transcript import Transcript
-from servers.asr.engines.whisper import MAX_PENDING_COMMITS, WhisperEngine
+from servers.asr.engines.whisper import MAX_PENDING_COMMITS, WhisperEngine, is_no_speech
 
 pytestmark = [pytest.mark.servers, pytest.mark.asyncio(loop_scope="module")]
 
@@ -192,3 +192,18 @@ async def test_fan_noise_alone_is_no_speech(engine, tmp_path):
     for seed in range(3):
         noise = ClipMaker(tmp_path, seed).fan(1.5).astype(np.float32) * 0.05
         assert await engine.transcribe(noise) == "", seed
+
+
+@pytest.mark.parametrize(
+    ("no_speech_prob", "mean_log_prob", "dropped"),
+    [
+        (0.70, -1.10, True),  # fan noise heard as "AHHHH"
+        (0.55, -1.29, True),  # babble heard as "What the hell are you doing?"
+        (0.70, -0.50, False),  # a confident decode is speech, whatever the no-speech probability
+        (0.33, -1.17, False),  # a clean clip, misheard ("The whole area." for "Hello there.")
+        (0.55, -1.10, False),  # noisy speech heard right enough
+    ],
+)
+def test_no_speech_rules(no_speech_prob, mean_log_prob, dropped):
+    """Numbers measured on the hearing sets (docs/hearing.md)."""
+    assert is_no_speech(no_speech_prob, mean_log_prob) is dropped
