@@ -1,14 +1,16 @@
 """The voice agent: Pipecat pipeline over our ASR, LLM and TTS servers.
 
     transport in → STT (ASR server) → interim prefill (the user's words to the LLM while they speak)
-                 → user aggregator (Silero VAD, Smart Turn v3 + sentence end)
-                 → LLM (llama-server, or any OpenAI-compatible server) → TTS (TTS server)
-                 → transport out → assistant aggregator
+                 → user aggregator (Silero VAD, Smart Turn v3 + sentence end, user idle)
+                 → LLM (llama-server, or any OpenAI-compatible server) → call ender
+                 → TTS (TTS server) → transport out → assistant aggregator
 
 The user aggregator owns VAD and turn detection and broadcasts the VAD frames both ways, so the
 STT client ahead of it finalizes the moment speech stops. Barge-in: the aggregator's interruption
 stops the bot's audio, cancels the LLM stream and the TTS context; the assistant aggregator keeps
 only the words already heard (the TTS client times them), and the LLM's token history follows.
+A call ends after the bot's answer to the user's farewell, or after a nudge and a goodbye to a user
+who stopped answering.
 
     python bot.py -t webrtc      Pipecat Playground at http://localhost:7860/client
     python bot.py --help         every setting (bot_config.py), each with its BOT_* variable
@@ -52,14 +54,17 @@ from bot_config import BotConfig, add_bot_flags
 from bot_tools import bot_tools
 from pipecat_services import tracing
 from pipecat_services.asr_stt import ASRServerSTTService
+from pipecat_services.call_ending import CallEnder
 from pipecat_services.call_records import CallRecording, CallTranscript
 from pipecat_services.interleaving import Interleaver
+from pipecat_services.llm.filler import FILLER_TEXT_TYPE, CallFiller
 from pipecat_services.llm.generation import Interleaving
 from pipecat_services.llm.interim_prefill import InterimPrefill
 from pipecat_services.llm.llama_server.service import LlamaServerLLMService
 from pipecat_services.llm.openai_compatible import BudgetedOpenAILLMService
 from pipecat_services.llm.service import TokenLLMService
 from pipecat_services.model_readiness import ModelServers, add_warming_up_routes, one_moment
+from pipecat_services.pipecat_internals import start_user_idle_timer
 from pipecat_services.tts import TTSServerTTSService
 from pipecat_services.turn_end import (
     BackgroundTurnAnalyzerUserTurnStopStrategy,
@@ -104,6 +109,7 @@ def make_llm(config: BotConfig, interleaver: Interleaver | None, context: LLMCon
         else None,
         warm_context=context,
         context_tokens=config.context_tokens or None,
+        filler=CallFiller() if config.tool_filler else None,
         settings=LLMSettings(
             system_instruction=config.full_system_prompt, max_tokens=config.max_tokens, temperature=config.temperature
         ),
@@ -114,7 +120,8 @@ def user_turn_params(config: BotConfig) -> LLMUserAggregatorParams:
     """Silero VAD starts speech (and interrupts the bot) after `vad_start_secs` of it and ends it after
     `vad_stop_secs` of silence; the turn ends when Smart Turn says it is complete, or `turn_hold_secs`
     after a final transcript that ends a sentence, else after `turn_fallback_secs` of silence. Speech
-    before the turn's end continues it, its transcript decoded again whole."""
+    before the turn's end continues it, its transcript decoded again whole. `idle_secs` of silence on
+    both sides make the user idle."""
     smart_turn = LocalSmartTurnAnalyzerV3(params=SmartTurnParams(stop_secs=config.turn_fallback_secs))
     return LLMUserAggregatorParams(
         vad_analyzer=SileroVADAnalyzer(
@@ -129,6 +136,7 @@ def user_turn_params(config: BotConfig) -> LLMUserAggregatorParams:
                 SentenceEndUserTurnStopStrategy(hold_s=config.turn_hold_secs),
             ],
         ),
+        user_idle_timeout=config.idle_secs,
     )
 
 
@@ -177,8 +185,9 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
         CallRecording(Path(config.transcripts) / f"{call_id}.wav") if transcript and config.record_audio else None
     )
     prefill = [InterimPrefill(llm)] if config.prefill_interims and isinstance(llm, TokenLLMService) else []
+    ender = CallEnder(context, skipped_text_types=[FILLER_TEXT_TYPE])
     pipeline = Pipeline(
-        [transport.input(), stt, *prefill, user_aggregator, llm, tts, transport.output(),
+        [transport.input(), stt, *prefill, user_aggregator, llm, ender, tts, transport.output(),
          *([recording.processor] if recording else []), assistant_aggregator]
     )  # fmt: skip
 
@@ -200,8 +209,14 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
         if transcript:
             transcript.write("latency", **data.model_dump(exclude={"processor", "model"}))
 
+    @user_aggregator.event_handler("on_user_turn_idle")
+    async def on_user_turn_idle(_) -> None:
+        await ender.user_idle()
+
     @user_aggregator.event_handler("on_user_turn_stopped")
     async def on_user_turn_stopped(_, __, message: UserTurnStoppedMessage) -> None:
+        if message.content:
+            ender.user_spoke()
         if transcript and message.content:
             transcript.write("user", text=message.content)
 
@@ -216,7 +231,9 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
 
     @transport.event_handler("on_client_connected")
     async def on_client_connected(*_) -> None:
-        """A call during a load, a cold start or a restart hears "One moment, please." instead of silence."""
+        """A call during a load, a cold start or a restart hears "One moment, please." instead of silence.
+        A user who never speaks is nudged like one who stopped."""
+        await start_user_idle_timer(user_aggregator)
         if waiting := await model_servers(config).waiting_for():
             logger.info(f"call started while {', '.join(waiting)} loading: saying one moment")
             await worker.queue_frame(one_moment(params.audio_out_sample_rate))

@@ -34,9 +34,21 @@ TOOL_PROMPT = (
 model's first token (`pipecat_services/llm/tool_policy.py`); this keeps chit-chat away from tools
 (`python -m benchmarks.tools --tool-prompt ...` measures a variant)."""
 
-SESSION_KEYS = {"interleave": str, "prefill_interims": bool, "system_prompt": str, "voice": str, "temperature": float}
+SESSION_KEYS = {
+    "interleave": str,
+    "prefill_interims": bool,
+    "system_prompt": str,
+    "voice": str,
+    "temperature": float,
+    "tool_filler": bool,
+    "idle_secs": float,
+}
 INTERLEAVE_MODES = ("all", "first", "off")
-SESSION_CHECKS = {"interleave": lambda mode: mode in INTERLEAVE_MODES, "temperature": lambda t: 0 <= t <= 2}
+SESSION_CHECKS = {
+    "interleave": lambda mode: mode in INTERLEAVE_MODES,
+    "temperature": lambda t: 0 <= t <= 2,
+    "idle_secs": lambda s: s == 0 or 1 <= s <= 3600,
+}
 """Session settings whose values are limited beyond their type."""
 
 
@@ -80,6 +92,18 @@ class BotConfig:
         type=on_off,
         nargs="?",
         const=True,
+    )
+    tool_filler: bool = setting(
+        True,
+        'a tool turn says "Let me check." (or the like) while its call runs, unless the answer would come first',
+        type=on_off,
+        nargs="?",
+        const=True,
+    )
+    idle_secs: float = setting(
+        8.0,
+        "silence on both sides after which the bot asks whether the user is still there; after another, it "
+        "says goodbye and ends the call (not while the bot speaks or a tool runs). 0: never",
     )
     max_tokens: int = setting(200, "longest reply in tokens")
     context_tokens: int = setting(

@@ -140,12 +140,15 @@ class WebRTCVoiceClient:
         self._tasks: list[asyncio.Task] = []
         self._remote_audio = asyncio.Event()
         self.session_id: str | None = None
+        self.ended_at: float | None = None
+        """When the bot ended the call (its audio track ended, or the connection closed)."""
 
     async def connect(self, timeout: float = 20.0, via_start: bool = False) -> None:
         """Offer and wait for the media and data channel. `via_start`: first POST /start for a session,
         then offer to /sessions/{id}/api/offer, as the Playground does; else one POST /api/offer."""
         self._pc.addTrack(self.mic)
         self._pc.on("track", self._on_track)
+        self._pc.on("connectionstatechange", self._on_connection_state)
         self._channel.on("message", self._on_message)
         opened = asyncio.Event()
         self._channel.on("open", opened.set)
@@ -240,6 +243,13 @@ class WebRTCVoiceClient:
             stored=stored,
         )
 
+    async def wait_for_end(self, timeout: float) -> float | None:
+        """When the bot ended the call, waiting at most `timeout` s for it; None if it did not."""
+        deadline = time.monotonic() + timeout
+        while self.ended_at is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.ended_at
+
     def forget_before(self, at: float) -> None:
         """Drop the audio and messages that arrived before `at` (a soak runs for hours)."""
         self.audio.forget_before(at)
@@ -261,6 +271,10 @@ class WebRTCVoiceClient:
         except ValueError:
             pass
 
+    def _on_connection_state(self) -> None:
+        if self._pc.connectionState in ("closed", "failed") and self.ended_at is None:
+            self.ended_at = time.monotonic()
+
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
             self._tasks.append(asyncio.create_task(self._record(track)))
@@ -271,6 +285,7 @@ class WebRTCVoiceClient:
             try:
                 frame = await track.recv()
             except MediaStreamError:
+                self.ended_at = self.ended_at or time.monotonic()
                 return
             self._remote_audio.set()
             samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels)).mean(axis=1)

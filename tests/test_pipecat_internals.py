@@ -17,7 +17,10 @@ from pipecat.frames.frames import StartFrame
 from pipecat.observers.base_observer import FramePushed
 from pipecat.observers.turn_tracking_observer import TurnTrackingObserver
 from pipecat.observers.user_bot_latency_observer import UserBotLatencyObserver
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMUserAggregator, LLMUserAggregatorParams
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.turns.user_idle_controller import UserIdleController
 from pipecat.utils.tracing.turn_trace_observer import TurnTraceObserver
 
 from pipecat_services import pipecat_internals
@@ -25,7 +28,7 @@ from pipecat_services import pipecat_internals
 REPO = Path(__file__).resolve().parents[1]
 ADAPTER = Path(pipecat_internals.__file__).resolve()
 PIPECAT = Path(pipecat.__file__).resolve().parent
-ADAPTER_NEEDS = {"_current_span"}
+ADAPTER_NEEDS = {"_current_span", "_user_idle_controller"}
 """The private members `pipecat_internals.py` uses; each has its check below."""
 
 SUBCLASS_HOOKS = {
@@ -263,6 +266,14 @@ async def test_turn_trace_observer_keeps_the_open_turn_span_in_current_span() ->
             await asyncio.sleep(0.005)
     span = pipecat_internals.open_turn_span(observer)
     assert span is not None and span.get_span_context() == observer.get_current_turn_context(), message
+
+
+async def test_the_user_aggregator_keeps_its_idle_controller() -> None:
+    message = "Pipecat changed LLMUserAggregator._user_idle_controller: update pipecat_internals.py"
+    aggregator = LLMUserAggregator(LLMContext(), params=LLMUserAggregatorParams(user_idle_timeout=5))
+    controller = vars(aggregator).get("_user_idle_controller")
+    assert isinstance(controller, UserIdleController), message
+    assert callable(getattr(controller, "wait_for_user", None)), message
 
 
 @pytest.mark.parametrize("name", sorted(SUBCLASS_HOOKS))

@@ -29,9 +29,11 @@ from benchmarks.tools import EARLIER
 from bot_config import BotConfig
 from pipecat_services.interleaving import Interleaver
 from pipecat_services.llm import tool_calls, tool_policy
-from pipecat_services.llm.generation import Interleaving
+from pipecat_services.llm.filler import CallFiller, without_fillers
+from pipecat_services.llm.generation import Interleaving, ServerSpeed
 from pipecat_services.llm.llama_server.service import LlamaServerLLMService
 from pipecat_services.llm.tool_policy import without_earlier_calls
+from pipecat_services.spoken_phrases import FILLERS, VariedPhrases
 
 TIMER = {
     "name": "set_timer",
@@ -342,7 +344,7 @@ NOT_FAREWELLS = [
 
 
 def test_farewells_are_told_from_greetings_questions_and_negations():
-    from bot_tools import is_farewell
+    from pipecat_services.call_ending import is_farewell
 
     assert [s for s in FAREWELLS if not is_farewell(s)] == []
     assert [s for s in NOT_FAREWELLS if is_farewell(s)] == []
@@ -358,8 +360,9 @@ def test_farewells_are_told_from_greetings_questions_and_negations():
     ],  # fmt: skip
 )
 async def test_end_call_needs_the_users_own_farewell(said, ends):
-    """The model may call end_call on a greeting (the 1.5B did on "Good morning!"); the call ends
-    only if the user's last words are a farewell, else the model gets an error and answers."""
+    """The model may call end_call on a greeting (the 1.5B did on "Good morning!"); it says goodbye
+    only if the user's last words are a farewell (`CallEnder` then ends the call), else the
+    model gets an error and answers."""
     from bot_tools import end_call
 
     results, pushed = [], []
@@ -374,5 +377,31 @@ async def test_end_call_needs_the_users_own_farewell(said, ends):
     llm = type("Recorder", (), {"push_frame": staticmethod(push_frame)})()
     params = FunctionCallParams("end_call", "call-1", {}, llm, None, context, result_callback)
     await end_call(params)
-    assert ("EndWorkerFrame" in pushed) is ends and ("TTSSpeakFrame" in pushed) is ends
+    assert pushed == (["TTSSpeakFrame"] if ends else [])
     assert tool_calls.is_error(results[0]) is not ends
+
+
+@pytest.mark.parametrize(
+    ("speed", "said", "delay"),
+    [
+        (None, "What time is it?", 0.0),  # unknown: as slow
+        (ServerSpeed(prompt_ms=20, decode_ms=90), "What time is it?", 0.0),  # 2 cores: the answer is seconds away
+        (ServerSpeed(prompt_ms=0.5, decode_ms=5), "What time is it?", 1.0),  # a GPU: the answer comes first
+        (ServerSpeed(prompt_ms=20, decode_ms=90), "Thanks, bye!", None),  # end_call says goodbye at once
+    ],
+)
+def test_a_filler_starts_at_once_only_when_the_answer_is_further_away_than_it(speed, said, delay):
+    assert CallFiller(wait_s=1.0).delay_s([{"role": "user", "content": said}], speed) == delay
+
+
+def test_fillers_vary_and_stay_out_of_the_models_prompt():
+    phrases = VariedPhrases(FILLERS)
+    picked = [phrases.next() for _ in range(50)]
+    assert all(a != b for a, b in zip(picked, picked[1:], strict=False)) and len(set(picked)) > 2
+    messages = [
+        {"role": "user", "content": "What time is it?"},
+        {"role": "assistant", "content": "Let me check."},
+        {"role": "assistant", "tool_calls": [{"id": "1", "function": {"name": "t", "arguments": "{}"}}]},
+        {"role": "assistant", "content": "Let me check the weather for you."},
+    ]
+    assert without_fillers(messages) == [messages[0], messages[2], messages[3]]

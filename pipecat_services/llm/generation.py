@@ -49,6 +49,20 @@ class Interleaving:
 
 
 @dataclass(frozen=True)
+class ServerSpeed:
+    """Milliseconds per token the server took to evaluate a prompt and to generate."""
+
+    prompt_ms: float
+    decode_ms: float
+
+    @classmethod
+    def from_timings(cls, timings: dict[str, Any]) -> ServerSpeed | None:
+        """From llama-server's `timings` (None unless both were measured)."""
+        prompt, decode = timings.get("prompt_per_token_ms"), timings.get("predicted_per_token_ms")
+        return cls(prompt, decode) if prompt and decode else None
+
+
+@dataclass(frozen=True)
 class Streamed:
     """What one request generated: the speech, and what was held back from it as a possible call."""
 
@@ -86,6 +100,8 @@ class ReplyGenerator:
         self.backend = backend
         self.history = history
         self.interleaving = interleaving
+        self.speed: ServerSpeed | None = None
+        """The server's latest speed, as its timings say (None until a reply streamed)."""
 
     async def generate(
         self, out: ReplyOutput, max_tokens: int, fields: dict[str, Any], first: Piece | None, watch_calls: bool
@@ -123,6 +139,7 @@ class ReplyGenerator:
             async for piece in pieces:
                 if piece.timings:
                     await out.report_cache(piece.timings)
+                    self.speed = ServerSpeed.from_timings(piece.timings) or self.speed
                 if piece.tokens:
                     self.history.add_generated(piece.text, piece.tokens)
                     n_tokens += len(piece.tokens)

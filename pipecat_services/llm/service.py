@@ -34,6 +34,7 @@ from pipecat.frames.frames import (
     LLMFullResponseStartFrame,
     MetricsFrame,
     StartFrame,
+    TTSSpeakFrame,
 )
 from pipecat.metrics.metrics import LLMTokenUsage
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -45,7 +46,8 @@ from pipecat.utils.types import is_given
 
 from pipecat_services.llm import tool_calls
 from pipecat_services.llm.backend import FirstToken, LLMBackend, Piece
-from pipecat_services.llm.generation import Interleaving, ReplyGenerator
+from pipecat_services.llm.filler import FILLER_TEXT_TYPE, CallFiller, without_fillers
+from pipecat_services.llm.generation import Interleaving, ReplyGenerator, ServerSpeed
 from pipecat_services.llm.prefill import Prefill
 from pipecat_services.llm.prompt import Invocation, PreparedPrompt, Prompt, PromptBuilder
 from pipecat_services.llm.reply_stats import ReplyStats
@@ -75,6 +77,7 @@ class TokenLLMService(LLMService):
         call_threshold: float | None = CALL_THRESHOLD,
         context_tokens: int | None = None,
         warm_context: LLMContext | None = None,
+        filler: CallFiller | None = None,
         settings: LLMSettings | None = None,
         **kwargs: Any,
     ) -> None:
@@ -83,7 +86,8 @@ class TokenLLMService(LLMService):
         measure with `python -m benchmarks.tools`). `context_tokens`: the conversation's window (prompt
         and reply; None: the slot size the backend reports). `warm_context`: the conversation's context,
         whose system prompt and tools are prefilled at pipeline start (default: the system instruction
-        alone), and which the user's words extend while they speak."""
+        alone), and which the user's words extend while they speak. `filler`: what a tool turn says
+        while its call runs (None: nothing)."""
         defaults = LLMSettings(
             model=str(backend),
             system_instruction=None,
@@ -113,6 +117,8 @@ class TokenLLMService(LLMService):
         self._user_words: str | None = None
         self._warming: asyncio.Task[None] | None = None
         self._prefilling: asyncio.Task[None] | None = None
+        self.filler = filler
+        self._filling: asyncio.Task[None] | None = None
         self._responding = False
         self._closed = False
 
@@ -125,7 +131,7 @@ class TokenLLMService(LLMService):
 
     async def cleanup(self) -> None:
         self._closed = True
-        for task in (self._warming, self._prefilling):
+        for task in (self._warming, self._prefilling, self._filling):
             if task is not None and not task.done():
                 await self.cancel_task(task)
         await super().cleanup()
@@ -144,6 +150,7 @@ class TokenLLMService(LLMService):
                 await self.stop_processing_metrics()
                 await self.push_frame(LLMFullResponseEndFrame())
         elif isinstance(frame, InterruptionFrame):
+            await self._cancel_filler()
             if self.interleaving is not None:
                 self.interleaving.interleaver.cancel_all()
             await self.push_frame(frame, direction)
@@ -210,7 +217,8 @@ class TokenLLMService(LLMService):
         )
         tools = params.get("tools")
         tools = tools if is_given(tools) and tools else None
-        return Invocation(without_earlier_calls(params["messages"]), tools, params.get("tool_choice"))
+        messages = without_fillers(without_earlier_calls(params["messages"]))
+        return Invocation(messages, tools, params.get("tool_choice"))
 
     @traced_llm
     async def respond(self, context: LLMContext) -> None:
@@ -236,6 +244,7 @@ class TokenLLMService(LLMService):
         fields = plan.fields
         if plan.decides_call and invocation.tools and await self._is_call(first, invocation, plan.fields):
             fields, piece = self.tool_policy.call_fields(sampling, invocation.tools), None
+            self._start_filler(invocation.messages)
         generated = await self.generator.generate(
             self, self._settings.max_tokens, fields, piece, bool(invocation.tools)
         )
@@ -264,6 +273,7 @@ class TokenLLMService(LLMService):
         else:
             first = await self.backend.first_token(prompt.tokens, fields)
             await self.report_cache(first.piece.timings)
+        self.generator.speed = ServerSpeed.from_timings(first.piece.timings) or self.generator.speed
         return replace(first, piece=replace(first.piece, timings={}))
 
     async def _is_call(self, first: FirstToken, invocation: Invocation, fields: dict[str, Any]) -> bool:
@@ -285,9 +295,28 @@ class TokenLLMService(LLMService):
     # What the reply produces (`generation.ReplyOutput`).
 
     async def speak(self, text: str) -> None:
-        """Push `text` to the TTS; the first text of a reply ends its TTFB."""
+        """Push `text` to the TTS; the first text of a reply ends its TTFB, and a filler not yet spoken
+        is not needed any more."""
+        await self._cancel_filler()
         await self.stop_ttfb_metrics()
         await self._push_llm_text(text)
+
+    # The filler while a call runs (`filler.py`).
+
+    def _start_filler(self, messages: list[dict[str, Any]]) -> None:
+        delay = self.filler.delay_s(messages, self.generator.speed) if self.filler else None
+        if delay is not None:
+            self._filling = self.create_task(self._say_filler(delay), "filler")
+
+    async def _say_filler(self, delay: float) -> None:
+        assert self.filler is not None
+        await asyncio.sleep(delay)
+        await self.push_frame(TTSSpeakFrame(self.filler.phrases.next(), text_type=FILLER_TEXT_TYPE))
+
+    async def _cancel_filler(self) -> None:
+        if self._filling is not None and not self._filling.done():
+            await self.cancel_task(self._filling)
+        self._filling = None
 
     async def report_cache(self, timings: dict[str, Any]) -> None:
         """The reply's KV-cache reuse, from the timings of its first response that has them."""

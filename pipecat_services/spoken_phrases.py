@@ -1,0 +1,25 @@
+"""What the bot says without asking the LLM: goodbyes, idle nudges, fillers while a tool runs."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+GOODBYE = "Goodbye, talk to you soon!"
+IDLE_GOODBYE = "It seems you've stepped away. Goodbye for now!"
+NUDGES = ("Are you still there?", "Hello, are you still with me?", "Still there?")
+FILLERS = ("Let me check.", "One moment.", "Let me see.", "Just a sec.", "Checking now.")
+"""Short on purpose: the answer waits for the filler to finish playing."""
+
+
+class VariedPhrases:
+    """Picks one of `phrases` at random, never the one it picked last: the same phrase every time
+    sounds like a machine."""
+
+    def __init__(self, phrases: Sequence[str]) -> None:
+        self._phrases = list(phrases)
+        self._last: str | None = None
+
+    def next(self) -> str:
+        self._last = random.choice([p for p in self._phrases if p != self._last] or self._phrases)
+        return self._last
