@@ -16,6 +16,7 @@ from pipecat.frames.frames import (
     EndWorkerFrame,
     Frame,
     FunctionCallInProgressFrame,
+    FunctionCallResultFrame,
     FunctionCallsStartedFrame,
     LLMFullResponseEndFrame,
     LLMTextFrame,
@@ -120,6 +121,8 @@ class TurnRecorder(FrameProcessor):
         super().__init__()
         self.llm = llm
         self.call: tuple[str, dict[str, Any]] | None = None
+        self.result: Any = None
+        """The first call's result."""
         self.text = ""
         self.first_text_at: float | None = None
         self.replies: list[ReplyStats] = []
@@ -133,6 +136,8 @@ class TurnRecorder(FrameProcessor):
                 self._called = True
             elif isinstance(frame, FunctionCallInProgressFrame) and self.call is None:
                 self.call = (frame.function_name, dict(frame.arguments))
+            elif isinstance(frame, FunctionCallResultFrame) and self.result is None:
+                self.result = frame.result
             elif isinstance(frame, LLMTextFrame):
                 self.text += frame.text
                 self.first_text_at = self.first_text_at or time.perf_counter()

@@ -5,6 +5,7 @@ only when it should?
     python -m benchmarks.tools --model qwen2.5-0.5b
     python -m benchmarks.tools --url http://HOST:8002 --json
     python -m benchmarks.tools --history 2               # each request after two spoken exchanges
+    python -m benchmarks.tools --set answers             # new tools: does the answer state the result?
 
 Each request is one fresh conversation (the bot's system prompt and tools, `--history` spoken
 exchanges, one user turn) through `LlamaServerLLMService` and Pipecat's assistant aggregator, as in
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -42,14 +44,30 @@ from bot_config import TOOL_PROMPT, BotConfig
 from bot_tools import TOOLS
 from pipecat_services.llm.llama_server.service import LlamaServerLLMService
 
+PRICES = {"AAPL": 181.25, "NVDA": 131.4, "MSFT": 412.6, "TSLA": 248.1}
+WEATHER = {"paris": (18, "light rain"), "tokyo": (24, "sunny"), "berlin": (7, "cloudy"), "london": (12, "showers")}
+RATES = {("USD", "EUR"): 0.917, ("GBP", "USD"): 1.268, ("USD", "JPY"): 151.3, ("EUR", "USD"): 1.09}
+
 
 async def canned(params: FunctionCallParams) -> None:
     """What a real backend would answer, so the model has something to say."""
+    args = params.arguments
+    city = str(args.get("city", "")).lower()
+    temperature, conditions = WEATHER.get(city, (15, "clear"))
+    pair = (str(args.get("from_currency", "")).upper(), str(args.get("to_currency", "")).upper())
+    amount = args.get("amount", 1)
     results = {
-        "get_weather": {"city": params.arguments.get("city"), "temperature_c": 18, "conditions": "light rain"},
-        "get_stock_price": {"symbol": params.arguments.get("symbol"), "price": 181.25, "currency": "USD"},
-        "set_timer": {"ok": True, "minutes": params.arguments.get("minutes")},
+        "get_weather": {"city": args.get("city"), "temperature_c": temperature, "conditions": conditions},
+        "get_stock_price": {"symbol": args.get("symbol"), "price": PRICES.get(str(args.get("symbol")), 100.5)},
+        "set_timer": {"ok": True, "minutes": args.get("minutes")},
         "book_table": {"confirmed": True, "reference": "A12"},
+        "convert_currency": {
+            "amount": amount,
+            "from": pair[0],
+            "to": pair[1],
+            "converted": round(float(amount) * RATES.get(pair, 1.1), 2) if isinstance(amount, int | float) else None,
+        },
+        "set_thermostat": {"ok": True, "temperature_c": args.get("temperature_c"), "reached_in_minutes": 12},
     }
     await params.result_callback(results.get(params.function_name, {"ok": True}))
 
@@ -95,6 +113,33 @@ BENCH_TOOLS = [
         ["restaurant", "people", "time"],
     ),
 ]
+
+ANSWER_TOOLS = [
+    TOOLS["time"],
+    BENCH_TOOLS[1],
+    BENCH_TOOLS[2],
+    BENCH_TOOLS[3],
+    schema(
+        "convert_currency",
+        "Convert an amount of money from one currency to another at today's rate.",
+        {
+            "amount": {"type": "number"},
+            "from_currency": {"type": "string", "description": "ISO code, e.g. USD"},
+            "to_currency": {"type": "string", "description": "ISO code, e.g. EUR"},
+        },
+        ["amount", "from_currency", "to_currency"],
+    ),
+    schema(
+        "set_thermostat",
+        "Set the home thermostat to a temperature.",
+        {
+            "temperature_c": {"type": "number", "description": "degrees Celsius"},
+            "room": {"type": "string"},
+        },
+        ["temperature_c"],
+    ),
+]
+"""`--set answers`: tools the bot has never seen, whose results the answer must state."""
 
 NO_CALL = None
 REQUESTS: list[tuple[str, str | None, dict[str, Any]]] = [
@@ -142,6 +187,21 @@ REQUESTS: list[tuple[str, str | None, dict[str, Any]]] = [
     ("How do I boil an egg?", NO_CALL, {}),
 ]
 
+ANSWER_REQUESTS: list[tuple[str, str | None, dict[str, Any]]] = [
+    ("How much is 100 dollars in euros?", "convert_currency", {"amount": 100}),
+    ("Convert fifty British pounds to US dollars.", "convert_currency", {"amount": 50}),
+    ("How many Japanese yen is 20 dollars?", "convert_currency", {"amount": 20}),
+    ("What's Apple's stock price right now?", "get_stock_price", {"symbol": "AAPL"}),
+    ("How is Nvidia's stock doing?", "get_stock_price", {"symbol": "NVDA"}),
+    ("Set the thermostat to twenty one degrees.", "set_thermostat", {"temperature_c": 21}),
+    ("Turn the heating down to 18 degrees in the bedroom.", "set_thermostat", {"temperature_c": 18}),
+    ("What's the weather like in Paris?", "get_weather", {"city": "paris"}),
+    ("What's the weather in Tokyo today?", "get_weather", {"city": "tokyo"}),
+    ("What time is it?", "get_current_time", {}),
+]
+"""`--set answers`, fixed before the answer turn's work (issue 30): does the spoken answer say what
+the tool returned? Scored by `states_result`."""
+
 EARLIER = [
     ("What is the capital of France?", "The capital of France is Paris."),
     ("How many legs does a spider have?", "A spider has eight legs."),
@@ -165,6 +225,40 @@ def arguments_match(expected: dict[str, Any], actual: dict[str, Any]) -> bool:
     return True
 
 
+def result_values(result: Any) -> list[Any]:
+    """The numbers and words of a tool's result (JSON text or a value), nested ones too."""
+    if isinstance(result, str):
+        try:
+            return result_values(json.loads(result))
+        except ValueError:
+            return [result]
+    if isinstance(result, dict):
+        return [v for value in result.values() for v in result_values(value)]
+    if isinstance(result, list):
+        return [v for value in result for v in result_values(value)]
+    return [] if isinstance(result, bool) or result is None else [result]
+
+
+def states_result(result: Any, request: str, reply: str) -> bool:
+    """Whether `reply` says something the tool returned and the user had not said: one of the
+    result's numbers (to its precision, or whole: "181" for 181.25), a time ("14:05" as 14:05 or
+    2:05), or one of its short texts."""
+    said_numbers = [float(n.replace(",", "")) for n in re.findall(r"\d[\d,]*(?:\.\d+)?", reply)]
+    asked = re.findall(r"\d+", request)
+    new = [v for v in result_values(result) if str(v).lower() not in request.lower() and str(v) not in asked]
+    for value in new:
+        if isinstance(value, int | float):
+            if any(abs(n - value) < 0.011 or (abs(value) >= 100 and abs(n - value) < 1) for n in said_numbers):
+                return True
+        elif clock := re.fullmatch(r"(\d{1,2}):(\d\d)", str(value)):
+            hour, minute = int(clock[1]), clock[2]
+            if re.search(rf"\b0?({hour}|{hour % 12 or 12})[:. ]?{minute}\b", reply):
+                return True
+        elif len(str(value)) <= 30 and str(value).lower() in reply.lower():
+            return True
+    return False
+
+
 @dataclass
 class RequestResult:
     """One request of the tools benchmark: the call expected, the call made, the probability."""
@@ -177,16 +271,24 @@ class RequestResult:
     call_probability: float | None = None
     first_speech_ms: float | None = None
     reply: str = ""
+    states_result: bool | None = None
+    """The spoken answer says what the call returned (None: no call)."""
 
 
 async def ask(
-    url: str, request: str, expected: str | None, args: dict[str, Any], system: str, history: int
+    url: str,
+    request: str,
+    expected: str | None,
+    args: dict[str, Any],
+    system: str,
+    history: int,
+    tools: list[FunctionSchema],
 ) -> RequestResult:
     earlier = [
         m for q, a in EARLIER[:history] for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})
     ]
     context = LLMContext(
-        messages=[*earlier, {"role": "user", "content": request}], tools=ToolsSchema(standard_tools=BENCH_TOOLS)
+        messages=[*earlier, {"role": "user", "content": request}], tools=ToolsSchema(standard_tools=tools)
     )
     llm = LlamaServerLLMService(
         base_url=url,
@@ -203,7 +305,9 @@ async def ask(
     right = name == expected and (expected is None or arguments_match(args, arguments))
     first = None if recorder.first_text_at is None else round((recorder.first_text_at - started) * 1000, 1)
     p_call = recorder.replies[0].call_probability if recorder.replies else None
-    return RequestResult(request, expected, name, arguments, right, p_call, first, recorder.text.strip())
+    reply = recorder.text.strip()
+    stated = None if name is None else states_result(recorder.result, request, reply)
+    return RequestResult(request, expected, name, arguments, right, p_call, first, reply, stated)
 
 
 def report(model: str, results: list[RequestResult], as_json: bool) -> None:
@@ -217,6 +321,7 @@ def report(model: str, results: list[RequestResult], as_json: bool) -> None:
         "tool_requests": len(tool_turns),
         "false_calls": false_calls,
         "no_tool_requests": len(plain),
+        "states_result": sum(bool(r.states_result) for r in tool_turns),
     }
     if as_json:
         print(json.dumps(summary))
@@ -225,6 +330,9 @@ def report(model: str, results: list[RequestResult], as_json: bool) -> None:
         f"\n{model}: right function and arguments {right}/{len(tool_turns)} "
         f"({100 * right / len(tool_turns):.0f} %), false calls {false_calls}/{len(plain)}"
     )
+    called = [r for r in tool_turns if r.states_result is not None]
+    stated = sum(bool(r.states_result) for r in tool_turns)
+    print(f"answers that state the tool's result: {stated}/{len(tool_turns)} ({len(called)} called a tool)")
     for name, group in (("first speech, tool turns", tool_turns), ("first speech, no-tool turns", plain)):
         values = [r.first_speech_ms for r in group if r.first_speech_ms is not None]
         if values:
@@ -236,15 +344,17 @@ async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         async with running_server("servers.llm", args.url, ["--model", args.model], Path(tmp) / "llm.log") as url:
             url = url.replace("ws://", "http://")
-            for request, expected, arguments in REQUESTS:
+            requests, tools = (ANSWER_REQUESTS, ANSWER_TOOLS) if args.set == "answers" else (REQUESTS, BENCH_TOOLS)
+            for request, expected, arguments in requests:
                 system = f"{args.system_prompt} {args.tool_prompt}"
-                result = await ask(url, request, expected, arguments, system, args.history)
+                result = await ask(url, request, expected, arguments, system, args.history, tools)
                 results.append(result)
+                stated = {None: "", True: ", states the result", False: ", WITHOUT the result"}[result.states_result]
                 print(
                     json.dumps(asdict(result))
                     if args.json
                     else f"{'ok ' if result.right else 'BAD'} {request!r}: {result.call} {result.arguments} "
-                    f"p(call) {result.call_probability} {result.first_speech_ms} ms -> {result.reply[:70]!r}",
+                    f"p(call) {result.call_probability} {result.first_speech_ms} ms -> {result.reply[:90]!r}{stated}",
                     flush=True,
                 )
     report(args.url or args.model, results, args.json)
@@ -262,6 +372,13 @@ def main() -> None:
         default=0,
         choices=range(len(EARLIER) + 1),
         help="spoken exchanges before each request (default 0: each request opens the conversation)",
+    )
+    parser.add_argument(
+        "--set",
+        choices=("calls", "answers"),
+        default="calls",
+        help="calls: the right call, and none for chit-chat (30 requests); answers: tools the bot never saw, "
+        "does the answer state the result (10)",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per request, then a summary")
     asyncio.run(main_async(parser.parse_args()))

@@ -25,7 +25,7 @@ from pipecat.services.settings import LLMSettings
 
 from benchmarks.llm import AnswerMarks
 from benchmarks.scripted import TurnRecorder, Watch, run_script
-from benchmarks.tools import EARLIER
+from benchmarks.tools import EARLIER, states_result
 from bot_config import BotConfig
 from pipecat_services.interleaving import Interleaver
 from pipecat_services.llm import tool_calls, tool_policy
@@ -405,3 +405,18 @@ def test_fillers_vary_and_stay_out_of_the_models_prompt():
         {"role": "assistant", "content": "Let me check the weather for you."},
     ]
     assert without_fillers(messages) == [messages[0], messages[2], messages[3]]
+
+
+@pytest.mark.parametrize(
+    ("result", "request_", "reply", "states"),
+    [
+        ({"amount": 100, "converted": 91.7}, "How much is 100 dollars in euros?", "That is 91.70 euros.", True),
+        ({"amount": 100, "converted": 91.7}, "How much is 100 dollars in euros?", "The price of AAPL is $100.", False),
+        ('{"symbol": "AAPL", "price": 181.25}', "Apple's stock?", "Apple trades at about 181 dollars.", True),
+        ({"time": "14:05"}, "What time is it?", "It's 2:05 in the afternoon.", True),
+        ({"time": "14:05"}, "What time is it?", "It's 3:30.", False),
+        ({"city": "Paris", "temperature_c": 18, "conditions": "rain"}, "Weather in Paris?", "Paris is nice.", False),
+    ],
+)
+def test_the_tools_benchmark_scores_an_answer_by_the_result_it_states(result, request_, reply, states):
+    assert states_result(result, request_, reply) is states
