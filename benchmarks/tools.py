@@ -43,6 +43,7 @@ from benchmarks.stats import fmt
 from bot_config import TOOL_PROMPT, BotConfig
 from bot_tools import TOOLS
 from pipecat_services.llm.llama_server.service import LlamaServerLLMService
+from pipecat_services.spoken_phrases import FILLERS
 
 PRICES = {"AAPL": 181.25, "NVDA": 131.4, "MSFT": 412.6, "TSLA": 248.1}
 WEATHER = {"paris": (18, "light rain"), "tokyo": (24, "sunny"), "berlin": (7, "cloudy"), "london": (12, "showers")}
@@ -209,6 +210,14 @@ EARLIER = [
 ]
 """Spoken exchanges put before each request with `--history`: in a real call a tool request rarely
 comes first, and a small model's will to call falls with every answer it has spoken."""
+TOOL_TURN = [
+    {"role": "user", "content": "What time is it?"},
+    {"role": "assistant", "content": FILLERS[0]},
+    {"role": "assistant", "content": "It is ten past three in the afternoon."},
+]
+"""`--tool-turn`: an earlier tool turn before the history, as the context keeps it once its call and
+result have left the prompt, with or without its filler: a filler must not teach the model to speak
+instead of calling."""
 
 
 def arguments_match(expected: dict[str, Any], actual: dict[str, Any]) -> bool:
@@ -283,17 +292,21 @@ async def ask(
     system: str,
     history: int,
     tools: list[FunctionSchema],
+    temperature: float = 0.0,
+    tool_turn: str = "none",
 ) -> RequestResult:
     earlier = [
         m for q, a in EARLIER[:history] for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})
     ]
+    if tool_turn != "none":
+        earlier = [m for m in TOOL_TURN if tool_turn == "with-filler" or m["content"] not in FILLERS] + earlier
     context = LLMContext(
         messages=[*earlier, {"role": "user", "content": request}], tools=ToolsSchema(standard_tools=tools)
     )
     llm = LlamaServerLLMService(
         base_url=url,
         warm_context=context,
-        settings=LLMSettings(system_instruction=system, temperature=0.0, max_tokens=80),
+        settings=LLMSettings(system_instruction=system, temperature=temperature, max_tokens=80),
     )
     recorder = TurnRecorder(llm)
     started = time.perf_counter()
@@ -347,7 +360,10 @@ async def main_async(args: argparse.Namespace) -> None:
             requests, tools = (ANSWER_REQUESTS, ANSWER_TOOLS) if args.set == "answers" else (REQUESTS, BENCH_TOOLS)
             for request, expected, arguments in requests:
                 system = f"{args.system_prompt} {args.tool_prompt}"
-                result = await ask(url, request, expected, arguments, system, args.history, tools)
+                result = await ask(
+                    url, request, expected, arguments, system, args.history, tools, args.temperature,
+                    args.tool_turn,
+                )  # fmt: skip
                 results.append(result)
                 stated = {None: "", True: ", states the result", False: ", WITHOUT the result"}[result.states_result]
                 print(
@@ -379,6 +395,13 @@ def main() -> None:
         default="calls",
         help="calls: the right call, and none for chit-chat (30 requests); answers: tools the bot never saw, "
         "does the answer state the result (10)",
+    )
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (the bot's: 0.7)")
+    parser.add_argument(
+        "--tool-turn",
+        choices=("none", "without-filler", "with-filler"),
+        default="none",
+        help="an earlier tool turn before the history, with or without the filler it said",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per request, then a summary")
     asyncio.run(main_async(parser.parse_args()))

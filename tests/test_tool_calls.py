@@ -420,3 +420,19 @@ def test_fillers_vary_and_stay_out_of_the_models_prompt():
 )
 def test_the_tools_benchmark_scores_an_answer_by_the_result_it_states(result, request_, reply, states):
     assert states_result(result, request_, reply) is states
+
+
+def test_calls_and_answers_from_a_result_are_sampled_greedily():
+    """At the bot's 0.7 the 1.5B wrote the wrong function's name and answered a result with "Got it!"."""
+    from pipecat_services.llm.llama_server.client import LlamaServerBackend
+    from pipecat_services.llm.prompt import Invocation
+
+    policy = tool_policy.ToolPolicy(LlamaServerBackend("http://127.0.0.1:1"))
+    tools = [{"type": "function", "function": TIMER}]
+    sampling = {"temperature": 0.7}
+    request = {"role": "user", "content": "Set a timer for ten minutes."}
+    call = {"role": "assistant", "tool_calls": [{"id": "1", "function": {"name": "set_timer", "arguments": "{}"}}]}
+    result = {"role": "tool", "tool_call_id": "1", "content": '{"ok": true}'}
+    assert policy.plan(sampling, Invocation([request], tools)).fields["temperature"] == 0.7
+    assert policy.call_fields(sampling, tools)["temperature"] == 0.0
+    assert policy.plan(sampling, Invocation([request, call, result], tools)).fields["temperature"] == 0.0

@@ -25,6 +25,10 @@ CALL_THRESHOLD = 0.25
 RECHECK_FLOOR = 0.0005
 """From this first-token call probability up to the threshold, a request after earlier user turns
 is judged again alone: in a conversation the 1.5B puts 0.0002-0.44 on tool requests."""
+GREEDY = {"temperature": 0.0}
+"""How calls and answers from a tool's result are sampled: they are facts, not style. At the bot's
+0.7 the 1.5B wrote another function's name (convert_currency for a stock price) and answered a result
+with "Got it!" (`benchmarks.tools --set answers --temperature 0.7`, docs/tools.md)."""
 ALONE_PREAMBLE = " "
 """Begins the system prompt of a request judged alone, so that prompt shares no token prefix with
 the conversation and llama-server caches each apart (words there would change the judgment)."""
@@ -57,13 +61,15 @@ class ToolPolicy:
     recheck_floor: float = RECHECK_FLOOR
 
     def plan(self, sampling: dict[str, Any], invocation: Invocation) -> ReplyPlan:
-        """The reply's fields before its first token: speech only once calls are spent, a lazy call
-        grammar without a threshold, else speech for now and the first token decides."""
+        """The reply's fields before its first token: speech only once calls are spent (greedy when it
+        answers a result), a lazy call grammar without a threshold, else speech for now and the first
+        token decides."""
         tools = invocation.tools
         if not tools:
             return ReplyPlan(sampling, False)
         if not calls_allowed(invocation.messages, invocation.tool_choice):
-            return ReplyPlan(sampling | self.backend.speech_fields(), False)
+            greedy = GREEDY if invocation.messages[-1]["role"] == "tool" else {}
+            return ReplyPlan(sampling | greedy | self.backend.speech_fields(), False)
         if self.threshold is None:
             return ReplyPlan(sampling | self.backend.call_fields(tool_names(tools), forced=False), False)
         return ReplyPlan(sampling | self.backend.speech_fields(), True)
@@ -79,8 +85,8 @@ class ToolPolicy:
         return Decision.SPEAK
 
     def call_fields(self, sampling: dict[str, Any], tools: list[dict[str, Any]]) -> dict[str, Any]:
-        """The fields of a reply that is a call of one of `tools` and nothing else."""
-        return sampling | self.backend.call_fields(tool_names(tools), forced=True)
+        """The fields of a reply that is a call of one of `tools` and nothing else, sampled greedily."""
+        return sampling | GREEDY | self.backend.call_fields(tool_names(tools), forced=True)
 
     def judges_alone(self, tools: list[dict[str, Any]] | None) -> bool:
         """Whether requests may be judged alone, so that prompt is worth prefilling at start."""
