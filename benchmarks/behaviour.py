@@ -101,17 +101,18 @@ async def tool_turn(url: str, question: str, audio: np.ndarray, filler_on: bool,
     async def act(client: WebRTCVoiceClient) -> ToolTurn:
         await asyncio.sleep(1.0)
         speech_end = await client.say(audio)
-        reply = await client.wait_for_reply(speech_end, timeout=timeout, quiet=3.0)
-        if reply is None:
+        turns = await client.wait_for_answer(speech_end, timeout)
+        if turns is None:
             return ToolTurn(question, None, None, None)
-        turns = [m["text"] for m in client.server_messages("assistant_turn", speech_end)]
-        filler = turns[0] if turns and turns[0] in FILLERS else None
-        answer = reply[0]
+        voiced = client.audio.voiced_times(speech_end)
+        filler = turns[0] if turns[0] in FILLERS else None
+        answer = voiced[0] if voiced else None
         if filler:
             stopped = [t for t, m in client.messages if t > speech_end and m.get("type") == "bot-stopped-speaking"]
             after = client.audio.voiced_times(stopped[0]) if stopped else []
             answer = after[0] if after else None
-        return ToolTurn(question, filler, 1000 * (reply[0] - speech_end), answer and 1000 * (answer - speech_end))
+        ms = [None if t is None else 1000 * (t - speech_end) for t in (voiced[0] if voiced else None, answer)]
+        return ToolTurn(question, filler, *ms)
 
     return await session(url, {"tool_filler": filler_on, "idle_secs": 0}, act)
 
@@ -163,12 +164,15 @@ async def idle(url: str, maker: ClipMaker, rounds: int, idle_s: float) -> None:
 async def farewells(url: str, maker: ClipMaker, rounds: int, timeout: float) -> None:
     """Which lines end the call (after the bot's answer, if any)."""
 
-    async def ends(audio: np.ndarray) -> bool:
-        async def act(client: WebRTCVoiceClient) -> bool:
+    async def ends(audio: np.ndarray) -> tuple[bool, str]:
+        """Whether the call ended, and what the bot heard."""
+
+        async def act(client: WebRTCVoiceClient) -> tuple[bool, str]:
             await asyncio.sleep(1.0)
             speech_end = await client.say(audio)
-            reply = await client.wait_for_reply(speech_end, timeout=timeout, quiet=1.5)
-            return await client.wait_for_end(timeout=6.0 if reply else 3.0) is not None
+            reply = await client.wait_for_reply(speech_end, timeout=min(timeout, 15.0), quiet=1.5)
+            ended = await client.wait_for_end(timeout=6.0 if reply else 3.0) is not None
+            return ended, " ".join(m["user_text"] for m in client.server_messages("turn_latency", speech_end))
 
         return await session(url, {"idle_secs": 0}, act)
 
@@ -179,8 +183,9 @@ async def farewells(url: str, maker: ClipMaker, rounds: int, timeout: float) -> 
         "noise alone (babble, fan)": [(maker.noise(1.5)[1] * 0.05 * 32768).astype(np.int16) for _ in range(5)],
     }
     for name, clips in groups.items():
-        ended = [await ends(audio) for _ in range(rounds) for audio in clips]
-        print(f"{name}: the call ended {sum(ended)}/{len(ended)}", flush=True)
+        outcomes = [await ends(audio) for _ in range(rounds) for audio in clips]
+        heard = "; ".join(f"{text!r}{' (ended)' if ended else ''}" for ended, text in outcomes)
+        print(f"{name}: the call ended {sum(e for e, _ in outcomes)}/{len(outcomes)}; heard {heard}", flush=True)
 
 
 async def main_async(args: argparse.Namespace) -> None:

@@ -25,6 +25,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
 from benchmarks.audio import speech_bounds
+from pipecat_services.spoken_phrases import FILLERS
 
 RATE = 48_000
 FRAME = RATE // 50  # 20 ms
@@ -242,6 +243,17 @@ class WebRTCVoiceClient:
             played_s=started - voiced[0],
             stored=stored,
         )
+
+    async def wait_for_answer(self, since: float, timeout: float) -> list[str] | None:
+        """The texts of the bot's assistant turns after `since` (what went into its context), once one
+        has words that are not a filler (the answer, played whole); None on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            texts = [m["text"] for m in self.server_messages("assistant_turn", since) if m["text"].strip()]
+            if any(text not in FILLERS for text in texts):
+                return texts
+            await asyncio.sleep(0.05)
+        return None
 
     async def wait_for_end(self, timeout: float) -> float | None:
         """When the bot ended the call, waiting at most `timeout` s for it; None if it did not."""

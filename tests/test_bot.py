@@ -121,14 +121,11 @@ async def tool_turn(url: str, whisper, question: np.ndarray) -> tuple[list[str],
     await client.connect()
     try:
         speech_end = await client.say(question)
-        deadline = asyncio.get_running_loop().time() + 90
-        while not [m for m in client.server_messages("assistant_turn", speech_end) if m["text"] not in FILLERS]:
-            assert asyncio.get_running_loop().time() < deadline, "the bot never answered"
-            await asyncio.sleep(0.1)
+        turns = await client.wait_for_answer(speech_end, timeout=90)
+        assert turns is not None, "the bot never answered"
         reply = await client.wait_for_reply(speech_end, timeout=30)
         assert reply is not None
         said = await heard(whisper, client.audio.between(reply[0] - 0.1, reply[1] + 0.1))
-        turns = [m["text"] for m in client.server_messages("assistant_turn", speech_end)]
         return turns, said, await client.wait_for_message("turn_latency", speech_end, timeout=5)
     finally:
         await client.close()
