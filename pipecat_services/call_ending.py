@@ -13,6 +13,7 @@ from pipecat.frames.frames import (
     FunctionCallCancelFrame,
     FunctionCallResultFrame,
     FunctionCallsStartedFrame,
+    InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
@@ -125,7 +126,7 @@ class CallEnder(FrameProcessor):
             self._calls_running += len(frame.function_calls)
         elif isinstance(frame, FunctionCallResultFrame | FunctionCallCancelFrame):
             self._calls_running = max(0, self._calls_running - 1)
-        if isinstance(frame, LLMFullResponseEndFrame):
+        if isinstance(frame, LLMFullResponseEndFrame | InterruptionFrame):
             self._responding = False
         if (isinstance(frame, LLMFullResponseEndFrame) and self._reply_has_words) or (
             isinstance(frame, TTSSpeakFrame) and frame.text_type not in self._skipped
