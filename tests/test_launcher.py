@@ -76,7 +76,7 @@ async def test_killed_model_servers_come_back_and_the_call_goes_on(stack, whispe
     launcher, health = stack
     bot_url = launcher.health_url.removesuffix("/status")
     question = say_wav("What is the capital of France?")
-    client = WebRTCVoiceClient(bot_url)
+    client = WebRTCVoiceClient(bot_url, {"idle_secs": 0})  # restarts are long silences, not an idle user
     await client.connect()
     try:
         for victim in (None, "asr", "tts", "llm"):
