@@ -217,8 +217,8 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
     async def on_user_turn_stopped(_, __, message: UserTurnStoppedMessage) -> None:
         if message.content:
             ender.user_spoke()
-        if transcript and message.content:
-            transcript.write("user", text=message.content)
+            if transcript:
+                transcript.write("user", text=message.content)
 
     @assistant_aggregator.event_handler("on_assistant_turn_stopped")
     async def on_assistant_turn_stopped(_, message: AssistantTurnStoppedMessage) -> None:
