@@ -12,6 +12,10 @@ Scenarios, with what each prints:
              whether the call ended after the second silence with a goodbye
   farewells  farewells must end the call, closers that are not ("thanks, one more thing") and noise
              or backchannels alone must not
+  interruptions
+             10 listener backchannels ("mhm", "okay"), 5 noise bursts (cough, knock, clatter, door) and
+             10 real interruptions ("wait, stop") played 2 s into a long answer: which interrupt it,
+             and how long the bot's audio goes on after a real one begins
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import numpy as np
 
 from benchmarks.hearing import ClipMaker
 from benchmarks.stats import fmt
-from benchmarks.webrtc_client import WebRTCVoiceClient
+from benchmarks.webrtc_client import BargeIn, WebRTCVoiceClient
 from pipecat_services.spoken_phrases import FILLERS
 from servers.ports import BOT_PORT
 
@@ -71,7 +75,21 @@ NOT_FAREWELLS = (
     "Hmm, let me think.",
 )
 BACKCHANNELS = ("Mhm.", "Uh-huh.", "Right.", "Yeah.", "I see.")
-SCENARIOS = ("tools", "idle", "farewells")
+LISTENER_SOUNDS = (*BACKCHANNELS, "Okay.", "Sure.", "Got it.", "Yes.", "Mm-hmm.")
+REAL_INTERRUPTIONS = (
+    "Wait, stop.",
+    "No, I meant Paris.",
+    "Hold on, what about tomorrow?",
+    "Stop, that is wrong.",
+    "Actually, tell me about cats instead.",
+    "Sorry, can you repeat that?",
+    "No no no.",
+    "Wait, what time is it?",
+    "Hang on, I have a question.",
+    "Excuse me, how far is the moon?",
+)
+STORY = "Tell me a long story about a lighthouse keeper."
+SCENARIOS = ("tools", "idle", "farewells", "interruptions")
 VOICE = "en-us+m3"
 T = TypeVar("T")
 
@@ -188,6 +206,61 @@ async def farewells(url: str, maker: ClipMaker, rounds: int, timeout: float) -> 
         print(f"{name}: the call ended {sum(e for e, _ in outcomes)}/{len(outcomes)}; heard {heard}", flush=True)
 
 
+def noise_bursts(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A cough, a double cough, a knock, a clatter and a door: short loud sounds a listener makes."""
+    rate = 16_000
+
+    def burst(seconds: float, decay_s: float, smooth: int) -> np.ndarray:
+        n = int(seconds * rate)
+        noise = np.convolve(rng.standard_normal(n), np.ones(smooth) / smooth, mode="same")
+        return noise * np.exp(-np.arange(n) / (decay_s * rate))
+
+    def at(parts: list[tuple[float, np.ndarray]], seconds: float) -> np.ndarray:
+        out = np.zeros(int(seconds * rate))
+        for start, part in parts:
+            i = int(start * rate)
+            out[i : i + len(part)] += part[: len(out) - i]
+        return out
+
+    sounds = {
+        "cough": at([(0.0, burst(0.35, 0.12, 6))], 0.5),
+        "double cough": at([(0.0, burst(0.3, 0.1, 6)), (0.4, burst(0.3, 0.1, 6))], 0.8),
+        "knock": at([(t, burst(0.06, 0.015, 24)) for t in (0.0, 0.22, 0.44)], 0.6),
+        "clatter": at([(t, burst(0.02, 0.005, 2)) for t in sorted(rng.uniform(0, 0.6, 9))], 0.7),
+        "door": at([(0.0, burst(0.5, 0.08, 40))], 0.6),
+    }
+    return {name: (s / np.abs(s).max() * 0.5 * 32767).astype(np.int16) for name, s in sounds.items()}
+
+
+async def interruptions(url: str, maker: ClipMaker, rounds: int, after_s: float) -> None:
+    """Sounds played `after_s` into a long answer: which interrupt it, and how soon the bot stops
+    for real interruptions (at the client, as `benchmarks.barge_in`)."""
+    request = maker.say(STORY, VOICE)
+    groups = {
+        "listener backchannels": {line: maker.say(line, VOICE) for line in LISTENER_SOUNDS},
+        "noise bursts": noise_bursts(maker.rng),
+        "real interruptions": {line: maker.say(line, VOICE) for line in REAL_INTERRUPTIONS},
+    }
+    for name, sounds in groups.items():
+        interrupted, stop_ms = [], []
+        for _ in range(rounds):
+            for label, sound in sounds.items():
+
+                async def act(client: WebRTCVoiceClient, sound: np.ndarray = sound) -> BargeIn:
+                    await asyncio.sleep(1.0)
+                    return await client.barge_in(request, sound, after_s)
+
+                result = await session(url, {"idle_secs": 0}, act)
+                stopped = bool(result.stored and result.stored["interrupted"])
+                interrupted.append(stopped)
+                if stopped:
+                    stop_ms.append(result.heard_ms)
+                print(f"  {label!r}: {'interrupted' if stopped else 'went on'} (heard {result.heard_ms:.0f} ms)")
+        print(f"{name}: interrupted the answer {sum(interrupted)}/{len(interrupted)}", flush=True)
+        if stop_ms:
+            print(fmt(f"{name}: bot's audio after the sound began", stop_ms))
+
+
 async def main_async(args: argparse.Namespace) -> None:
     url = args.url
     with tempfile.TemporaryDirectory() as tmp:
@@ -200,6 +273,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 await idle(url, maker, args.rounds, args.idle_secs)
             elif name == "farewells":
                 await farewells(url, maker, args.rounds, args.turn_timeout)
+            elif name == "interruptions":
+                await interruptions(url, maker, args.rounds, args.after)
             else:
                 raise SystemExit(f"unknown scenario {name!r}; have {', '.join(SCENARIOS)}")
 
@@ -210,6 +285,7 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
     parser.add_argument("--rounds", type=int, default=1, help="times each scenario's set is played")
     parser.add_argument("--idle-secs", type=float, default=8.0, help="the idle scenario's setting")
+    parser.add_argument("--after", type=float, default=2.0, help="seconds into a long answer a sound is played")
     parser.add_argument("--turn-timeout", type=float, default=40.0, help="seconds to wait for a reply")
     parser.add_argument("--seed", type=int, default=7)
     asyncio.run(main_async(parser.parse_args()))
