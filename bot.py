@@ -1,14 +1,17 @@
 """The voice agent: Pipecat pipeline over our ASR, LLM and TTS servers.
 
-    transport in → STT (ASR server) → interim prefill (the user's words to the LLM while they speak)
+    transport in → STT (ASR server) → backchannel gate (the user's words over the bot's decide)
+                 → interim prefill (the user's words to the LLM while they speak)
                  → user aggregator (Silero VAD, Smart Turn v3 + sentence end, user idle)
                  → LLM (llama-server, or any OpenAI-compatible server) → call ender
-                 → TTS (TTS server) → transport out → assistant aggregator
+                 → TTS (TTS server) → speech pacer (pauses) → transport out → assistant aggregator
 
 The user aggregator owns VAD and turn detection and broadcasts the VAD frames both ways, so the
 STT client ahead of it finalizes the moment speech stops. Barge-in: the aggregator's interruption
 stops the bot's audio, cancels the LLM stream and the TTS context; the assistant aggregator keeps
 only the words already heard (the TTS client times them), and the LLM's token history follows.
+Speech over the bot's first pauses it, and its words decide: a backchannel ("mhm") or none (a cough)
+resume it, anything else interrupts.
 A call ends after the bot's answer to the user's farewell, or after a nudge and a goodbye to a user
 who stopped answering.
 
@@ -37,6 +40,7 @@ from pipecat.processors.aggregators.llm_response_universal import (
     AssistantTurnStoppedMessage,
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
+    UserBackchannelMessage,
     UserTurnStoppedMessage,
 )
 from pipecat.processors.frameworks.rtvi.frames import RTVIServerMessageFrame
@@ -47,6 +51,7 @@ from pipecat.services.llm_service import LLMService
 from pipecat.services.settings import LLMSettings
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams
+from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies, default_user_turn_start_strategies
 from pipecat.workers.runner import WorkerRunner
 
@@ -54,6 +59,7 @@ from bot_config import BotConfig, add_bot_flags
 from bot_tools import bot_tools
 from pipecat_services import tracing
 from pipecat_services.asr_stt import ASRServerSTTService
+from pipecat_services.backchannels import BackchannelGate, BackchannelPhrases, QuietBotVADUserTurnStartStrategy
 from pipecat_services.call_ending import CallEnder
 from pipecat_services.call_records import CallRecording, CallTranscript
 from pipecat_services.interleaving import Interleaver
@@ -65,6 +71,7 @@ from pipecat_services.llm.openai_compatible import BudgetedOpenAILLMService
 from pipecat_services.llm.service import TokenLLMService
 from pipecat_services.model_readiness import ModelServers, add_warming_up_routes, one_moment
 from pipecat_services.pipecat_internals import start_user_idle_timer
+from pipecat_services.speech_pacer import BotSpeechPacer
 from pipecat_services.tts import TTSServerTTSService
 from pipecat_services.turn_end import (
     BackgroundTurnAnalyzerUserTurnStopStrategy,
@@ -74,10 +81,18 @@ from pipecat_services.turn_end import (
 from pipecat_services.turn_metrics import TurnLatencyMetricsData, TurnLatencyObserver
 from servers.auth import modal_proxy_headers
 
+AUDIO_OUT_CHUNKS = 2
+"""The output transports write 20 ms chunks (Pipecat: 40): a pause or an interruption still lets the
+one being written play out."""
 TRANSPORTS = {
-    "webrtc": lambda: TransportParams(audio_in_enabled=True, audio_out_enabled=True),
+    "webrtc": lambda: TransportParams(
+        audio_in_enabled=True, audio_out_enabled=True, audio_out_10ms_chunks=AUDIO_OUT_CHUNKS
+    ),
     "websocket": lambda: FastAPIWebsocketParams(
-        audio_in_enabled=True, audio_out_enabled=True, serializer=ProtobufFrameSerializer()
+        audio_in_enabled=True,
+        audio_out_enabled=True,
+        audio_out_10ms_chunks=AUDIO_OUT_CHUNKS,
+        serializer=ProtobufFrameSerializer(),
     ),
 }
 """SmallWebRTC (the Playground, POST /api/offer) and Pipecat's protobuf WebSocket (/ws-client)."""
@@ -116,12 +131,28 @@ def make_llm(config: BotConfig, interleaver: Interleaver | None, context: LLMCon
     )
 
 
-def user_turn_params(config: BotConfig) -> LLMUserAggregatorParams:
+def backchannel_gate(config: BotConfig) -> BackchannelGate | None:
+    """The gate that judges speech over the bot's, with the pacer that pauses it (`gate.speech`)."""
+    if not config.pause_on_sound:
+        return None
+    phrases = BackchannelPhrases(config.backchannels.split(","))
+    return BackchannelGate(
+        phrases, BotSpeechPacer(), wait_s=config.backchannel_wait_secs, max_pause_s=config.pause_max_secs
+    )
+
+
+def user_turn_params(config: BotConfig, gate: BackchannelGate | None = None) -> LLMUserAggregatorParams:
     """Silero VAD starts speech (and interrupts the bot) after `vad_start_secs` of it and ends it after
     `vad_stop_secs` of silence; the turn ends when Smart Turn says it is complete, or `turn_hold_secs`
     after a final transcript that ends a sentence, else after `turn_fallback_secs` of silence. Speech
-    before the turn's end continues it, its transcript decoded again whole. `idle_secs` of silence on
-    both sides make the user idle."""
+    before the turn's end continues it, its transcript decoded again whole. With a backchannel `gate`,
+    speech over the bot's starts a turn by its words, not by the VAD. `idle_secs` of silence on both
+    sides make the user idle."""
+    start = (
+        [QuietBotVADUserTurnStartStrategy(gate), TranscriptionUserTurnStartStrategy()]
+        if gate
+        else default_user_turn_start_strategies()
+    )
     smart_turn = LocalSmartTurnAnalyzerV3(params=SmartTurnParams(stop_secs=config.turn_fallback_secs))
     return LLMUserAggregatorParams(
         vad_analyzer=SileroVADAnalyzer(
@@ -130,7 +161,7 @@ def user_turn_params(config: BotConfig) -> LLMUserAggregatorParams:
             )
         ),
         user_turn_strategies=UserTurnStrategies(
-            start=[ReopenedTranscriptUserTurnStartStrategy(), *default_user_turn_start_strategies()],
+            start=[ReopenedTranscriptUserTurnStartStrategy(), *start],
             stop=[
                 BackgroundTurnAnalyzerUserTurnStopStrategy(turn_analyzer=smart_turn),
                 SentenceEndUserTurnStopStrategy(hold_s=config.turn_hold_secs),
@@ -177,7 +208,10 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
         settings=TTSServerTTSService.Settings(voice=config.voice, language=config.language),
         server_wait_s=config.model_server_wait_s,
     )  # fmt: skip
-    user_aggregator, assistant_aggregator = LLMContextAggregatorPair(context, user_params=user_turn_params(config))
+    gate = backchannel_gate(config)
+    user_aggregator, assistant_aggregator = LLMContextAggregatorPair(
+        context, user_params=user_turn_params(config, gate)
+    )
 
     call_id = uuid.uuid4().hex[:12]
     transcript = CallTranscript(Path(config.transcripts), call_id) if config.transcripts else None
@@ -187,7 +221,8 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
     prefill = [InterimPrefill(llm)] if config.prefill_interims and isinstance(llm, TokenLLMService) else []
     ender = CallEnder(context, skipped_text_types=[FILLER_TEXT_TYPE])
     pipeline = Pipeline(
-        [transport.input(), stt, *prefill, user_aggregator, llm, ender, tts, transport.output(),
+        [transport.input(), stt, *([gate] if gate else []), *prefill, user_aggregator, llm, ender, tts,
+         *([gate.speech] if gate else []), transport.output(), *([gate.speech.tap] if gate else []),
          *([recording.processor] if recording else []), assistant_aggregator]
     )  # fmt: skip
 
@@ -219,6 +254,11 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
             ender.user_spoke()
             if transcript:
                 transcript.write("user", text=message.content)
+
+    @user_aggregator.event_handler("on_user_backchannel")
+    async def on_user_backchannel(_, message: UserBackchannelMessage) -> None:
+        if transcript:
+            transcript.write("backchannel", text=message.content)
 
     @assistant_aggregator.event_handler("on_assistant_turn_stopped")
     async def on_assistant_turn_stopped(_, message: AssistantTurnStoppedMessage) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from loguru import logger
 
+from pipecat_services.spoken_phrases import BACKCHANNELS
 from servers.cli import add_flag
 from servers.ports import ASR_PORT, LLM_PORT, TTS_PORT
 
@@ -42,6 +43,7 @@ SESSION_KEYS = {
     "temperature": float,
     "tool_filler": bool,
     "idle_secs": float,
+    "pause_on_sound": bool,
 }
 INTERLEAVE_MODES = ("all", "first", "off")
 SESSION_CHECKS = {
@@ -114,6 +116,21 @@ class BotConfig:
         0.1, "speech that starts a turn (Silero VAD); over the bot's voice it interrupts, so short = prompt barge-in"
     )
     vad_stop_secs: float = setting(0.2, "silence that ends speech (Silero VAD)")
+    pause_on_sound: bool = setting(
+        True,
+        "the user's speech over the bot's pauses it and its words decide: a backchannel or no words (a cough) "
+        "resume it, anything else interrupts. off: any speech interrupts at once",
+        type=on_off,
+        nargs="?",
+        const=True,
+    )
+    backchannels: str = setting(
+        ",".join(BACKCHANNELS), "what a listener says without taking the turn (pause_on_sound), comma-separated"
+    )
+    backchannel_wait_secs: float = setting(
+        0.5, "after a sound over the bot's speech ends, how long its words may take before the bot resumes"
+    )
+    pause_max_secs: float = setting(2.5, "the longest a sound without words pauses the bot's speech")
     turn_hold_secs: float = setting(
         0.35,
         "silence past the VAD's stop that ends a turn whose final ends a sentence (the reply is generated "

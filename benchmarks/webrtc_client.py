@@ -114,6 +114,8 @@ class BargeIn:
     """Start of the interrupting speech at this client → the bot's last audio arriving here."""
     played_s: float
     """How long the reply had been playing at this client when the interruption began."""
+    reply_start: float
+    """When the reply's first audio arrived here (this client's clock)."""
     stored: dict[str, Any] | None
     """The bot's `assistant_turn` message for the interrupted reply: what went into its context."""
 
@@ -217,8 +219,11 @@ class WebRTCVoiceClient:
             await asyncio.sleep(0.02)
         return voiced[0]
 
-    async def barge_in(self, request: np.ndarray, interruption: np.ndarray, after_s: float = 2.0) -> BargeIn:
-        """Ask for a long reply, speak `interruption` `after_s` into it, measure how soon the bot stops.
+    async def barge_in(
+        self, request: np.ndarray, interruption: np.ndarray, after_s: float = 2.0, reply_wait_s: float = 10.0
+    ) -> BargeIn:
+        """Ask for a long reply, speak `interruption` `after_s` into it, measure how soon the bot stops;
+        `reply_wait_s`: how long after the interruption the reply may take to end (it may go on).
 
         `interruption` must have no pause inside: the bot's audio until it ends counts as the old reply."""
         speech_end = await self.say(request)
@@ -233,7 +238,7 @@ class WebRTCVoiceClient:
             await asyncio.sleep(0.005)  # interrupt a word, not a pause between two
         started = time.monotonic() + speech_bounds(interruption)[0]
         ended = await self.say(interruption)
-        stored = await self.wait_for_message("assistant_turn", started - 3, timeout=10)
+        stored = await self.wait_for_message("assistant_turn", started - 3, timeout=reply_wait_s)
         # Audio before the interruption ended is the old reply: no answer to it can start earlier.
         talked_over = self.audio.voiced_times(started, ended)
         last = talked_over[-1] if talked_over else started
@@ -241,6 +246,7 @@ class WebRTCVoiceClient:
             round_trip_ms=1000 * (voiced[0] - speech_end) - latency.get("server_v2v_ms", 0.0),
             heard_ms=1000 * max(0.0, last - started),
             played_s=started - voiced[0],
+            reply_start=voiced[0],
             stored=stored,
         )
 

@@ -8,9 +8,10 @@ strategies hold the end of the turn until a `TranscriptionFrame(finalized=True)`
 the user context aggregator before the turn is closed, so we mark every final as finalized.
 
 A final is sent at every VAD stop, and a pause inside a sentence is one. When the user speaks again
-within the same turn, the service asks the server to reopen the last final (`reopen`: its next final
-decodes the whole turn again as one) and tells the aggregator to drop the pieces
-(`TranscriptReopenedFrame`); a final still on its way then is void.
+within the same turn (one the user aggregator started: a "mhm" over the bot's speech is none), the
+service asks the server to reopen the last final (`reopen`: its next final decodes the whole turn
+again as one) and tells the aggregator to drop the pieces (`TranscriptReopenedFrame`); a final still
+on its way then is void.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ class ASRServerSTTService(ModelServerConnection, WebsocketSTTService):
         self._server_wait_s = server_wait_s
         self._reconnect_max_wait_s = reconnect_backoff_max_wait
         self._resampler = create_stream_resampler()
+        self._user_turn = False
+        """The user aggregator started the user's turn and has not ended it."""
         self._finalized_in_turn = False
         """A hard finalize was sent since the user's turn began: speech now continues its utterance."""
         self._finals_due = 0
@@ -112,10 +115,11 @@ class ASRServerSTTService(ModelServerConnection, WebsocketSTTService):
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, UserStartedSpeakingFrame | UserStoppedSpeakingFrame):
+            self._user_turn = isinstance(frame, UserStartedSpeakingFrame)
             self._finalized_in_turn = False
         elif isinstance(frame, VADUserStoppedSpeakingFrame) and self._is_open():
             self.request_finalize()
-            self._finalized_in_turn = True
+            self._finalized_in_turn = self._user_turn  # a sound over the bot's speech is no turn to continue
             self._finals_due += 1
             await self._websocket.send(protocol.Finalize(hard=True).to_json())
         elif isinstance(frame, VADUserStartedSpeakingFrame) and self._finalized_in_turn and self._is_open():

@@ -1,4 +1,5 @@
-"""What the bot says without asking the LLM: goodbyes, idle nudges, fillers while a tool runs."""
+"""What the bot says without asking the LLM (goodbyes, idle nudges, fillers while a tool runs), and what a
+listener says without taking the turn (backchannels)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ IDLE_GOODBYE = "It seems you've stepped away. Goodbye for now!"
 NUDGES = ("Are you still there?", "Hello, are you still with me?", "Still there?")
 FILLERS = ("Let me check.", "One moment.", "Let me see.", "Just a sec.", "Checking now.")
 """Short on purpose: the answer waits for the filler to finish playing."""
+BACKCHANNELS = (
+    "mhm", "mm", "mm hmm", "mkay", "mm kay", "hmm", "uh huh", "uh", "um", "erm", "ah", "oh", "ahem",
+    "yeah", "yes", "yep", "yup", "okay", "ok", "right", "sure", "i see", "got it", "alright", "all right",
+    "cool", "nice", "great", "wow", "true", "exactly", "indeed", "totally", "of course", "makes sense",
+    "go on", "interesting", "thanks", "thank you",
+)  # fmt: skip
+"""What a listener says without taking the turn; any run of them ("Okay, I see.") is one."""
 
 
 class VariedPhrases:

@@ -1,0 +1,119 @@
+"""Backchannels: which words are one, and the pacer that pauses the bot's speech without losing a word.
+The behaviour over a real call is in tests/test_bot.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+from pipecat.frames.frames import OutputAudioRawFrame, SystemFrame, TTSAudioRawFrame, TTSStoppedFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.tests.utils import SleepFrame, run_test
+
+from pipecat_services.backchannels import BackchannelPhrases
+from pipecat_services.speech_pacer import BotSpeechPacer
+
+PHRASES = BackchannelPhrases()
+
+
+@pytest.mark.parametrize(
+    ("text", "backchannel"),
+    [
+        ("Mhm.", True),
+        ("Mm-hmm.", True),
+        ("Mmmm", True),
+        ("Uh-huh.", True),
+        ("Okay, I see.", True),
+        ("Yeah, yeah.", True),
+        ("Thank you.", True),
+        ("(coughs)", False),
+        ("", False),
+        ("Wait, stop.", False),
+        ("Okay, stop.", False),
+        ("Yes, but what about Paris?", False),
+        ("I", False),
+        ("No.", False),
+    ],
+)
+def test_a_backchannel_is_a_run_of_listener_words_and_nothing_else(text: str, backchannel: bool) -> None:
+    assert PHRASES.heard_in(text) is backchannel
+
+
+@pytest.mark.parametrize(
+    ("interim", "undecided"),
+    [("", True), ("I", True), ("Okay", True), ("Okay, got", True), ("wait", False), ("Yes but", False)],
+)
+def test_an_interim_decides_only_once_it_can_no_longer_become_a_backchannel(interim: str, undecided: bool) -> None:
+    assert PHRASES.may_become(interim) is undecided
+
+
+def test_the_phrases_are_a_setting() -> None:
+    phrases = BackchannelPhrases(["sure thing", "roger"])
+    assert phrases.heard_in("Roger, sure thing!") and not phrases.heard_in("Mhm.")
+
+
+def speech(seconds: float, rate: int = 16_000) -> TTSAudioRawFrame:
+    """Audio whose samples count up, so any piece lost, repeated or reordered shows."""
+    samples = (np.arange(int(seconds * rate)) % 30_000 + 1).astype(np.int16)
+    return TTSAudioRawFrame(samples.tobytes(), rate, 1, context_id="c")
+
+
+class PauseFrame(SystemFrame):
+    """Calls `pause()` at its place in the frames sent."""
+
+
+class ResumeFrame(SystemFrame):
+    """Calls `resume()` at its place in the frames sent."""
+
+
+class ScriptedPacer(BotSpeechPacer):
+    """The pacer as the gate drives it, at the script's points."""
+
+    async def process_frame(self, frame, direction: FrameDirection) -> None:
+        if isinstance(frame, PauseFrame):
+            self.pause()
+        elif isinstance(frame, ResumeFrame):
+            self.resume()
+        await super().process_frame(frame, direction)
+
+
+class RealTimeSink(FrameProcessor):
+    """Plays audio as a transport does: each frame takes its length to write before it goes on."""
+
+    async def process_frame(self, frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, OutputAudioRawFrame):
+            await asyncio.sleep(frame.num_frames / frame.sample_rate)
+        await self.push_frame(frame, direction)
+
+
+def playing(pacer: BotSpeechPacer) -> Pipeline:
+    return Pipeline([pacer, RealTimeSink(), pacer.tap])
+
+
+async def test_a_pause_holds_the_audio_and_the_words_and_loses_none() -> None:
+    audio = speech(1.0)
+    started = time.monotonic()
+    down, _ = await run_test(
+        playing(ScriptedPacer()),
+        frames_to_send=[
+            audio,
+            SleepFrame(0.2),
+            PauseFrame(),
+            SleepFrame(0.5),
+            ResumeFrame(),
+            TTSStoppedFrame(context_id="c"),
+        ],
+    )
+    took = time.monotonic() - started
+    spoken = b"".join(f.audio for f in down if isinstance(f, TTSAudioRawFrame))
+    assert spoken == audio.audio  # every piece once, in order
+    silence = [f for f in down if type(f) is OutputAudioRawFrame]
+    assert silence and not any(f.audio.strip(b"\0") for f in silence)
+    first_silence = down.index(silence[0])
+    assert 0 < first_silence < len(down) - len(silence)  # the pause came in the middle of the speech
+    assert isinstance(down[-1], TTSStoppedFrame)  # frames after the audio stay after it
+    assert took >= 1.0 + 0.5 - 0.1  # played in real time, the pause added
