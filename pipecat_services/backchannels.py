@@ -141,11 +141,11 @@ class BackchannelGate(FrameProcessor):
         if not final and (len(frame.text.split()) < INTERIM_WORDS or self._phrases.may_become(frame.text)):
             return False
         logger.info(f"{self}: {frame.text!r} over the bot's speech: an interruption")
-        await self._settled()
-        return True
+        return True  # the pause holds until the interruption arrives (or, failing one, times out)
 
     async def _pause(self) -> None:
         if not self._paused:
+            logger.debug(f"{self}: the user's sound pauses the bot's speech")
             self._paused, self._paused_at = True, time.monotonic()
             self.speech.pause()
         await self._resume_after(None, "the longest pause")

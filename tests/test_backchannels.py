@@ -8,15 +8,28 @@ import time
 
 import numpy as np
 import pytest
-from pipecat.frames.frames import OutputAudioRawFrame, SystemFrame, TTSAudioRawFrame, TTSStoppedFrame
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    InterimTranscriptionFrame,
+    OutputAudioRawFrame,
+    SystemFrame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+    TTSStoppedFrame,
+    UserBackchannelFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import SleepFrame, run_test
+from pipecat.utils.time import time_now_iso8601
 
-from pipecat_services.backchannels import BackchannelPhrases
+from pipecat_services.backchannels import BackchannelGate, BackchannelPhrases
 from pipecat_services.speech_pacer import BotSpeechPacer
 
 PHRASES = BackchannelPhrases()
+UPSTREAM = FrameDirection.UPSTREAM
 
 
 @pytest.mark.parametrize(
@@ -117,3 +130,64 @@ async def test_a_pause_holds_the_audio_and_the_words_and_loses_none() -> None:
     assert 0 < first_silence < len(down) - len(silence)  # the pause came in the middle of the speech
     assert isinstance(down[-1], TTSStoppedFrame)  # frames after the audio stay after it
     assert took >= 1.0 + 0.5 - 0.1  # played in real time, the pause added
+
+
+class SpeechSwitch:
+    """Stands in for the pacer: records what the gate asks of the bot's speech."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pause(self) -> None:
+        self.calls.append("pause")
+
+    def resume(self) -> None:
+        self.calls.append("resume")
+
+
+def gate(speech: SpeechSwitch, wait_s: float = 0.3) -> BackchannelGate:
+    return BackchannelGate(PHRASES, speech, wait_s=wait_s, max_pause_s=5.0)  # type: ignore[arg-type]
+
+
+def said(text: str, final: bool = True) -> TranscriptionFrame | InterimTranscriptionFrame:
+    kind = TranscriptionFrame if final else InterimTranscriptionFrame
+    return kind(text, "user", time_now_iso8601())
+
+
+async def judge(speech: SpeechSwitch, frames: list, wait_s: float = 0.3) -> tuple[list, list]:
+    """The frames through a gate, all sent upstream as the user aggregator sends the VAD and bot frames."""
+    down, up = await run_test(gate(speech, wait_s), frames_to_send=frames, frames_to_send_direction=UPSTREAM)
+    return [f for f in down if isinstance(f, UserBackchannelFrame)], [
+        f.text for f in up if isinstance(f, TranscriptionFrame | InterimTranscriptionFrame)
+    ]
+
+
+async def test_a_backchannel_over_the_bot_pauses_it_and_resumes_it_and_is_no_transcript() -> None:
+    speech = SpeechSwitch()
+    frames = [BotStartedSpeakingFrame(), VADUserStartedSpeakingFrame(), said("Mm", final=False)]
+    frames += [VADUserStoppedSpeakingFrame(), said("Okay, I see.")]
+    backchannels, passed = await judge(speech, frames)
+    assert speech.calls == ["pause", "resume"]
+    assert [b.text for b in backchannels] == ["Okay, I see."] and passed == []
+
+
+async def test_words_over_the_bot_pass_on_to_interrupt_and_a_lone_interim_word_waits() -> None:
+    speech = SpeechSwitch()
+    frames = [BotStartedSpeakingFrame(), VADUserStartedSpeakingFrame(), said("Wait", final=False)]
+    frames += [said("Wait, stop", final=False), VADUserStoppedSpeakingFrame(), said("Wait, stop.")]
+    backchannels, passed = await judge(speech, frames, wait_s=5.0)
+    assert passed == ["Wait, stop", "Wait, stop."] and not backchannels
+    assert speech.calls == ["pause"]  # until the interruption the words cause
+
+
+async def test_a_sound_without_words_resumes_the_bot_after_the_wait() -> None:
+    speech = SpeechSwitch()
+    frames = [BotStartedSpeakingFrame(), VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(), SleepFrame(0.6)]
+    backchannels, passed = await judge(speech, frames, wait_s=0.2)
+    assert speech.calls == ["pause", "resume"] and not backchannels and not passed
+
+
+async def test_speech_while_the_bot_is_silent_is_not_judged() -> None:
+    speech = SpeechSwitch()
+    _, passed = await judge(speech, [VADUserStartedSpeakingFrame(), said("Okay", final=False), said("Okay.")])
+    assert speech.calls == [] and passed == ["Okay", "Okay."]

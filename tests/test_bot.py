@@ -122,7 +122,7 @@ async def test_a_backchannel_over_the_bot_pauses_it_and_it_goes_on(bot_server, w
         reply = await client.wait_for_reply(result.reply_start, timeout=30, quiet=2.0)
         assert reply is not None
         said = await heard(whisper, client.audio.between(result.reply_start - 0.1, reply[1] + 0.1))
-        turns = client.server_messages("turn_latency", result.reply_start)
+        turns = client.server_messages("turn_latency", result.reply_start + result.played_s)
     finally:
         await client.close()
     print(f"\nstored {result.stored}\nheard {said!r}")
