@@ -130,7 +130,7 @@ class BotConfig:
     backchannel_wait_secs: float = setting(
         0.5, "after a sound over the bot's speech ends, how long its words may take before the bot resumes"
     )
-    pause_max_secs: float = setting(2.5, "the longest a sound without words pauses the bot's speech")
+    pause_max_secs: float = setting(2.5, "the longest a sound without words pauses the bot's speech (at most 2.9)")
     turn_hold_secs: float = setting(
         0.35,
         "silence past the VAD's stop that ends a turn whose final ends a sentence (the reply is generated "

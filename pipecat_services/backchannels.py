@@ -34,7 +34,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.turns.types import ProcessFrameResult
 from pipecat.turns.user_start import VADUserTurnStartStrategy
 
-from pipecat_services.speech_pacer import BotSpeechPacer
+from pipecat_services.speech_pacer import MAX_PAUSE_S, BotSpeechPacer
 from pipecat_services.spoken_phrases import BACKCHANNELS
 
 
@@ -99,7 +99,7 @@ class BackchannelGate(FrameProcessor):
         self._phrases = phrases
         self.speech = speech
         self._wait_s = wait_s
-        self._max_pause_s = max_pause_s
+        self._max_pause_s = min(max_pause_s, MAX_PAUSE_S)
         self._bot_speaking = False
         self._user_turn = False
         self._paused = False

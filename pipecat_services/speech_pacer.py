@@ -18,6 +18,7 @@ import heapq
 import itertools
 from collections import deque
 
+from loguru import logger
 from pipecat.frames.frames import (
     CancelFrame,
     EndFrame,
@@ -37,13 +38,16 @@ be ready when that one has played. With the piece it is filling, what a pause st
 STALL_S = 0.3
 """Played audio not reported this long past its length counts as played: a transport that stopped
 writing (a client gone) must not hold back the frames after the audio, an EndFrame among them."""
+MAX_PAUSE_S = 2.9
+"""Pipecat's output transport counts the bot as stopped after 3 s without audio
+(`BOT_VAD_STOP_FALLBACK_SECS`): a longer pause would end the bot's turn under it."""
 NS = 1_000_000_000
 
 
 class BotSpeechPacer(FrameProcessor):
-    """Just before the output transport: hands it the bot's audio in real time, and holds it while
-    paused (silence meanwhile, so the transport still counts the bot as speaking). An interruption
-    ends a pause and drops what it held."""
+    """Just before the output transport: hands it the bot's audio as it plays, and holds it while
+    paused. An interruption ends a pause and drops what it held. A pause must stay under Pipecat's
+    3 s without audio after which the transport counts the bot as stopped (`MAX_PAUSE_S`)."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -58,13 +62,11 @@ class BotSpeechPacer(FrameProcessor):
         self._ahead_s = 0.0
         """Audio handed on and not yet reported played."""
         self._progress_at = 0
+        """When audio was last reported played, or handed on with none on its way."""
         self._chunk_s = 0.04
         """The transport's chunk, as its reports show (`TransportParams.audio_out_10ms_chunks`)."""
-        """When audio was last reported played, or handed on with none on its way."""
         self.tap = PlayedAudioTap(self)
         """Goes right after the output transport."""
-        self._sample_rate = 16_000
-        """The speech's, for the silence of a pause."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -76,6 +78,7 @@ class BotSpeechPacer(FrameProcessor):
         """Hold the bot's speech where it is, until `resume()` or an interruption."""
         if self._paused_at is None:
             self._paused_at = self._now()
+            logger.debug(f"{self}: paused, {1000 * self._ahead_s:.0f} ms on its way")
         self._wake.set()
 
     def played(self, frame: OutputAudioRawFrame) -> None:
@@ -122,11 +125,10 @@ class BotSpeechPacer(FrameProcessor):
 
     def _hold(self, frame: Frame) -> None:
         if isinstance(frame, OutputAudioRawFrame):
-            self._sample_rate = frame.sample_rate
             self._queue.extend(_pieces(frame))
         elif frame.pts and not isinstance(frame, TTSStoppedFrame):
             # A pause after this frame was timed delays it too: its time is kept on the speech clock.
-            due = frame.pts - self._paused_ns - (self._now() - self._paused_at if self._paused_at is not None else 0)
+            due = frame.pts - (self._now() - self._speech_now())
             heapq.heappush(self._timed, (due, next(self._order), frame))
         else:
             self._queue.append(frame)
@@ -139,12 +141,14 @@ class BotSpeechPacer(FrameProcessor):
             while self._timed and self._timed[0][0] <= self._speech_now():
                 await self.push_frame(heapq.heappop(self._timed)[2])
             while self._queue and not self.paused and not isinstance(self._queue[0], OutputAudioRawFrame):
+                if isinstance(self._queue[0], EndFrame) and self._timed:
+                    break  # the last words heard go first
                 frame = self._queue.popleft()
                 await self.push_frame(frame)
                 if isinstance(frame, EndFrame):
                     return
-            while self._ahead_s < CHUNKS_AHEAD * self._chunk_s and (self.paused or self._audio_next()):
-                piece = self._silence() if self.paused else self._queue.popleft()
+            while self._ahead_s < CHUNKS_AHEAD * self._chunk_s and not self.paused and self._audio_next():
+                piece = self._queue.popleft()
                 if not self._ahead_s:
                     self._progress_at = self._now()
                 self._ahead_s += _seconds(piece)
@@ -163,10 +167,6 @@ class BotSpeechPacer(FrameProcessor):
 
     def _audio_next(self) -> bool:
         return bool(self._queue) and isinstance(self._queue[0], OutputAudioRawFrame)
-
-    def _silence(self) -> OutputAudioRawFrame:
-        samples = int(self._sample_rate * PIECE_S)
-        return OutputAudioRawFrame(bytes(2 * samples), self._sample_rate, 1)
 
     async def _stop(self) -> None:
         if self._task is not None:
