@@ -28,6 +28,8 @@ import uuid
 from pathlib import Path
 
 from loguru import logger
+from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
+from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.audio.turn.smart_turn.base_smart_turn import SmartTurnParams
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroVADAnalyzer
@@ -69,6 +71,7 @@ from pipecat_services.llm.interim_prefill import InterimPrefill
 from pipecat_services.llm.llama_server.service import LlamaServerLLMService
 from pipecat_services.llm.openai_compatible import BudgetedOpenAILLMService
 from pipecat_services.llm.service import TokenLLMService
+from pipecat_services.mcp_tools import MCPConfigError, MCPToolbox, read_mcp_servers
 from pipecat_services.model_readiness import ModelServers, add_warming_up_routes, one_moment
 from pipecat_services.pipecat_internals import start_user_idle_timer
 from pipecat_services.speech_pacer import BotSpeechPacer
@@ -109,6 +112,7 @@ def make_llm(config: BotConfig, interleaver: Interleaver | None, context: LLMCon
             base_url=config.llm_url,
             default_headers=modal_proxy_headers(config.llm_url),
             context_tokens=config.context_tokens or None,
+            function_call_timeout_secs=config.tool_timeout_secs,
             settings=BudgetedOpenAILLMService.Settings(
                 model=config.llm_model,
                 system_instruction=config.full_system_prompt,
@@ -125,6 +129,7 @@ def make_llm(config: BotConfig, interleaver: Interleaver | None, context: LLMCon
         warm_context=context,
         context_tokens=config.context_tokens or None,
         filler=CallFiller() if config.tool_filler else None,
+        function_call_timeout_secs=config.tool_timeout_secs,
         settings=LLMSettings(
             system_instruction=config.full_system_prompt, max_tokens=config.max_tokens, temperature=config.temperature
         ),
@@ -176,31 +181,49 @@ def model_servers(config: BotConfig) -> ModelServers:
     return ModelServers(config.asr_url, config.tts_url, config.llm_url if config.llm_api == "llama-server" else None)
 
 
-def new_context(config: BotConfig) -> LLMContext:
-    """A conversation's context: empty, with the configured tools."""
-    tools = bot_tools(config.tool_names)
-    return LLMContext(tools=tools) if tools else LLMContext()
+def new_context(config: BotConfig, mcp: MCPToolbox | None = None) -> LLMContext:
+    """A conversation's context: empty, with the configured tools, then the MCP servers' (a name
+    already taken is skipped)."""
+    tools: dict[str, FunctionSchema] = {}
+    for tool in [*bot_tools(config.tool_names), *(mcp.tools if mcp else [])]:
+        if tools.setdefault(tool.name, tool) is not tool:
+            logger.warning(f"two tools are called {tool.name!r}: the first one is kept")
+    return LLMContext(tools=ToolsSchema(standard_tools=list(tools.values()))) if tools else LLMContext()
+
+
+async def connect_mcp(config: BotConfig) -> MCPToolbox | None:
+    """The `--mcp` servers' tools for one call (or the warm-up); None without `--mcp`."""
+    if not config.mcp:
+        return None
+    servers = read_mcp_servers(config.mcp)
+    return await MCPToolbox.connect(
+        servers, timeout_s=config.tool_timeout_secs, max_result_chars=config.mcp_result_chars
+    )
 
 
 async def warm_llm(config: BotConfig) -> None:
     """Each call prefills the system prompt and tools when it starts, but on a fresh llama-server
     they take ≈4 s on two cores, so the first call after a start would wait for them on its first
     turn. Prefill them when the bot starts instead; later calls share the server's cached prefix."""
-    llm = make_llm(config, None, new_context(config))
-    if not isinstance(llm, TokenLLMService):
-        return
+    mcp = await connect_mcp(config)
+    llm = make_llm(config, None, new_context(config, mcp))
     try:
-        await llm.warm_server(config.model_server_wait_s)
-        logger.info("LLM warmed: the system prompt and tools are in llama-server's cache")
+        if isinstance(llm, TokenLLMService):
+            await llm.warm_server(config.model_server_wait_s)
+            logger.info("LLM warmed: the system prompt and tools are in llama-server's cache")
     except Exception as e:
         logger.warning(f"LLM warm-up failed ({e}); the first call will prefill the system prompt")
     finally:
-        await llm.backend.close()
+        if isinstance(llm, TokenLLMService):
+            await llm.backend.close()
+        if mcp:
+            await mcp.close()
 
 
 async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint: bool = False) -> None:
     interleaver = Interleaver() if config.interleave != "off" and config.llm_api == "llama-server" else None
-    context = new_context(config)
+    mcp = await connect_mcp(config)
+    context = new_context(config, mcp)
     stt = ASRServerSTTService(url=config.asr_url, server_wait_s=config.model_server_wait_s)
     llm = make_llm(config, interleaver, context)
     tts = TTSServerTTSService(
@@ -291,6 +314,8 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
         for record in (transcript, recording):
             if record:
                 record.close()
+        if mcp:
+            await mcp.close()
 
 
 async def bot(runner_args: RunnerArguments) -> None:
@@ -306,6 +331,11 @@ if __name__ == "__main__":
 
     parser = add_bot_flags(argparse.ArgumentParser(description="Self-hosted voice agent (Pipecat runner)"))
     startup_config = BotConfig.from_args(parser.parse_known_args()[0])
+    if startup_config.mcp:
+        try:
+            read_mcp_servers(startup_config.mcp)
+        except MCPConfigError as e:
+            raise SystemExit(f"bot: {e}") from None
     add_warming_up_routes(app, model_servers(startup_config))
     threading.Thread(target=asyncio.run, args=(warm_llm(startup_config),), name="warm-llm", daemon=True).start()
     main(parser)

@@ -81,6 +81,13 @@ class BotConfig:
     language: str = setting("en", "TTS language")
     system_prompt: str = setting(DEFAULT_SYSTEM_PROMPT, "system prompt")
     tools: str = setting("time,end_call", "tools the agent may call (bot_tools.py), comma-separated, or none")
+    mcp: str = setting(
+        "", "JSON file of MCP servers (mcpServers, each with the `tools` it may use) whose tools the agent may call"
+    )
+    mcp_result_chars: int = setting(2000, "longest MCP tool result that reaches the prompt; a longer one is cut")
+    tool_timeout_secs: float = setting(
+        10.0, "a tool call that takes longer gives the model an error; an MCP server must connect within it"
+    )
     interleave: str = setting(
         "first",
         "LLM and TTS take turns: all (one GPU shared by both), first (only the reply's first words; a "
@@ -160,7 +167,7 @@ class BotConfig:
 
     @property
     def full_system_prompt(self) -> str:
-        return f"{self.system_prompt} {TOOL_PROMPT}" if self.tool_names else self.system_prompt
+        return f"{self.system_prompt} {TOOL_PROMPT}" if self.tool_names or self.mcp else self.system_prompt
 
     @classmethod
     def from_args(cls, args: argparse.Namespace | None) -> BotConfig:

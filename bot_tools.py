@@ -13,7 +13,8 @@ Add your own in three steps:
         handler=get_weather,
     )
 
-then run the bot with `--tools time,end_call,weather`. This is Pipecat's standard function-calling
+then run the bot with `--tools time,end_call,weather`. Tools from MCP servers come with `--mcp FILE`
+(`pipecat_services/mcp_tools.py`). This is Pipecat's standard function-calling
 API: the same schemas and handlers work with `OpenAILLMService`. The LLM service renders the
 tools with the model's own chat template, checks the arguments against `properties`, and gives the
 result back to the model, which then speaks the answer.
@@ -24,7 +25,6 @@ from __future__ import annotations
 from datetime import datetime
 
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
-from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.frames.frames import FunctionCallResultProperties, TTSSpeakFrame
 from pipecat.services.llm_service import FunctionCallParams
 
@@ -73,9 +73,9 @@ TOOLS: dict[str, FunctionSchema] = {
 }
 
 
-def bot_tools(names: list[str]) -> ToolsSchema | None:
-    """The tools called `names` (keys of `TOOLS`); None for none."""
+def bot_tools(names: list[str]) -> list[FunctionSchema]:
+    """The tools called `names` (keys of `TOOLS`)."""
     unknown = [n for n in names if n not in TOOLS]
     if unknown:
         raise ValueError(f"unknown tools {unknown}; have {sorted(TOOLS)}")
-    return ToolsSchema(standard_tools=[TOOLS[n] for n in names]) if names else None
+    return [TOOLS[n] for n in names]

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from difflib import SequenceMatcher
@@ -229,7 +228,8 @@ def listener_noises(maker: ClipMaker) -> dict[str, np.ndarray]:
 class SoundOverSpeech:
     """One sound played into a long answer, with the pause on or off: whether it interrupted, when the
     bot's audio stopped after it began (ms, at the client), and for an answer that went on, the words
-    its audio lost or repeated against what went into the context (and those merely misheard)."""
+    its audio around the sound lost or repeated against what went into the context (and those
+    merely misheard)."""
 
     interrupted: bool
     heard_ms: float
@@ -239,14 +239,23 @@ class SoundOverSpeech:
 
 
 def word_changes(said: str, heard: str) -> tuple[list[str], list[str], int]:
-    """The words of `said` missing from `heard`, those `heard` has in excess, and the number replaced."""
+    """Where `heard` (a stretch of the bot's audio, transcribed) lies in `said` (the whole answer): the
+    words of `said` it lacks inside that stretch, those it has in excess, and the number replaced. Its
+    ends are left out: the stretch may begin or end inside a word."""
     a, b = normalize(said).split(), normalize(heard).split()
+    ops = [op for op in SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes()]
+    matched = [i for i, op in enumerate(ops) if op[0] == "equal"]
     lost, extra, replaced = [], [], 0
-    for op, i1, i2, j1, j2 in SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+    for op, i1, i2, j1, j2 in ops[matched[0] + 1 : matched[-1]] if matched else []:
         lost += a[i1:i2] if op == "delete" else []
         extra += b[j1:j2] if op == "insert" else []
         replaced += max(i2 - i1, j2 - j1) if op == "replace" else 0
     return lost, extra, replaced
+
+
+AROUND_S = (3.0, 6.0)
+"""The bot's audio transcribed to find words lost or repeated: this long before the sound and after
+it (the pause and the resume in between); the answer's text is what the context stored."""
 
 
 async def sound_over_speech(
@@ -258,10 +267,9 @@ async def sound_over_speech(
         stored = result.stored or {"interrupted": True, "text": ""}
         if stored["interrupted"]:
             return SoundOverSpeech(True, result.heard_ms, [], [], 0)
-        while time.monotonic() - client.audio.voiced[-1] < 1.0:  # its last words are still playing
-            await asyncio.sleep(0.05)
-        audio = client.audio.between(result.reply_start - 0.1, float("inf")).astype(np.float32) / 32768
-        heard = await whisper.transcribe(np.concatenate([audio, np.zeros(8000, np.float32)]))
+        sound_at = result.reply_start + result.played_s
+        around = client.audio.between(sound_at - AROUND_S[0], sound_at + AROUND_S[1]).astype(np.float32) / 32768
+        heard = await whisper.transcribe(np.concatenate([around, np.zeros(8000, np.float32)]))
         return SoundOverSpeech(False, result.heard_ms, *word_changes(stored["text"], heard))
 
     return await session(url, {"idle_secs": 0, "pause_on_sound": pause, "temperature": 0.0}, act)
