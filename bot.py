@@ -201,6 +201,16 @@ async def connect_mcp(config: BotConfig) -> MCPToolbox | None:
     )
 
 
+async def add_mcp_tools(config: BotConfig, context: LLMContext) -> MCPToolbox | None:
+    """The call goes on while the MCP servers connect (a stdio server starts a process: seconds), and
+    their tools join the context once they have; a turn before then has the bot's own tools."""
+    mcp = await connect_mcp(config)
+    if mcp and mcp.tools:
+        context.set_tools(new_context(config, mcp).tools)
+        logger.info(f"MCP tools ready: {', '.join(t.name for t in mcp.tools)}")
+    return mcp
+
+
 async def warm_llm(config: BotConfig) -> None:
     """Each call prefills the system prompt and tools when it starts, but on a fresh llama-server
     they take ≈4 s on two cores, so the first call after a start would wait for them on its first
@@ -222,8 +232,8 @@ async def warm_llm(config: BotConfig) -> None:
 
 async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint: bool = False) -> None:
     interleaver = Interleaver() if config.interleave != "off" and config.llm_api == "llama-server" else None
-    mcp = await connect_mcp(config)
-    context = new_context(config, mcp)
+    context = new_context(config)
+    mcp_connecting = asyncio.create_task(add_mcp_tools(config, context))
     stt = ASRServerSTTService(url=config.asr_url, server_wait_s=config.model_server_wait_s)
     llm = make_llm(config, interleaver, context)
     tts = TTSServerTTSService(
@@ -314,7 +324,9 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
         for record in (transcript, recording):
             if record:
                 record.close()
-        if mcp:
+        mcp_connecting.cancel()
+        mcp = (await asyncio.gather(mcp_connecting, return_exceptions=True))[0]
+        if isinstance(mcp, MCPToolbox):
             await mcp.close()
 
 

@@ -32,17 +32,19 @@ from pipecat_services.call_ending import is_farewell, last_user_words
 from pipecat_services.spoken_phrases import GOODBYE
 
 
-async def get_current_time(params: FunctionCallParams) -> None:
+def current_time() -> dict[str, str | None]:
     """The machine's local date and time, so "What time is it?" gets a true answer."""
     now = datetime.now().astimezone()
-    await params.result_callback(
-        {
-            "time": now.strftime("%H:%M"),
-            "weekday": now.strftime("%A"),
-            "date": now.strftime("%B %d, %Y"),
-            "timezone": now.tzname(),
-        }
-    )
+    return {
+        "time": now.strftime("%H:%M"),
+        "weekday": now.strftime("%A"),
+        "date": now.strftime("%B %d, %Y"),
+        "timezone": now.tzname(),
+    }
+
+
+async def get_current_time(params: FunctionCallParams) -> None:
+    await params.result_callback(current_time())
 
 
 async def end_call(params: FunctionCallParams) -> None:

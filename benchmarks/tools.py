@@ -41,7 +41,7 @@ from benchmarks.scripted import TurnRecorder, run_script
 from benchmarks.servers import running_server
 from benchmarks.stats import fmt
 from bot_config import TOOL_PROMPT, BotConfig
-from bot_tools import TOOLS
+from bot_tools import TOOLS, current_time
 from pipecat_services.llm.llama_server.service import LlamaServerLLMService
 from pipecat_services.spoken_phrases import FILLERS
 
@@ -50,9 +50,10 @@ WEATHER = {"paris": (18, "light rain"), "tokyo": (24, "sunny"), "berlin": (7, "c
 RATES = {("USD", "EUR"): 0.917, ("GBP", "USD"): 1.268, ("USD", "JPY"): 151.3, ("EUR", "USD"): 1.09}
 
 
-async def canned(params: FunctionCallParams) -> None:
+def canned_result(name: str, args: dict[str, Any]) -> Any:
     """What a real backend would answer, so the model has something to say."""
-    args = params.arguments
+    if name == "get_current_time":
+        return current_time()
     city = str(args.get("city", "")).lower()
     temperature, conditions = WEATHER.get(city, (15, "clear"))
     pair = (str(args.get("from_currency", "")).upper(), str(args.get("to_currency", "")).upper())
@@ -70,7 +71,11 @@ async def canned(params: FunctionCallParams) -> None:
         },
         "set_thermostat": {"ok": True, "temperature_c": args.get("temperature_c"), "reached_in_minutes": 12},
     }
-    await params.result_callback(results.get(params.function_name, {"ok": True}))
+    return results.get(name, {"ok": True})
+
+
+async def canned(params: FunctionCallParams) -> None:
+    await params.result_callback(canned_result(params.function_name, params.arguments))
 
 
 def schema(name: str, description: str, properties: dict[str, Any], required: list[str]) -> FunctionSchema:
@@ -78,7 +83,9 @@ def schema(name: str, description: str, properties: dict[str, Any], required: li
 
 
 BENCH_TOOLS = [
-    TOOLS["time"],
+    FunctionSchema(
+        name="get_current_time", description=TOOLS["time"].description, properties={}, required=[], handler=canned
+    ),
     FunctionSchema(
         name="end_call", description=TOOLS["end_call"].description, properties={}, required=[], handler=canned
     ),

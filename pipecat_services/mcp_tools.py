@@ -122,6 +122,9 @@ class MCPToolbox:
             )
             try:
                 schema = await asyncio.wait_for(client.tools(), timeout_s)
+            except asyncio.CancelledError:
+                await _close(client)
+                raise
             except Exception as e:
                 logger.warning(f"MCP server {server.name!r} unavailable ({type(e).__name__}: {e}); its tools are off")
                 await _close(client)
