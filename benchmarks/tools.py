@@ -6,6 +6,7 @@ only when it should?
     python -m benchmarks.tools --url http://HOST:8002 --json
     python -m benchmarks.tools --history 2               # each request after two spoken exchanges
     python -m benchmarks.tools --set answers             # new tools: does the answer state the result?
+    python -m benchmarks.tools --mcp                     # the same tools from an MCP server
 
 Each request is one fresh conversation (the bot's system prompt and tools, `--history` spoken
 exchanges, one user turn) through `LlamaServerLLMService` and Pipecat's assistant aggregator, as in
@@ -23,6 +24,7 @@ import argparse
 import asyncio
 import json
 import re
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,6 +45,7 @@ from benchmarks.stats import fmt
 from bot_config import TOOL_PROMPT, BotConfig
 from bot_tools import TOOLS, current_time
 from pipecat_services.llm.llama_server.service import LlamaServerLLMService
+from pipecat_services.mcp_tools import MCPServer, MCPToolbox
 from pipecat_services.spoken_phrases import FILLERS
 
 PRICES = {"AAPL": 181.25, "NVDA": 131.4, "MSFT": 412.6, "TSLA": 248.1}
@@ -362,6 +365,9 @@ async def main_async(args: argparse.Namespace) -> None:
         async with running_server("servers.llm", args.url, ["--model", args.model], Path(tmp) / "llm.log") as url:
             url = url.replace("ws://", "http://")
             requests, tools = (ANSWER_REQUESTS, ANSWER_TOOLS) if args.set == "answers" else (REQUESTS, BENCH_TOOLS)
+            if args.mcp:
+                toolbox = await served_by_mcp(tools)
+                tools = toolbox.tools
             for request, expected, arguments in requests:
                 system = f"{args.system_prompt} {args.tool_prompt}"
                 result = await ask(
@@ -377,7 +383,25 @@ async def main_async(args: argparse.Namespace) -> None:
                     f"p(call) {result.call_probability} {result.first_speech_ms} ms -> {result.reply[:90]!r}{stated}",
                     flush=True,
                 )
+            if args.mcp:
+                await toolbox.close()
     report(args.url or args.model, results, args.json)
+
+
+async def served_by_mcp(tools: list[FunctionSchema]) -> MCPToolbox:
+    """The same tools from an MCP server (benchmarks/mcp_server.py, stdio), through the bot's MCP client."""
+    root = str(Path(__file__).resolve().parents[1])
+    server = MCPServer(
+        name="bench",
+        tools=tuple(t.name for t in tools),
+        command=sys.executable,
+        args=("-m", "benchmarks.mcp_server"),
+        env={"PYTHONPATH": root},
+    )
+    toolbox = await MCPToolbox.connect([server], timeout_s=60)
+    if len(toolbox.tools) != len(tools):
+        raise SystemExit("the MCP server did not serve every tool of the set")
+    return toolbox
 
 
 def main() -> None:
@@ -399,6 +423,11 @@ def main() -> None:
         default="calls",
         help="calls: the right call, and none for chit-chat (30 requests); answers: tools the bot never saw, "
         "does the answer state the result (10)",
+    )
+    parser.add_argument(
+        "--mcp",
+        action="store_true",
+        help="the same tools served by an MCP server and called through the bot's MCP client",
     )
     parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (the bot's: 0.7)")
     parser.add_argument(

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 from collections.abc import Awaitable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from benchmarks.audio import read_wav, speak
 from servers.processes import LocalServer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SENTENCES = [
     "What is the capital of France?",
@@ -141,6 +146,21 @@ def tool_bot_server(
     call transcripts (its `env["BOT_TRANSCRIPTS"]`)."""
     transcripts = {"BOT_TRANSCRIPTS": str(tmp_path_factory.mktemp("transcripts"))}
     yield from serve_bot(tmp_path_factory, asr_server, tts_server, tool_llm_server, transcripts)
+
+
+@pytest.fixture(scope="session")
+def mcp_bot_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    asr_server: RestartableServer,
+    tts_server: RestartableServer,
+    tool_llm_server: RestartableServer,
+) -> Iterator[RestartableServer]:
+    """The bot on the embedded 1.5B with `get_weather` from a real MCP server (benchmarks/mcp_server.py,
+    stdio: one process per call), besides its own tools."""
+    config = tmp_path_factory.mktemp("mcp") / "mcp.json"
+    server = {"command": sys.executable, "args": ["-m", "benchmarks.mcp_server"], "env": {"PYTHONPATH": str(ROOT)}}
+    config.write_text(json.dumps({"mcpServers": {"bench": {**server, "tools": ["get_weather"]}}}))
+    yield from serve_bot(tmp_path_factory, asr_server, tts_server, tool_llm_server, {"BOT_MCP": str(config)})
 
 
 @pytest.fixture(scope="session")

@@ -178,6 +178,17 @@ async def test_what_time_is_it_gets_the_current_time(tool_bot_server, whisper, s
     assert next(e for e in events if e["event"] == "tool_call")["name"] == "get_current_time", events
 
 
+async def test_a_tool_from_an_mcp_server_answers_a_spoken_question(mcp_bot_server, whisper, say_wav):
+    """`get_weather` exists only on the MCP server (stdio, started for the call): the bot calls it and
+    speaks what it returned (Paris: 18 °C, light rain)."""
+    turns, said, _ = await tool_turn(
+        mcp_bot_server.http_url, whisper, say_wav("What is the weather in Paris right now?")
+    )
+    answer = turns[-1].lower()
+    assert "rain" in answer or "18" in answer, turns
+    assert "rain" in said or "18" in said or "eighteen" in said, said
+
+
 async def test_a_silent_user_is_nudged_then_the_call_ends(bot_server, whisper):
     """A user who never speaks hears "are you still there?" after the idle time, then a goodbye, and
     the bot ends the call (the connection closes)."""
