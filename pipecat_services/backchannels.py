@@ -76,6 +76,11 @@ class BackchannelPhrases:
         words = _words(text)
         return bool(words) and len(words) in self._reachable(words)
 
+    @staticmethod
+    def no_words(text: str) -> bool:
+        """Whether `text` has no word of two letters or more: what Whisper writes for a gasp ("U.")."""
+        return all(len(word) < 2 for word in _words(text))
+
     def may_become(self, text: str) -> bool:
         """Whether `text` is, or may grow into, a backchannel: what an interim transcript cannot yet rule out."""
         words = _words(text)
@@ -133,6 +138,10 @@ class BackchannelGate(FrameProcessor):
     async def _judge(self, frame: InterimTranscriptionFrame | TranscriptionFrame) -> bool:
         """Whether the transcript goes on (to interrupt); a backchannel resumes the bot instead."""
         final = isinstance(frame, TranscriptionFrame)
+        if final and self._phrases.no_words(frame.text):
+            logger.info(f"{self}: no words in {frame.text!r}: the bot goes on")
+            await self._resume("no words")
+            return False
         if final and self._phrases.heard_in(frame.text):
             logger.info(f"{self}: backchannel {frame.text!r}: the bot goes on")
             await self.push_frame(UserBackchannelFrame(frame.text, frame.user_id, frame.timestamp))

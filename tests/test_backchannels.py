@@ -64,6 +64,13 @@ def test_an_interim_decides_only_once_it_can_no_longer_become_a_backchannel(inte
     assert PHRASES.may_become(interim) is undecided
 
 
+@pytest.mark.parametrize(
+    ("text", "none"), [("U.", True), ("(coughs)", True), ("", True), ("M.M.", True), ("No.", False)]
+)
+def test_a_transcript_without_a_word_of_two_letters_has_no_words(text: str, none: bool) -> None:
+    assert PHRASES.no_words(text) is none
+
+
 def test_the_phrases_are_a_setting() -> None:
     phrases = BackchannelPhrases(["sure thing", "roger"])
     assert phrases.heard_in("Roger, sure thing!") and not phrases.heard_in("Mhm.")
