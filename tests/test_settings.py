@@ -25,7 +25,13 @@ OTHER_VARIABLES = {
 }
 PYTHON_NAMES = {"BOT_DEFAULTS", "BOT_EXTRAS", "BOT_SECRETS", "BOT_SOURCES", "BOT_REQUIRES_PROXY_AUTH"}
 """Constants of `modal_app.py` that docs name; not environment variables."""
-OTHER_PORTS = {19302: "a public STUN server", 3478: "TURN", 4318: "an OTLP/HTTP collector", 11434: "Ollama"}
+OTHER_PORTS = {
+    19302: "a public STUN server",
+    3478: "TURN",
+    4318: "an OTLP/HTTP collector",
+    11434: "Ollama",
+    8765: "an MCP server (the example in docs/tools.md)",
+}
 OUR_PORTS = {ports.ASR_PORT, ports.TTS_PORT, ports.LLM_PORT, ports.BOT_PORT}
 HOST_PORT = re.compile(r"(?:localhost|\d+\.\d+\.\d+\.\d+|[a-z][\w-]*(?:\.[\w-]+)*):(\d{4,5})\b")
 
