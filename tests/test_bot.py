@@ -109,15 +109,17 @@ async def test_barge_in_stops_the_bot_and_keeps_only_what_was_heard(bot_server, 
     assert 0 < len(words) <= 3.5 * result.played_s + 4, result
 
 
-async def test_a_backchannel_over_the_bot_pauses_it_and_it_goes_on(bot_server, whisper, say_wav):
-    """A listener's "okay" during a long answer pauses the bot, which goes on where it paused: the answer
-    ends whole, not interrupted, its audio says what went into the context, and the "okay" was no
-    turn (nothing answers it). That the pause loses no sample is tests/test_backchannels.py's."""
+@pytest.mark.parametrize("sound", ["Okay.", "Ahem!"], ids=["backchannel", "throat-clear"])
+async def test_a_backchannel_or_a_noise_over_the_bot_pauses_it_and_it_goes_on(bot_server, whisper, say_wav, sound):
+    """A listener's "okay" or throat clear during a long answer pauses the bot, which goes on where it
+    paused: the answer ends whole, not interrupted, its audio says what went into the context, and
+    the sound was no turn (nothing answers it). That the pause loses no sample is
+    tests/test_backchannels.py's."""
     client = WebRTCVoiceClient(bot_server.http_url)
     await client.connect()
     try:
         result = await client.barge_in(
-            say_wav("Tell me a long story about a dragon and a brave knight."), say_wav("Okay."), reply_wait_s=120
+            say_wav("Tell me a long story about a dragon and a brave knight."), say_wav(sound), reply_wait_s=120
         )
         reply = await client.wait_for_reply(result.reply_start, timeout=30, quiet=2.0)
         assert reply is not None

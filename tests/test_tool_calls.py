@@ -5,6 +5,7 @@ packaged Qwen2.5 1.5B."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from typing import Any
 
@@ -32,7 +33,7 @@ from pipecat_services.llm import tool_calls, tool_policy
 from pipecat_services.llm.filler import CallFiller, without_fillers
 from pipecat_services.llm.generation import Interleaving, ServerSpeed
 from pipecat_services.llm.llama_server.service import LlamaServerLLMService
-from pipecat_services.llm.tool_policy import without_earlier_calls
+from pipecat_services.llm.tool_policy import with_text_results, without_earlier_calls
 from pipecat_services.spoken_phrases import FILLERS, VariedPhrases
 
 TIMER = {
@@ -256,6 +257,17 @@ def test_calls_of_earlier_turns_leave_the_prompt_but_not_the_current_turns():
     ]
     current = [{"role": "user", "content": "And the date?"}, call, result]
     assert without_earlier_calls(earlier + current) == [earlier[0], earlier[3], *current]
+
+
+def test_a_text_result_reaches_the_model_as_text_not_as_a_quoted_json_string():
+    """Pipecat stores `json.dumps(result)`: an MCP tool's text result would reach the model escaped."""
+    text = '{"city": "Paris", "conditions": "light rain"}'
+    messages = [
+        {"role": "user", "content": '"Quoted," she said.'},
+        {"role": "tool", "tool_call_id": "c1", "content": json.dumps(text)},
+        {"role": "tool", "tool_call_id": "c2", "content": json.dumps({"time": "13:05"})},
+    ]
+    assert with_text_results(messages) == [messages[0], {**messages[1], "content": text}, messages[2]]
 
 
 def test_a_request_is_judged_alone_only_when_it_opens_a_later_turn():

@@ -57,6 +57,7 @@ from pipecat_services.llm.tool_policy import (
     ToolPolicy,
     call_probability,
     last_request_alone,
+    with_text_results,
     without_earlier_calls,
 )
 from pipecat_services.turn_metrics import PromptCacheMetricsData
@@ -217,7 +218,7 @@ class TokenLLMService(LLMService):
         )
         tools = params.get("tools")
         tools = tools if is_given(tools) and tools else None
-        messages = without_fillers(without_earlier_calls(params["messages"]))
+        messages = with_text_results(without_fillers(without_earlier_calls(params["messages"])))
         return Invocation(messages, tools, params.get("tool_choice"))
 
     @traced_llm

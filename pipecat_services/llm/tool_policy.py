@@ -9,6 +9,7 @@ and one retry. The measurements behind each number are in docs/tools.md.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -109,6 +110,26 @@ def without_earlier_calls(messages: list[dict[str, Any]]) -> list[dict[str, Any]
         for i, m in enumerate(messages)
         if i >= last_user or not (m["role"] == "tool" or (m["role"] == "assistant" and m.get("tool_calls")))
     ]
+
+
+def with_text_results(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tool results that are text given to the model as that text: Pipecat's assistant aggregator
+    stores every result as JSON, so a text result (an MCP tool's, often JSON itself) arrives quoted
+    and escaped, and the 1.5B then answers "I can't assist with that" (`benchmarks.tools --mcp`)."""
+    return [
+        {**m, "content": text} if m["role"] == "tool" and isinstance(text := _json_string(m.get("content")), str) else m
+        for m in messages
+    ]
+
+
+def _json_string(content: Any) -> str | None:
+    if not isinstance(content, str) or not content.startswith('"'):
+        return None
+    try:
+        value = json.loads(content)
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
 
 
 def last_request_alone(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
