@@ -13,6 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -22,7 +29,7 @@ from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 
-from benchmarks.tools import ANSWER_TOOLS, BENCH_TOOLS, canned_result
+from benchmarks.tool_sets import ANSWER_TOOLS, BENCH_TOOLS, canned_result
 
 REPORT_CHARS = 50_000
 EXTRA_TOOLS = [
@@ -70,6 +77,27 @@ def mcp_server() -> Server:
 async def serve_stdio(server: Server) -> None:
     async with stdio_server() as (read, write):
         await server.run(read, write, server.create_initialization_options())
+
+
+@contextmanager
+def http_mcp_server(port: int, start_timeout_s: float = 60.0) -> Iterator[str]:
+    """This server in a process of its own on 127.0.0.1:`port`; yields its URL once it listens."""
+    root = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks.mcp_server", "--http", str(port)], cwd=root)
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the MCP server did not start") from None
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def main() -> None:

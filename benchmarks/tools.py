@@ -21,12 +21,11 @@ tool turns vs no-tool turns (their difference is a tool turn's extra latency).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import re
-import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,118 +35,17 @@ from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.frames.frames import LLMContextFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import LLMAssistantAggregator
-from pipecat.services.llm_service import FunctionCallParams
 from pipecat.services.settings import LLMSettings
 
+from benchmarks.mcp_server import http_mcp_server
 from benchmarks.scripted import TurnRecorder, run_script
 from benchmarks.servers import running_server
 from benchmarks.stats import fmt
-from bot_config import TOOL_PROMPT, BotConfig
-from bot_tools import TOOLS, current_time
+from benchmarks.tool_sets import ANSWER_TOOLS, BENCH_TOOLS
 from pipecat_services.llm.llama_server.service import LlamaServerLLMService
 from pipecat_services.mcp_tools import MCPServer, MCPToolbox
 from pipecat_services.spoken_phrases import FILLERS
-
-PRICES = {"AAPL": 181.25, "NVDA": 131.4, "MSFT": 412.6, "TSLA": 248.1}
-WEATHER = {"paris": (18, "light rain"), "tokyo": (24, "sunny"), "berlin": (7, "cloudy"), "london": (12, "showers")}
-RATES = {("USD", "EUR"): 0.917, ("GBP", "USD"): 1.268, ("USD", "JPY"): 151.3, ("EUR", "USD"): 1.09}
-
-
-def canned_result(name: str, args: dict[str, Any]) -> Any:
-    """What a real backend would answer, so the model has something to say."""
-    if name == "get_current_time":
-        return current_time()
-    city = str(args.get("city", "")).lower()
-    temperature, conditions = WEATHER.get(city, (15, "clear"))
-    pair = (str(args.get("from_currency", "")).upper(), str(args.get("to_currency", "")).upper())
-    amount = args.get("amount", 1)
-    results = {
-        "get_weather": {"city": args.get("city"), "temperature_c": temperature, "conditions": conditions},
-        "get_stock_price": {"symbol": args.get("symbol"), "price": PRICES.get(str(args.get("symbol")), 100.5)},
-        "set_timer": {"ok": True, "minutes": args.get("minutes")},
-        "book_table": {"confirmed": True, "reference": "A12"},
-        "convert_currency": {
-            "amount": amount,
-            "from": pair[0],
-            "to": pair[1],
-            "converted": round(float(amount) * RATES.get(pair, 1.1), 2) if isinstance(amount, int | float) else None,
-        },
-        "set_thermostat": {"ok": True, "temperature_c": args.get("temperature_c"), "reached_in_minutes": 12},
-    }
-    return results.get(name, {"ok": True})
-
-
-async def canned(params: FunctionCallParams) -> None:
-    await params.result_callback(canned_result(params.function_name, params.arguments))
-
-
-def schema(name: str, description: str, properties: dict[str, Any], required: list[str]) -> FunctionSchema:
-    return FunctionSchema(name=name, description=description, properties=properties, required=required, handler=canned)
-
-
-BENCH_TOOLS = [
-    FunctionSchema(
-        name="get_current_time", description=TOOLS["time"].description, properties={}, required=[], handler=canned
-    ),
-    FunctionSchema(
-        name="end_call", description=TOOLS["end_call"].description, properties={}, required=[], handler=canned
-    ),
-    schema(
-        "get_weather",
-        "Get the current weather in a city.",
-        {"city": {"type": "string", "description": "city name"}},
-        ["city"],
-    ),
-    schema(
-        "get_stock_price",
-        "Get the current stock price of a company.",
-        {"symbol": {"type": "string", "description": "stock ticker symbol, e.g. AAPL"}},
-        ["symbol"],
-    ),
-    schema(
-        "set_timer",
-        "Start a countdown timer.",
-        {
-            "minutes": {"type": "integer", "description": "length in minutes"},
-            "label": {"type": "string", "description": "what the timer is for"},
-        },
-        ["minutes"],
-    ),
-    schema(
-        "book_table",
-        "Book a table at a restaurant.",
-        {
-            "restaurant": {"type": "string"},
-            "people": {"type": "integer", "description": "number of guests"},
-            "time": {"type": "string", "description": "when, as the user said it"},
-        },
-        ["restaurant", "people", "time"],
-    ),
-]
-
-ANSWER_TOOLS = [
-    *(t for t in BENCH_TOOLS if t.name in ("get_current_time", "end_call", "get_weather", "get_stock_price")),
-    schema(
-        "convert_currency",
-        "Convert an amount of money from one currency to another at today's rate.",
-        {
-            "amount": {"type": "number"},
-            "from_currency": {"type": "string", "description": "ISO code, e.g. USD"},
-            "to_currency": {"type": "string", "description": "ISO code, e.g. EUR"},
-        },
-        ["amount", "from_currency", "to_currency"],
-    ),
-    schema(
-        "set_thermostat",
-        "Set the home thermostat to a temperature.",
-        {
-            "temperature_c": {"type": "number", "description": "degrees Celsius"},
-            "room": {"type": "string"},
-        },
-        ["temperature_c"],
-    ),
-]
-"""`--set answers`: tools the bot has never seen, whose results the answer must state."""
+from servers.processes import free_port
 
 NO_CALL = None
 REQUESTS: list[tuple[str, str | None, dict[str, Any]]] = [
@@ -359,86 +257,44 @@ def report(model: str, results: list[RequestResult], as_json: bool) -> None:
             print(fmt(name, values))
 
 
+def print_result(result: RequestResult, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(asdict(result)), flush=True)
+        return
+    stated = {None: "", True: ", states the result", False: ", WITHOUT the result"}[result.states_result]
+    print(
+        f"{'ok ' if result.right else 'BAD'} {result.request!r}: {result.call} {result.arguments} "
+        f"p(call) {result.call_probability} {result.first_speech_ms} ms -> {result.reply[:90]!r}{stated}",
+        flush=True,
+    )
+
+
 async def main_async(args: argparse.Namespace) -> None:
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
+    system = f"{args.system_prompt} {args.tool_prompt}"
+    requests, tools = (ANSWER_REQUESTS, ANSWER_TOOLS) if args.set == "answers" else (REQUESTS, BENCH_TOOLS)
+    with tempfile.TemporaryDirectory() as tmp, http_mcp_server(free_port()) if args.mcp else nullcontext() as mcp:
         async with running_server("servers.llm", args.url, ["--model", args.model], Path(tmp) / "llm.log") as url:
             url = url.replace("ws://", "http://")
-            requests, tools = (ANSWER_REQUESTS, ANSWER_TOOLS) if args.set == "answers" else (REQUESTS, BENCH_TOOLS)
-            if args.mcp:
-                toolbox = await served_by_mcp(tools)
-                tools = toolbox.tools
             for request, expected, arguments in requests:
-                system = f"{args.system_prompt} {args.tool_prompt}"
+                toolbox = await mcp_tools_for_one_request(mcp, tools) if mcp else None
                 result = await ask(
-                    url, request, expected, arguments, system, args.history, tools, args.temperature,
-                    args.tool_turn,
+                    url, request, expected, arguments, system, args.history, toolbox.tools if toolbox else tools,
+                    args.temperature, args.tool_turn,
                 )  # fmt: skip
+                if toolbox:
+                    await toolbox.close()
                 results.append(result)
-                stated = {None: "", True: ", states the result", False: ", WITHOUT the result"}[result.states_result]
-                print(
-                    json.dumps(asdict(result))
-                    if args.json
-                    else f"{'ok ' if result.right else 'BAD'} {request!r}: {result.call} {result.arguments} "
-                    f"p(call) {result.call_probability} {result.first_speech_ms} ms -> {result.reply[:90]!r}{stated}",
-                    flush=True,
-                )
-            if args.mcp:
-                await toolbox.close()
+                print_result(result, args.json)
     report(args.url or args.model, results, args.json)
 
 
-async def served_by_mcp(tools: list[FunctionSchema]) -> MCPToolbox:
-    """The same tools from an MCP server (benchmarks/mcp_server.py, stdio), through the bot's MCP client."""
-    root = str(Path(__file__).resolve().parents[1])
-    server = MCPServer(
-        name="bench",
-        tools=tuple(t.name for t in tools),
-        command=sys.executable,
-        args=("-m", "benchmarks.mcp_server"),
-        env={"PYTHONPATH": root},
+async def mcp_tools_for_one_request(url: str, tools: list[FunctionSchema]) -> MCPToolbox:
+    """The same tools from the MCP server, through the bot's MCP client, connected for one request as
+    the bot connects for one call (the LLM service closes the client when its pipeline ends)."""
+    toolbox = await MCPToolbox.connect(
+        [MCPServer(name="bench", tools=tuple(t.name for t in tools), url=url)], timeout_s=30
     )
-    toolbox = await MCPToolbox.connect([server], timeout_s=60)
     if len(toolbox.tools) != len(tools):
         raise SystemExit("the MCP server did not serve every tool of the set")
     return toolbox
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", help="llama-server to measure (default: start one with --model)")
-    parser.add_argument("--model", default="qwen2.5-1.5b", help="packaged model name or .gguf path")
-    parser.add_argument("--system-prompt", default=BotConfig().system_prompt, help="default: the bot's")
-    parser.add_argument("--tool-prompt", default=TOOL_PROMPT, help="appended to it (default: the bot's)")
-    parser.add_argument(
-        "--history",
-        type=int,
-        default=0,
-        choices=range(len(EARLIER) + 1),
-        help="spoken exchanges before each request (default 0: each request opens the conversation)",
-    )
-    parser.add_argument(
-        "--set",
-        choices=("calls", "answers"),
-        default="calls",
-        help="calls: the right call, and none for chit-chat (30 requests); answers: tools the bot never saw, "
-        "does the answer state the result (10)",
-    )
-    parser.add_argument(
-        "--mcp",
-        action="store_true",
-        help="the same tools served by an MCP server and called through the bot's MCP client",
-    )
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (the bot's: 0.7)")
-    parser.add_argument(
-        "--tool-turn",
-        choices=("none", "without-filler", "with-filler"),
-        default="none",
-        help="an earlier tool turn before the history, with or without the filler it said",
-    )
-    parser.add_argument("--json", action="store_true", help="one JSON object per request, then a summary")
-    asyncio.run(main_async(parser.parse_args()))
-
-
-if __name__ == "__main__":
-    main()

@@ -5,8 +5,6 @@ calling one from a spoken question is in tests/test_bot.py."""
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -15,6 +13,7 @@ from pathlib import Path
 import pytest
 from pipecat.services.llm_service import FunctionCallParams
 
+from benchmarks.mcp_server import http_mcp_server
 from pipecat_services.mcp_tools import MCPConfigError, MCPServer, MCPToolbox, cut_result, read_mcp_servers
 from servers.processes import free_port
 
@@ -34,19 +33,8 @@ def stdio_server(tools: tuple[str, ...] = ALLOWED) -> MCPServer:
 
 @pytest.fixture(scope="module")
 def http_url() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "benchmarks.mcp_server", "--http", str(port)], cwd=ROOT)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, "the MCP server did not start"
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}/mcp"
-    process.terminate()
-    process.wait(10)
+    with http_mcp_server(free_port()) as url:
+        yield url
 
 
 async def call(toolbox: MCPToolbox, name: str, arguments: dict) -> str:
