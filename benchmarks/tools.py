@@ -21,6 +21,7 @@ tool turns vs no-tool turns (their difference is a tool turn's extra latency).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import re
 import tempfile
@@ -42,6 +43,7 @@ from benchmarks.scripted import TurnRecorder, run_script
 from benchmarks.servers import running_server
 from benchmarks.stats import fmt
 from benchmarks.tool_sets import ANSWER_TOOLS, BENCH_TOOLS
+from bot_config import TOOL_PROMPT, BotConfig
 from pipecat_services.llm.llama_server.service import LlamaServerLLMService
 from pipecat_services.mcp_tools import MCPServer, MCPToolbox
 from pipecat_services.spoken_phrases import FILLERS
@@ -298,3 +300,41 @@ async def mcp_tools_for_one_request(url: str, tools: list[FunctionSchema]) -> MC
     if len(toolbox.tools) != len(tools):
         raise SystemExit("the MCP server did not serve every tool of the set")
     return toolbox
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="llama-server to measure (default: start one with --model)")
+    parser.add_argument("--model", default="qwen2.5-1.5b", help="packaged model name or .gguf path")
+    parser.add_argument("--system-prompt", default=BotConfig().system_prompt, help="default: the bot's")
+    parser.add_argument("--tool-prompt", default=TOOL_PROMPT, help="appended to it (default: the bot's)")
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        choices=range(len(EARLIER) + 1),
+        help="spoken exchanges before each request (default 0: each request opens the conversation)",
+    )
+    parser.add_argument(
+        "--set",
+        choices=("calls", "answers"),
+        default="calls",
+        help="calls: the right call, and none for chit-chat (30 requests); answers: tools the bot never saw, "
+        "does the answer state the result (10)",
+    )
+    parser.add_argument(
+        "--mcp", action="store_true", help="the same tools from an MCP server, called through the bot's MCP client"
+    )
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (the bot's: 0.7)")
+    parser.add_argument(
+        "--tool-turn",
+        choices=("none", "without-filler", "with-filler"),
+        default="none",
+        help="an earlier tool turn before the history, with or without the filler it said",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per request, then a summary")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
