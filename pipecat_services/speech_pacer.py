@@ -6,8 +6,9 @@ the output transport and hands it the audio only as the transport plays it: a ta
 transport (`PlayedAudioTap`: the transport passes each chunk on once written) reports what played,
 and no more than two of its chunks are ever on their way. So `pause()` silences the bot within that, and
 `resume()` goes on from the next piece: no word lost or repeated. The frames between the audio
-keep their order, and the timed ones (the words as heard, with a presentation time) are held back
-by as long as the pause lasted, so the context still gets only the words heard. Pause and resume
+keep their order. The timed ones (the words as heard: the TTS times each word from its context's
+first audio) go on when that much of their context's audio has played, not by the clock, which a
+pause would put ahead of the speech: the context still gets only the words heard. Pause and resume
 are calls, not frames: a frame would pass five processors first.
 """
 
@@ -17,6 +18,7 @@ import asyncio
 import heapq
 import itertools
 from collections import deque
+from dataclasses import dataclass
 
 from loguru import logger
 from pipecat.frames.frames import (
@@ -54,11 +56,11 @@ class BotSpeechPacer(FrameProcessor):
         self._queue: deque[Frame] = deque()
         """Downstream frames in order; the audio in `PIECE_S` pieces."""
         self._timed: list[tuple[int, int, Frame]] = []
-        """Frames with a presentation time, by that time on the speech clock (pauses left out)."""
+        """Frames with a presentation time, by that time."""
         self._order = itertools.count()
-        self._paused_ns = 0
-        """Time spent paused, in all."""
-        self._paused_at: int | None = None
+        self._spoken: dict[str, _Spoken] = {}
+        """Each TTS context's audio so far, by its context id."""
+        self.paused = False
         self._ahead_s = 0.0
         """Audio handed on and not yet reported played."""
         self._progress_at = 0
@@ -70,14 +72,10 @@ class BotSpeechPacer(FrameProcessor):
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
-    @property
-    def paused(self) -> bool:
-        return self._paused_at is not None
-
     def pause(self) -> None:
         """Hold the bot's speech where it is, until `resume()` or an interruption."""
-        if self._paused_at is None:
-            self._paused_at = self._now()
+        if not self.paused:
+            self.paused = True
             logger.debug(f"{self}: paused, {1000 * self._ahead_s:.0f} ms on its way")
         self._wake.set()
 
@@ -90,18 +88,11 @@ class BotSpeechPacer(FrameProcessor):
 
     def resume(self) -> None:
         """Go on speaking from where the pause held it."""
-        if self._paused_at is not None:
-            self._paused_ns += self._now() - self._paused_at
-            self._paused_at = None
+        self.paused = False
         self._wake.set()
 
     def _now(self) -> int:
         return self.get_clock().get_time()
-
-    def _speech_now(self) -> int:
-        """The pipeline clock less the pauses: the clock the TTS timed its words on."""
-        now = self._now()
-        return now - self._paused_ns - (now - self._paused_at if self._paused_at is not None else 0)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -114,6 +105,7 @@ class BotSpeechPacer(FrameProcessor):
         elif isinstance(frame, InterruptionFrame):
             self.resume()
             self._ahead_s = 0.0
+            self._spoken.clear()
             self._queue = deque(f for f in self._queue if not f.interruptible)
             self._timed = [t for t in self._timed if not t[2].interruptible]
             heapq.heapify(self._timed)
@@ -125,25 +117,51 @@ class BotSpeechPacer(FrameProcessor):
 
     def _hold(self, frame: Frame) -> None:
         if isinstance(frame, OutputAudioRawFrame):
+            context_id = getattr(frame, "context_id", None)
+            if context_id and context_id not in self._spoken:
+                self._spoken[context_id] = _Spoken(self._now())  # the TTS times its words from here
             self._queue.extend(_pieces(frame))
         elif frame.pts and not isinstance(frame, TTSStoppedFrame):
-            # A pause after this frame was timed delays it too: its time is kept on the speech clock.
-            due = frame.pts - (self._now() - self._speech_now())
-            heapq.heappush(self._timed, (due, next(self._order), frame))
+            if spoken := self._spoken.get(getattr(frame, "context_id", None)):
+                spoken.pending += 1
+            heapq.heappush(self._timed, (frame.pts, next(self._order), frame))
         else:
             self._queue.append(frame)
         self._wake.set()
+
+    def _due(self, frame: Frame) -> bool:
+        """A word is due once its context's audio has played up to it; a frame of no context we
+        heard, by the clock."""
+        spoken = self._spoken.get(getattr(frame, "context_id", None))
+        if spoken is None:
+            return frame.pts <= self._now()
+        return spoken.finished or spoken.released_s - self._ahead_s >= (frame.pts - spoken.base_ns) / NS
+
+    async def _push_timed(self) -> None:
+        while self._timed and self._due(frame := self._timed[0][2]):
+            heapq.heappop(self._timed)
+            if (spoken := self._spoken.get(getattr(frame, "context_id", None))) is not None:
+                spoken.pending -= 1
+                self._forget_if_done(frame.context_id)
+            await self.push_frame(frame)
+
+    def _forget_if_done(self, context_id: str) -> None:
+        spoken = self._spoken[context_id]
+        if spoken.finished and spoken.pending <= 0:
+            del self._spoken[context_id]
 
     async def _release(self) -> None:
         """Hand on what is due, then sleep until more is (or a frame or a pause wakes it)."""
         while True:
             self._wake.clear()
-            while self._timed and self._timed[0][0] <= self._speech_now():
-                await self.push_frame(heapq.heappop(self._timed)[2])
+            await self._push_timed()
             while self._queue and not self.paused and not isinstance(self._queue[0], OutputAudioRawFrame):
                 if isinstance(self._queue[0], EndFrame) and self._timed:
                     break  # the last words heard go first
                 frame = self._queue.popleft()
+                if isinstance(frame, TTSStoppedFrame) and frame.context_id in self._spoken:
+                    self._spoken[frame.context_id].finished = True
+                    self._forget_if_done(frame.context_id)
                 await self.push_frame(frame)
                 if isinstance(frame, EndFrame):
                     return
@@ -152,14 +170,16 @@ class BotSpeechPacer(FrameProcessor):
                 if not self._ahead_s:
                     self._progress_at = self._now()
                 self._ahead_s += _seconds(piece)
+                if spoken := self._spoken.get(getattr(piece, "context_id", None)):
+                    spoken.released_s += _seconds(piece)
                 await self.push_frame(piece)
             stall_s = self._ahead_s + STALL_S - (self._now() - self._progress_at) / NS
             if self._ahead_s and stall_s <= 0:
                 self._ahead_s = 0.0  # the transport stopped writing: go on by the clock
                 continue
             waits = [stall_s] if self._ahead_s else []
-            if self._timed:
-                waits.append((self._timed[0][0] - self._speech_now()) / NS)
+            if self._timed and getattr(self._timed[0][2], "context_id", None) not in self._spoken:
+                waits.append((self._timed[0][0] - self._now()) / NS)
             try:
                 await asyncio.wait_for(self._wake.wait(), max(0.005, min(waits)) if waits else None)
             except TimeoutError:
@@ -176,6 +196,17 @@ class BotSpeechPacer(FrameProcessor):
     async def cleanup(self) -> None:
         await self._stop()
         await super().cleanup()
+
+
+@dataclass
+class _Spoken:
+    """A TTS context's audio at the pacer: when it began arriving (the TTS's base for its words'
+    times), how much has been handed on, whether it has ended, and its words still held."""
+
+    base_ns: int
+    released_s: float = 0.0
+    finished: bool = False
+    pending: int = 0
 
 
 class PlayedAudioTap(FrameProcessor):

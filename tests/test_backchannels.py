@@ -93,11 +93,14 @@ class ResumeFrame(SystemFrame):
 class ScriptedPacer(BotSpeechPacer):
     """The pacer as the gate drives it, at the script's points."""
 
+    resumed_at = 0.0
+
     async def process_frame(self, frame, direction: FrameDirection) -> None:
         if isinstance(frame, PauseFrame):
             self.pause()
         elif isinstance(frame, ResumeFrame):
             self.resume()
+            self.resumed_at = time.monotonic()
         await super().process_frame(frame, direction)
 
 
@@ -136,19 +139,21 @@ async def test_a_pause_holds_the_audio_and_loses_none_of_it() -> None:
     assert took >= 1.0 + 0.5 - 0.1  # played as the sink plays it, and held while paused
 
 
-class TimedWord(FrameProcessor):
-    """Times each word `after_s` from now, as the TTS times its words from its first audio, and
-    notes when the word comes out of the pacer."""
+class TimedWords(FrameProcessor):
+    """Times each word as the TTS does, from its context's first audio (`at_s` by word), and notes
+    when each comes out of the pacer."""
 
-    def __init__(self, after_s: float) -> None:
+    def __init__(self, at_s: dict[str, float]) -> None:
         super().__init__()
-        self.after_ns = int(after_s * 1e9)
-        self.out_at: float | None = None
+        self.at_s = at_s
+        self.first_audio_ns: int | None = None
 
     async def process_frame(self, frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
+        if isinstance(frame, TTSAudioRawFrame) and self.first_audio_ns is None:
+            self.first_audio_ns = self.get_clock().get_time()
         if isinstance(frame, TTSTextFrame) and frame.pts is None:
-            frame.pts = self.get_clock().get_time() + self.after_ns
+            frame.pts = self.first_audio_ns + int(self.at_s[frame.text] * 1e9)
         await self.push_frame(frame, direction)
 
 
@@ -157,25 +162,27 @@ class Arrivals(FrameProcessor):
 
     def __init__(self) -> None:
         super().__init__()
-        self.at: list[float] = []
+        self.at: dict[str, float] = {}
 
     async def process_frame(self, frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if isinstance(frame, TTSTextFrame):
-            self.at.append(time.monotonic())
+            self.at[frame.text] = time.monotonic()
         await self.push_frame(frame, direction)
 
 
-async def test_a_word_timed_to_be_heard_after_a_pause_is_held_back_by_the_pause() -> None:
-    """The context gets the words heard: a word due 0.3 s on comes out only after the 0.5 s pause too."""
+async def test_words_come_out_as_their_audio_plays_a_pause_holding_them_back() -> None:
+    """The context gets the words heard: a word timed 0.05 s into the audio comes out before the pause,
+    one timed 0.4 s in only after the 0.5 s pause as well."""
     arrivals = Arrivals()
     pacer = ScriptedPacer()
-    started = time.monotonic()
+    words = [TTSTextFrame(text, text_type="word", context_id="c") for text in ("early", "later")]
     await run_test(
-        Pipeline([TimedWord(0.3), pacer, arrivals]),
-        frames_to_send=[TTSTextFrame("later", text_type="word"), PauseFrame(), SleepFrame(0.5), ResumeFrame()],
+        Pipeline([TimedWords({"early": 0.05, "later": 0.4}), pacer, RealTimeSink(), pacer.tap, arrivals]),
+        frames_to_send=[speech(1.0), *words, SleepFrame(0.2), PauseFrame(), SleepFrame(0.5), ResumeFrame()],
     )
-    assert arrivals.at and arrivals.at[0] - started >= 0.3 + 0.5 - 0.05
+    assert arrivals.at["early"] < pacer.resumed_at
+    assert arrivals.at["later"] >= pacer.resumed_at + (0.4 - 0.2) - 0.05  # the audio before it, after the pause
 
 
 class SpeechSwitch:
