@@ -11,6 +11,7 @@ from pipecat.frames.frames import (
     InputAudioRawFrame,
     InterimTranscriptionFrame,
     TranscriptionFrame,
+    UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
@@ -26,28 +27,33 @@ from pipecat_services.turn_end import TranscriptReopenedFrame
 from tests.conftest import RestartableServer
 
 
-def utterance_frames(audio: np.ndarray, sample_rate: int = 16000) -> list:
-    """What the transport and the user aggregator send the STT for one spoken turn, paced in real time."""
+def utterance_frames(audio: np.ndarray, sample_rate: int = 16000, turn_starts: bool = True) -> list:
+    """What the transport and the user aggregator send the STT for one utterance, paced in real time;
+    `turn_starts`: the aggregator starts the user's turn with it (not for a sound over the bot's speech,
+    nor for speech that continues a turn)."""
     padded = np.concatenate([audio, np.zeros(sample_rate * 3 // 10, dtype=np.int16)])
-    frames: list = [VADUserStartedSpeakingFrame(start_secs=0.2)]
+    frames: list = [VADUserStartedSpeakingFrame(start_secs=0.2)] + ([UserStartedSpeakingFrame()] if turn_starts else [])
     for pcm in chunks(padded, sample_rate=sample_rate):
         frames += [InputAudioRawFrame(audio=pcm, sample_rate=sample_rate, num_channels=1), SleepFrame(0.02)]
     return [*frames, VADUserStoppedSpeakingFrame(stop_secs=0.2, timestamp=time.time())]
 
 
-async def two_utterances(url: str, audio1: np.ndarray, audio2: np.ndarray, turn_ends: bool) -> list:
+async def two_utterances(
+    url: str, audio1: np.ndarray, audio2: np.ndarray, turn_ends: bool, in_turns: bool = True
+) -> list:
     """The frames the STT pushes for two utterances, each waited for its final; `turn_ends`: the user
-    aggregator ends the turn between them (else the second continues the first's turn)."""
+    aggregator ends the turn between them (else the second continues the first's turn); not
+    `in_turns`: neither is a turn (sounds over the bot's speech)."""
     transcripts = Watch(TranscriptionFrame)
-    between = [UserStoppedSpeakingFrame()] if turn_ends else []
+    between = [UserStoppedSpeakingFrame()] if turn_ends and in_turns else []
     return await run_script(
         ASRServerSTTService(url=url),
         transcripts,
         steps=[
-            *utterance_frames(audio1),
+            *utterance_frames(audio1, turn_starts=in_turns),
             lambda: transcripts.reached(1),
             *between,
-            *utterance_frames(audio2),
+            *utterance_frames(audio2, turn_starts=in_turns and turn_ends),
             lambda: transcripts.reached(2),
         ],
     )
@@ -63,6 +69,15 @@ async def test_speech_again_within_the_turn_reopens_it_and_the_next_final_covers
     final_indexes = [i for i, f in enumerate(down) if isinstance(f, TranscriptionFrame)]
     assert len(reopened) == 1 and final_indexes[0] < reopened[0] < final_indexes[1], down
     assert wer([f"{text1} {text2}"], [results[1].text]) <= 0.15, results[1].text
+
+
+async def test_speech_after_a_sound_over_the_bot_is_not_joined_to_it(asr_server, speech):
+    """A "mhm" over the bot's speech starts no turn: the next speech is an utterance of its own, not
+    a continuation the STT reopens the last final for."""
+    (_, audio1), (text2, audio2) = speech[3], speech[5]
+    down = await two_utterances(asr_server.url, audio1, audio2, turn_ends=False, in_turns=False)
+    assert not any(isinstance(f, TranscriptReopenedFrame) for f in down), down
+    assert wer([text2], [finals(down)[1].text]) <= 0.15, finals(down)[1].text
 
 
 def finals(frames) -> list[TranscriptionFrame]:
