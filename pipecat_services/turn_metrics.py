@@ -155,6 +155,8 @@ class TurnLatencyObserver(BaseObserver):
             self._tool_started = self._tool_started or time.time()
         elif isinstance(frame, FunctionCallResultFrame):
             self._tool_done = time.time()
+        elif isinstance(frame, BotStartedSpeakingFrame) and not self._user_text:
+            self._reset()  # speech with no words (a cough, a "mhm" over the bot's speech) was no turn
         elif isinstance(frame, BotStartedSpeakingFrame):
             self._mark("bot_speaking")
             await self._report(time.time())
