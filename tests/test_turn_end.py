@@ -95,6 +95,30 @@ async def test_turn_latency_keeps_a_final_that_overtook_the_vad_stop():
     assert reports[0].stt_final_ms is not None and list(reports[0].timeline_ms)[:2] == ["vad_stop", "stt_final"]
 
 
+async def test_speech_without_words_before_the_bot_speaks_again_is_no_turn():
+    """A "mhm" over the bot's speech (the gate keeps its words out) or a cough: the bot's next start
+    reports no turn, and the next real turn is timed from its own VAD stop."""
+    observer, reports = TurnLatencyObserver(), []
+
+    @observer.event_handler("on_turn_latency")
+    async def report(_, latency):
+        reports.append(latency)
+
+    here, there = FrameProcessor(), FrameProcessor()
+    down = FrameDirection.DOWNSTREAM
+    final = TranscriptionFrame("And tomorrow?", "user", time_now_iso8601(), finalized=True)
+    frames = [VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(stop_secs=0.2), BotStartedSpeakingFrame()]
+    frames += [VADUserStartedSpeakingFrame(), VADUserStoppedSpeakingFrame(stop_secs=0.2), final]
+    for frame in [*frames, BotStartedSpeakingFrame()]:
+        await observer.on_push_frame(FramePushed(here, there, frame, down, 0))
+    for _ in range(100):
+        if reports:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert [r.user_text for r in reports] == ["And tomorrow?"]
+
+
 class CountingAnalyzer(BaseTurnAnalyzer):
     """A stand-in Smart Turn (this tests the strategy's own rule): says `verdict` after `delay_s`; with
     `silence_fallback`, any silence ends the turn, as Smart Turn's own fallback does after its wait."""
