@@ -20,6 +20,7 @@ import soxr
 from num2words import num2words
 
 from benchmarks.audio import with_pause
+from benchmarks.behaviour import AROUND_S, word_changes
 from benchmarks.scoring import wer
 from benchmarks.webrtc_client import WebRTCVoiceClient
 from pipecat_services.spoken_phrases import FILLERS
@@ -112,9 +113,9 @@ async def test_barge_in_stops_the_bot_and_keeps_only_what_was_heard(bot_server, 
 @pytest.mark.parametrize("sound", ["Okay.", "Ahem!"], ids=["backchannel", "throat-clear"])
 async def test_a_backchannel_or_a_noise_over_the_bot_pauses_it_and_it_goes_on(bot_server, whisper, say_wav, sound):
     """A listener's "okay" or throat clear during a long answer pauses the bot, which goes on where it
-    paused: the answer ends whole, not interrupted, its audio says what went into the context, and
-    the sound was no turn (nothing answers it). That the pause loses no sample is
-    tests/test_backchannels.py's."""
+    paused: the answer ends whole, not interrupted, its audio around the sound (transcribed) loses or
+    repeats no word of what went into the context, and the sound was no turn (nothing answers it).
+    That the pause loses no sample is tests/test_backchannels.py's."""
     client = WebRTCVoiceClient(bot_server.http_url)
     await client.connect()
     try:
@@ -123,15 +124,17 @@ async def test_a_backchannel_or_a_noise_over_the_bot_pauses_it_and_it_goes_on(bo
         )
         reply = await client.wait_for_reply(result.reply_start, timeout=30, quiet=2.0)
         assert reply is not None
-        said = await heard(whisper, client.audio.between(result.reply_start - 0.1, reply[1] + 0.1))
-        turns = client.server_messages("turn_latency", result.reply_start + result.played_s)
+        sound_at = result.reply_start + result.played_s
+        said = await heard(whisper, client.audio.between(sound_at - AROUND_S[0], sound_at + AROUND_S[1]))
+        turns = client.server_messages("turn_latency", sound_at)
     finally:
         await client.close()
-    print(f"\nstored {result.stored}\nheard {said!r}")
+    print(f"\nstored {result.stored}\nheard around the sound {said!r}")
     assert result.stored is not None and not result.stored["interrupted"], result
-    assert reply[1] - result.reply_start > result.played_s + 2, "the answer did not go on after the sound"
-    assert wer([result.stored["text"]], [said]) <= 0.2, (result.stored["text"], said)
-    assert not turns, f"the backchannel became a turn: {turns}"
+    assert reply[1] - sound_at > 2, "the answer did not go on after the sound"
+    lost, repeated, _ = word_changes(result.stored["text"], said)
+    assert not lost and not repeated, (lost, repeated, said)
+    assert not turns, f"the sound became a turn: {turns}"
 
 
 HOMOPHONES = {2: "to", 4: "for", 8: "ate"}
