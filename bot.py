@@ -201,13 +201,16 @@ async def connect_mcp(config: BotConfig) -> MCPToolbox | None:
     )
 
 
-async def add_mcp_tools(config: BotConfig, context: LLMContext) -> MCPToolbox | None:
+async def add_mcp_tools(config: BotConfig, context: LLMContext, worker: PipelineWorker) -> MCPToolbox | None:
     """The call goes on while the MCP servers connect (a stdio server starts a process: seconds), and
-    their tools join the context once they have; a turn before then has the bot's own tools."""
+    their tools join the context once they have (the client is told: `mcp_tools`); a turn before
+    then has the bot's own tools."""
     mcp = await connect_mcp(config)
     if mcp and mcp.tools:
         context.set_tools(new_context(config, mcp).tools)
-        logger.info(f"MCP tools ready: {', '.join(t.name for t in mcp.tools)}")
+        names = [t.name for t in mcp.tools]
+        logger.info(f"MCP tools ready: {', '.join(names)}")
+        await worker.queue_frame(RTVIServerMessageFrame(data={"type": "mcp_tools", "tools": names}))
     return mcp
 
 
@@ -233,7 +236,6 @@ async def warm_llm(config: BotConfig) -> None:
 async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint: bool = False) -> None:
     interleaver = Interleaver() if config.interleave != "off" and config.llm_api == "llama-server" else None
     context = new_context(config)
-    mcp_connecting = asyncio.create_task(add_mcp_tools(config, context))
     stt = ASRServerSTTService(url=config.asr_url, server_wait_s=config.model_server_wait_s)
     llm = make_llm(config, interleaver, context)
     tts = TTSServerTTSService(
@@ -268,6 +270,7 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
         enable_tracing=bool(config.otlp_endpoint),
         conversation_id=call_id,
     )
+    mcp_connecting = asyncio.create_task(add_mcp_tools(config, context, worker))
 
     @latency.event_handler("on_turn_latency")
     async def on_turn_latency(_: TurnLatencyObserver, data: TurnLatencyMetricsData) -> None:
