@@ -188,7 +188,8 @@ async def test_what_time_is_it_gets_the_current_time(tool_bot_server, whisper, s
 async def test_a_tool_from_an_mcp_server_answers_a_spoken_question(mcp_bot_server, whisper, say_wav):
     """`get_weather` exists only on the MCP server (stdio, started for the call): the bot calls it and
     speaks what it returned (Paris: 18 °C, light rain)."""
-    turns, said, _ = await tool_turn(mcp_bot_server.http_url, whisper, say_wav("What's the weather like in Paris?"))
+    question = say_wav("What's the weather like in Paris?")
+    turns, said, _ = await tool_turn(mcp_bot_server.http_url, whisper, question, mcp=True)
     answer = turns[-1].lower()
     assert "rain" in answer or "18" in answer, turns
     assert "rain" in said or "18" in said or "eighteen" in said, said
