@@ -261,7 +261,7 @@ def test_images_install_the_projects_own_requirements(deployed):
     nemo = deployed.module.requirements("nemo", "magpie")
     assert "nemo_toolkit[asr]==3.0.0" in nemo and "pyopenjtalk==0.4.1" in nemo and "websockets>=14,<18" in nemo
     assert not any(r.startswith("nemotron-voice-agent") for r in nemo)  # the project is not on PyPI
-    assert "pipecat-ai[webrtc,silero,websocket,runner,tracing]==1.14.0" in deployed.module.requirements("bot")
+    assert "pipecat-ai[webrtc,silero,websocket,runner,tracing,mcp]==1.14.0" in deployed.module.requirements("bot")
 
 
 def test_model_servers_are_behind_proxy_auth_and_the_bot_holds_the_credentials(deployed, monkeypatch):
