@@ -27,6 +27,7 @@ import threading
 import uuid
 from pathlib import Path
 
+from fastapi import FastAPI, WebSocket
 from loguru import logger
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
@@ -46,25 +47,28 @@ from pipecat.processors.aggregators.llm_response_universal import (
     UserTurnStoppedMessage,
 )
 from pipecat.processors.frameworks.rtvi.frames import RTVIServerMessageFrame
-from pipecat.runner.types import RunnerArguments
+from pipecat.runner.types import RunnerArguments, WebSocketRunnerArguments
 from pipecat.runner.utils import create_transport
+from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.serializers.protobuf import ProtobufFrameSerializer
 from pipecat.services.llm_service import LLMService
 from pipecat.services.settings import LLMSettings
 from pipecat.transports.base_transport import BaseTransport, TransportParams
-from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams
+from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies, default_user_turn_start_strategies
 from pipecat.workers.runner import WorkerRunner
 
 from bot_config import BotConfig, add_bot_flags
 from bot_tools import bot_tools
+from phone_calls import CARRIERS, PhoneSetupError, StreamStart, add_phone_routes, file_name
 from pipecat_services import tracing
 from pipecat_services.asr_stt import ASRServerSTTService
 from pipecat_services.backchannels import BackchannelGate, BackchannelPhrases, QuietBotVADUserTurnStartStrategy
 from pipecat_services.call_ending import CallEnder
 from pipecat_services.call_records import CallRecording, CallTranscript
 from pipecat_services.interleaving import Interleaver
+from pipecat_services.keypad import KeypadUserTurnStopStrategy, keypad_aggregator
 from pipecat_services.llm.filler import FILLER_TEXT_TYPE, CallFiller
 from pipecat_services.llm.generation import Interleaving
 from pipecat_services.llm.interim_prefill import InterimPrefill
@@ -91,14 +95,19 @@ TRANSPORTS = {
     "webrtc": lambda: TransportParams(
         audio_in_enabled=True, audio_out_enabled=True, audio_out_10ms_chunks=AUDIO_OUT_CHUNKS
     ),
-    "websocket": lambda: FastAPIWebsocketParams(
-        audio_in_enabled=True,
-        audio_out_enabled=True,
-        audio_out_10ms_chunks=AUDIO_OUT_CHUNKS,
-        serializer=ProtobufFrameSerializer(),
-    ),
+    "websocket": lambda: websocket_params(ProtobufFrameSerializer()),
 }
-"""SmallWebRTC (the Playground, POST /api/offer) and Pipecat's protobuf WebSocket (/ws-client)."""
+"""SmallWebRTC (the Playground, POST /api/offer) and Pipecat's protobuf WebSocket (/ws-client); phone
+calls come through `phone_calls.py`'s routes."""
+PHONE_SAMPLE_RATE = 8000
+"""A phone line's audio: the TTS output is resampled once, straight to it."""
+
+
+def websocket_params(serializer: FrameSerializer) -> FastAPIWebsocketParams:
+    return FastAPIWebsocketParams(
+        audio_in_enabled=True, audio_out_enabled=True, audio_out_10ms_chunks=AUDIO_OUT_CHUNKS, serializer=serializer
+    )
+
 
 VAD_MIN_VOLUME = 0.3
 """Pipecat's 0.6 smooths the volume in slowly and adds ~80 ms before a barge-in is noticed; Silero's
@@ -170,6 +179,7 @@ def user_turn_params(config: BotConfig, gate: BackchannelGate | None = None) -> 
             stop=[
                 BackgroundTurnAnalyzerUserTurnStopStrategy(turn_analyzer=smart_turn),
                 SentenceEndUserTurnStopStrategy(hold_s=config.turn_hold_secs),
+                KeypadUserTurnStopStrategy(),
             ],
         ),
         user_idle_timeout=config.idle_secs,
@@ -233,7 +243,10 @@ async def warm_llm(config: BotConfig) -> None:
             await mcp.close()
 
 
-async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint: bool = False) -> None:
+async def run_bot(
+    transport: BaseTransport, config: BotConfig, *, handle_sigint: bool = False, phone_call: StreamStart | None = None
+) -> None:
+    """One call, to its end. A `phone_call` has 8 kHz audio out, keypad entries and its carrier's call id."""
     interleaver = Interleaver() if config.interleave != "off" and config.llm_api == "llama-server" else None
     context = new_context(config)
     stt = ASRServerSTTService(url=config.asr_url, server_wait_s=config.model_server_wait_s)
@@ -248,21 +261,27 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
         context, user_params=user_turn_params(config, gate)
     )
 
-    call_id = uuid.uuid4().hex[:12]
+    call_id = file_name(phone_call.call_id) if phone_call else uuid.uuid4().hex[:12]
     transcript = CallTranscript(Path(config.transcripts), call_id) if config.transcripts else None
     recording = (
         CallRecording(Path(config.transcripts) / f"{call_id}.wav") if transcript and config.record_audio else None
     )
     prefill = [InterimPrefill(llm)] if config.prefill_interims and isinstance(llm, TokenLLMService) else []
+    keypad = [keypad_aggregator()] if phone_call else []
     ender = CallEnder(context, skipped_text_types=[FILLER_TEXT_TYPE])
     pipeline = Pipeline(
-        [transport.input(), stt, *([gate] if gate else []), *prefill, user_aggregator, llm, ender, tts,
+        [transport.input(), stt, *([gate] if gate else []), *keypad, *prefill, user_aggregator, llm, ender, tts,
          *([gate.speech] if gate else []), transport.output(), *([gate.speech.tap] if gate else []),
          *([recording.processor] if recording else []), assistant_aggregator]
     )  # fmt: skip
 
     latency = TurnLatencyObserver()
-    params = PipelineParams(audio_in_sample_rate=16000, enable_metrics=True, enable_usage_metrics=True)
+    params = PipelineParams(
+        audio_in_sample_rate=16000,
+        audio_out_sample_rate=PHONE_SAMPLE_RATE if phone_call else PipelineParams().audio_out_sample_rate,
+        enable_metrics=True,
+        enable_usage_metrics=True,
+    )
     worker = PipelineWorker(
         pipeline,
         params=params,
@@ -335,10 +354,37 @@ async def run_bot(transport: BaseTransport, config: BotConfig, *, handle_sigint:
 
 async def bot(runner_args: RunnerArguments) -> None:
     """Entry point for Pipecat's runner: one call per client session."""
+    if isinstance(runner_args, WebSocketRunnerArguments) and runner_args.transport_type != "websocket":
+        logger.warning("refused a media stream on the runner's /ws: phone calls come through -t twilio|telnyx")
+        await runner_args.websocket.close(code=1008)
+        return
     config = BotConfig.from_args(getattr(runner_args, "cli_args", None)).for_session(runner_args.body)
     tracing.export_to(config.otlp_endpoint)
     transport = await create_transport(runner_args, TRANSPORTS)
     await run_bot(transport, config, handle_sigint=runner_args.handle_sigint)
+
+
+def serve_phone_calls(app: FastAPI, carrier_name: str, public_host: str | None, config: BotConfig) -> None:
+    """`-t twilio|telnyx -x HOST`: the carrier's signed webhook and token-checked media stream."""
+    if not public_host:
+        raise PhoneSetupError(f"{carrier_name} calls need -x HOST: the public host name the carrier reaches")
+    carrier = CARRIERS[carrier_name]()
+    tracing.export_to(config.otlp_endpoint)
+
+    async def run_phone_call(websocket: WebSocket, serializer: FrameSerializer, start: StreamStart) -> None:
+        transport = FastAPIWebsocketTransport(websocket, websocket_params(serializer))
+        await run_bot(transport, config, phone_call=start)
+
+    add_phone_routes(app, carrier, public_host, run_phone_call)
+
+
+def runner_transport() -> tuple[str | None, str | None]:
+    """The runner's `-t` and `-x` (it parses them itself, later)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-t", "--transport")
+    parser.add_argument("-x", "--proxy")
+    args = parser.parse_known_args()[0]
+    return args.transport, args.proxy and args.proxy.removeprefix("https://").removeprefix("http://").rstrip("/")
 
 
 if __name__ == "__main__":
@@ -346,11 +392,14 @@ if __name__ == "__main__":
 
     parser = add_bot_flags(argparse.ArgumentParser(description="Self-hosted voice agent (Pipecat runner)"))
     startup_config = BotConfig.from_args(parser.parse_known_args()[0])
-    if startup_config.mcp:
-        try:
+    transport_name, public_host = runner_transport()
+    try:
+        if startup_config.mcp:
             read_mcp_servers(startup_config.mcp)
-        except MCPConfigError as e:
-            raise SystemExit(f"bot: {e}") from None
+        if transport_name in CARRIERS:
+            serve_phone_calls(app, transport_name, public_host, startup_config)
+    except (MCPConfigError, PhoneSetupError) as e:
+        raise SystemExit(f"bot: {e}") from None
     add_warming_up_routes(app, model_servers(startup_config))
     threading.Thread(target=asyncio.run, args=(warm_llm(startup_config),), name="warm-llm", daemon=True).start()
     main(parser)

@@ -137,7 +137,7 @@ def _local(*extras: str) -> list[str]:
 # which extras it installs; tests/test_image_contents.py imports every entry point from exactly these.
 NEMO_EXTRAS, LLM_EXTRAS, BOT_EXTRAS = ("nemo", "magpie", "fetch"), ("fetch",), ("bot",)
 SERVER_SOURCES = ("servers",)
-BOT_SOURCES = ("servers", "pipecat_services", "bot_config", "bot", "bot_tools", "call_signalling")
+BOT_SOURCES = ("servers", "pipecat_services", "bot_config", "bot", "bot_tools", "call_signalling", "phone_calls")
 
 SERVER_ENV = {"HF_HOME": f"{CACHE}/huggingface", "NEMO_CACHE_DIR": f"{CACHE}/nemo", "PYTHONUNBUFFERED": "1"}
 # As docker/nemo.Dockerfile: NVIDIA's own builds (torch...) pinned while NeMo installs around them,

@@ -39,6 +39,26 @@ def speak(text: str, path: str | Path, voice: str = "en-us", words_per_minute: i
     return Path(path)
 
 
+class NaturalVoice:
+    """Piper's neural voice (the TTS server's embedded one) as test speech: a phone line keeps only
+    0-4 kHz, which leaves a natural voice's words intact and espeak-ng's formant voices' not
+    (docs/phone.md). Needs the `piper` extra."""
+
+    def __init__(self) -> None:
+        from servers.tts.engines.piper import PiperEngine
+
+        self._engine = PiperEngine()
+        self._engine.load()
+
+    def say(self, text: str) -> np.ndarray:
+        """`text` spoken, as 16 kHz int16."""
+        voice = self._engine.voices[0]
+        audio = np.concatenate(list(self._engine.synthesize(text, voice, "en", True))).astype(np.float32)
+        if np.abs(audio).max(initial=0) > 1.0:
+            audio /= 32768
+        return (np.clip(soxr.resample(audio, self._engine.sample_rate, 16_000), -1, 1) * 32767).astype(np.int16)
+
+
 def chunks(audio: np.ndarray, chunk_ms: int = 20, sample_rate: int = 16_000) -> list[bytes]:
     """Split int16 audio into real-time-sized PCM frames."""
     step = sample_rate * chunk_ms // 1000

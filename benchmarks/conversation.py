@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import numpy as np
 
 from benchmarks.audio import read_wav, speak
 from benchmarks.stats import fmt, summary
+from benchmarks.voice_client import VoiceClient
 from benchmarks.webrtc_client import WebRTCVoiceClient
 from pipecat_services.turn_metrics import TIMELINE
 from servers.ports import BOT_PORT
@@ -95,19 +97,22 @@ async def converse(
     turn_timeout: float = 30.0,
     fresh_sessions: bool = False,
     reply_start_only: bool = False,
+    new_client: Callable[[], VoiceClient] | None = None,
 ) -> tuple[list[TurnResult], list[np.ndarray]]:
     """Play each clip as a turn; returns the results (without `said`) and each reply's audio.
     `fresh_sessions`: each clip in a session of its own, so that no answer depends on earlier ones
     (a fair comparison of two settings' answers, and no call the bot ended itself). `reply_start_only`:
-    go on once the reply starts (its audio is then not returned): what was heard and how soon."""
+    go on once the reply starts (its audio is then not returned): what was heard and how soon.
+    `new_client`: another transport's client (default: WebRTC to `url` with `body`)."""
     results, replies = [], []
     client = None
+    new_client = new_client or (lambda: WebRTCVoiceClient(url, body))
     try:
         for i, (name, audio) in enumerate(clips, 1):
             if client is None or fresh_sessions:
                 if client is not None:
                     await client.close()
-                client = WebRTCVoiceClient(url, body)
+                client = new_client()
                 await client.connect()
                 await asyncio.sleep(1.0)
             speech_end = await client.say(audio)

@@ -24,17 +24,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import tempfile
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.audio import read_wav, speak, with_pause
+from benchmarks.audio import NaturalVoice, read_wav, speak, with_pause
 from benchmarks.conversation import QUESTIONS, VARIED_QUESTIONS, converse
+from benchmarks.phone_client import phone_bot
 from benchmarks.scoring import normalize, wer
 from benchmarks.stats import summary
+from benchmarks.voice_client import VoiceClient
 from servers.ports import BOT_PORT
 
 VOICES = ("en-us+m3", "en-us+f3", "en-gb", "en-gb-x-rp+f2", "en-029", "en-gb-scotland+m2")
@@ -55,14 +60,19 @@ class Clip:
 class ClipMaker:
     """Speech and noise from espeak-ng, deterministic for a seed."""
 
-    def __init__(self, folder: Path, seed: int) -> None:
+    def __init__(self, folder: Path, seed: int, natural: NaturalVoice | None = None) -> None:
         self.folder = folder
         self.rng = np.random.default_rng(seed)
+        self.natural = natural
         self._made = 0
 
     def say(self, text: str, voice: str) -> np.ndarray:
+        """`text` in espeak-ng's `voice`, or in the natural voice when there is one."""
         self._made += 1
-        return read_wav(speak(text, self.folder / f"{self._made}.wav", voice, int(self.rng.integers(140, 175))))
+        words_per_minute = int(self.rng.integers(140, 175))
+        if self.natural:
+            return self.natural.say(text)
+        return read_wav(speak(text, self.folder / f"{self._made}.wav", voice, words_per_minute))
 
     def babble(self, seconds: float) -> np.ndarray:
         """Three voices talking at once, none of them the user."""
@@ -98,9 +108,11 @@ def _to_int16(x: np.ndarray) -> np.ndarray:
     return np.clip(x, -32768, 32767).astype(np.int16)
 
 
-def make_sets(n: int, folder: Path, seed: int, wanted: tuple[str, ...]) -> dict[str, list[Clip]]:
+def make_sets(
+    n: int, folder: Path, seed: int, wanted: tuple[str, ...], natural: NaturalVoice | None = None
+) -> dict[str, list[Clip]]:
     """`n` clips per set in `wanted`; the noisy set is the clean one under noise."""
-    maker = ClipMaker(folder, seed)
+    maker = ClipMaker(folder, seed, natural)
     questions = [*QUESTIONS, *VARIED_QUESTIONS]
     scripts = [questions[i % len(questions)] for i in range(n)]
     voices = [VOICES[i % len(VOICES)] for i in range(n)]
@@ -146,34 +158,53 @@ def first_word_lost(script: str, heard: str | None) -> bool:
 
 async def main_async(args: argparse.Namespace) -> None:
     wanted = tuple(args.sets.split(","))
-    with tempfile.TemporaryDirectory() as tmp:
-        sets = make_sets(args.clips, Path(tmp), args.seed, wanted)
-    for name, clips in sets.items():
-        engine = await offline(clips) if name != "noise" else []
-        for run in range(1, args.runs + 1):
-            timeout = 4.0 if name == "noise" else args.turn_timeout
-            played = [(c.name, c.audio) for c in clips]
-            results, _ = await converse(
-                args.url, played, turn_timeout=timeout, fresh_sessions=True, reply_start_only=True
-            )
-            heard = [r.heard for r in results]
-            if args.json:
-                for clip, bot in zip(clips, heard, strict=True):
-                    print(json.dumps({"set": name, "run": run, "clip": clip.name, "script": clip.script, "bot": bot}))
-            if name == "noise":
-                turns = sum(bool(h and h.strip()) for h in heard)
-                print(f"{name:<7} run {run}: {turns}/{len(clips)} noise clips made a user turn")
-                continue
-            scripts = [c.script for c in clips]
-            lost = sum(first_word_lost(s, h) for s, h in zip(scripts, heard, strict=True))
-            engine_lost = sum(first_word_lost(s, e) for s, e in zip(scripts, engine, strict=True))
-            v2v = [r.client_v2v_ms for r in results if r.client_v2v_ms is not None]
-            print(
-                f"{name:<7} run {run}: bot WER {wer(scripts, [h or '' for h in heard]):.3f}, engine on whole clips "
-                f"{wer(scripts, engine):.3f}, first word lost {lost}/{len(clips)} (engine {engine_lost}), no turn "
-                f"{sum(h is None for h in heard)}/{len(clips)}"
-                + (f", V2V p50 {summary(v2v)['p50']:.0f} ms p90 {summary(v2v)['p90']:.0f} ms" if v2v else "")
-            )
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        sets = make_sets(args.clips, Path(tmp), args.seed, wanted, NaturalVoice() if args.speaker == "piper" else None)
+        clients: dict[str, Callable[[], VoiceClient] | None] = {"webrtc": None}
+        if args.phone:
+            clients[args.phone] = stack.enter_context(phone_bot(args.phone, Path(tmp) / "phone"))
+        for name, clips in sets.items():
+            engine = await offline(clips) if name != "noise" else []
+            for run, (transport, new_client) in itertools.product(range(1, args.runs + 1), clients.items()):
+                await play_set(args, name, clips, engine, f"{name} run {run} {transport}", new_client)
+
+
+async def play_set(
+    args: argparse.Namespace,
+    name: str,
+    clips: list[Clip],
+    engine: list[str],
+    label: str,
+    new_client: Callable[[], VoiceClient] | None,
+) -> None:
+    """One run over one set, through one transport's client; prints its line (and JSON lines)."""
+    timeout = 4.0 if name == "noise" else args.turn_timeout
+    played = [(c.name, c.audio) for c in clips]
+    results, _ = await converse(
+        args.url, played, turn_timeout=timeout, fresh_sessions=True, reply_start_only=True, new_client=new_client
+    )
+    heard = [r.heard for r in results]
+    if args.json:
+        for clip, bot in zip(clips, heard, strict=True):
+            print(json.dumps({"run": label, "clip": clip.name, "script": clip.script, "bot": bot}))
+    if name == "noise":
+        turns = sum(bool(h and h.strip()) for h in heard)
+        print(f"{label}: {turns}/{len(clips)} noise clips made a user turn")
+        return
+    scripts = [c.script for c in clips]
+    lost = sum(first_word_lost(s, h) for s, h in zip(scripts, heard, strict=True))
+    engine_lost = sum(first_word_lost(s, e) for s, e in zip(scripts, engine, strict=True))
+    v2v = {k: [getattr(r, k) for r in results if getattr(r, k) is not None] for k in ("client_v2v_ms", "server_v2v_ms")}
+    print(
+        f"{label}: bot WER {wer(scripts, [h or '' for h in heard]):.3f}, engine on whole clips "
+        f"{wer(scripts, engine):.3f}, first word lost {lost}/{len(clips)} (engine {engine_lost}), no turn "
+        f"{sum(h is None for h in heard)}/{len(clips)}"
+        + "".join(
+            f", {k.removesuffix('_ms').replace('_', ' ')} p50 {summary(v)['p50']:.0f} ms p90 {summary(v)['p90']:.0f} ms"
+            for k, v in v2v.items()
+            if v
+        )
+    )
 
 
 def main() -> None:
@@ -185,6 +216,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--turn-timeout", type=float, default=30.0, help="seconds to wait for a reply")
     parser.add_argument("--json", action="store_true", help="one JSON line per clip as well")
+    parser.add_argument(
+        "--phone", choices=["twilio", "telnyx"],
+        help="also call each clip in over that carrier's media stream (8 kHz mu-law), to a phone bot started "
+        "here on the same model servers",
+    )  # fmt: skip
+    parser.add_argument(
+        "--speaker", choices=["espeak", "piper"], default="espeak",
+        help="the clips' voices: espeak-ng's (varied) or Piper's neural one (natural speech; what a phone line needs)",
+    )  # fmt: skip
     asyncio.run(main_async(parser.parse_args()))
 
 

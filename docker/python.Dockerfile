@@ -25,7 +25,7 @@ FROM ${PYTHON_IMAGE}
 RUN useradd --create-home --uid 1000 app
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-COPY bot.py bot_config.py bot_tools.py ./
+COPY bot.py bot_config.py bot_tools.py phone_calls.py ./
 # HF_HUB_OFFLINE: every model these services use ships inside a package; nothing may download.
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 USER 1000:1000

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.audio import read_wav, speak
+from benchmarks.audio import NaturalVoice, read_wav, speak
 from servers.processes import LocalServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +72,13 @@ def say_wav(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def say_natural():
+    """Speech in Piper's neural voice, text → 16 kHz int16: a phone line's 4 kHz leaves its words
+    intelligible, and espeak-ng's formant voices' not (docs/phone.md)."""
+    return NaturalVoice().say
+
+
+@pytest.fixture(scope="session")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, np.ndarray]]:
     """(text, 16 kHz int16 audio) for each test sentence."""
     folder = tmp_path_factory.mktemp("speech")
@@ -116,12 +123,13 @@ def serve_bot(
     tts: RestartableServer,
     llm: RestartableServer,
     settings: dict[str, str] | None = None,
+    transport: tuple[str, ...] = ("-t", "webrtc"),
 ) -> Iterator[RestartableServer]:
-    """The bot on Pipecat's runner (Playground, /api/offer), wired to these model servers, greedy;
-    `settings`: more BOT_* variables."""
+    """The bot on Pipecat's runner (by default the Playground's, /api/offer), wired to these model
+    servers, greedy; `settings`: more BOT_* variables (or others)."""
     env = {"BOT_ASR_URL": asr.url, "BOT_TTS_URL": tts.url, "BOT_LLM_URL": llm.http_url, "BOT_TEMPERATURE": "0"}
     env |= settings or {}
-    yield from serve_for_session(factory, "bot", ["-t", "webrtc", "--host", "127.0.0.1"], health="/status", env=env)
+    yield from serve_for_session(factory, "bot", [*transport, "--host", "127.0.0.1"], health="/status", env=env)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -332,9 +333,18 @@ def test_lan_override_puts_the_bot_on_the_host_network():
             assert override[f"{k}-{profile}"]["ports"] == [f"127.0.0.1:{PORTS[k]}:{PORTS[k]}"]
 
 
+def test_phone_override_serves_the_carrier_on_the_public_host():
+    override = load("compose.phone.yaml")["services"]
+    for profile in PROFILES:
+        bot = override[f"bot-{profile}"]
+        command = flags(bot["command"])
+        assert resolve(command["-t"]) == "twilio" and command["-x"].startswith("${PUBLIC_HOST:?")
+        assert {"TWILIO_AUTH_TOKEN", "TELNYX_PUBLIC_KEY"} <= set(bot["environment"])
+
+
 def test_env_example_documents_every_setting():
     used = set()
-    for name in ("compose.yaml", "compose.lan.yaml", "compose.llama-prebuilt.yaml"):
+    for name in ("compose.yaml", "compose.lan.yaml", "compose.llama-prebuilt.yaml", "compose.phone.yaml"):
         used |= set(re.findall(r"\$\{(\w+)", (DOCKER / name).read_text()))
     documented = set(re.findall(r"^#? ?(\w+)=", (DOCKER / ".env.example").read_text(), re.MULTILINE))
     assert used <= documented, used - documented
@@ -356,9 +366,11 @@ def has_compose() -> bool:
 @pytest.mark.skipif(not has_compose(), reason="no docker compose CLI (no engine needed, only the CLI plugin)")
 def test_docker_compose_accepts_the_files():
     files = ["-f", "docker/compose.yaml", "-f", "docker/compose.lan.yaml", "-f", "docker/compose.llama-prebuilt.yaml"]
-    for chosen in (files[:2], files):
+    phone = ["-f", "docker/compose.yaml", "-f", "docker/compose.phone.yaml"]
+    for chosen in (files[:2], files, phone):
         cmd = ["docker", "compose", *chosen, "--profile", "cpu", "--profile", "gpu", "config", "--quiet"]
-        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        env = os.environ | {"PUBLIC_HOST": "bot.example.test"}  # compose.phone.yaml requires it
+        result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stderr
 
 

@@ -50,7 +50,7 @@ NO_PYTHON = {"nemotron-voice-agent/llama-server-cuda"}
 MODAL_ENTRY_POINTS = {
     "nemo_image": ["modal_app", "servers.asr.engines.nemotron", "servers.tts.engines.magpie", "servers.model_fetch"],
     "llm_image": ["modal_app", "servers.model_fetch"],
-    "bot_image": ["modal_app", "bot", "call_signalling"],
+    "bot_image": ["modal_app", "bot", "call_signalling", "phone_calls"],
 }
 
 
