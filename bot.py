@@ -61,7 +61,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from bot_config import BotConfig, add_bot_flags
 from bot_tools import bot_tools
-from phone_calls import CARRIERS, PhoneSetupError, StreamStart, add_phone_routes, file_name
+from phone_calls import CARRIERS, PhoneSetupError, StreamStart, StreamTokens, add_phone_routes, file_name
 from pipecat_services import tracing
 from pipecat_services.asr_stt import ASRServerSTTService
 from pipecat_services.backchannels import BackchannelGate, BackchannelPhrases, QuietBotVADUserTurnStartStrategy
@@ -364,10 +364,11 @@ async def bot(runner_args: RunnerArguments) -> None:
     await run_bot(transport, config, handle_sigint=runner_args.handle_sigint)
 
 
-def serve_phone_calls(app: FastAPI, carrier_name: str, public_host: str | None, config: BotConfig) -> None:
-    """`-t twilio|telnyx -x HOST`: the carrier's signed webhook and token-checked media stream."""
-    if not public_host:
-        raise PhoneSetupError(f"{carrier_name} calls need -x HOST: the public host name the carrier reaches")
+def serve_phone_calls(
+    app: FastAPI, carrier_name: str, public_host: str | None, config: BotConfig, tokens: StreamTokens | None = None
+) -> None:
+    """The carrier's signed webhook and token-checked media stream on `app`, each call run here
+    (`-t twilio|telnyx -x HOST`; on Modal, `public_host` None and tokens every container sees)."""
     carrier = CARRIERS[carrier_name]()
     tracing.export_to(config.otlp_endpoint)
 
@@ -375,7 +376,7 @@ def serve_phone_calls(app: FastAPI, carrier_name: str, public_host: str | None, 
         transport = FastAPIWebsocketTransport(websocket, websocket_params(serializer))
         await run_bot(transport, config, phone_call=start)
 
-    add_phone_routes(app, carrier, public_host, run_phone_call)
+    add_phone_routes(app, carrier, public_host, run_phone_call, tokens)
 
 
 def runner_transport() -> tuple[str | None, str | None]:
@@ -396,6 +397,8 @@ if __name__ == "__main__":
     try:
         if startup_config.mcp:
             read_mcp_servers(startup_config.mcp)
+        if transport_name in CARRIERS and not public_host:
+            raise PhoneSetupError(f"{transport_name} calls need -x HOST: the public host name the carrier reaches")
         if transport_name in CARRIERS:
             serve_phone_calls(app, transport_name, public_host, startup_config)
     except (MCPConfigError, PhoneSetupError) as e:

@@ -33,8 +33,10 @@ import asyncio
 import json
 import os
 import queue
+import secrets
 import subprocess
 import sys
+import time
 import tomllib
 import urllib.request
 from pathlib import Path
@@ -76,6 +78,9 @@ TURN_SECRET = os.environ.get("MODAL_TURN_SECRET", "")
 form); it replaces the STUN-only default for both the browser and the bot."""
 
 PROXY_AUTH_KEYS = ("MODAL_PROXY_KEY", "MODAL_PROXY_SECRET")
+PHONE_KEYS = ("PHONE_CARRIER", "TWILIO_", "TELNYX_")
+"""Phone calls (docs/phone.md): PHONE_CARRIER=twilio|telnyx and its secrets at deploy time make the
+`Phone` endpoint answer that carrier's calls."""
 BOT_REQUIRES_PROXY_AUTH = os.environ.get("BOT_REQUIRE_PROXY_AUTH", "0") == "1"
 
 
@@ -338,7 +343,7 @@ def ice_servers() -> list[dict[str, Any]]:
 def bot_settings(turn_secret: str = TURN_SECRET) -> dict[str, str]:
     """The deploying environment's BOT_*/PIPECAT_* settings and proxy credentials, over BOT_DEFAULTS;
     with a TURN Secret named, PIPECAT_ICE_SERVERS comes from it alone (one source per variable)."""
-    settings = deploy_settings(("BOT_", "PIPECAT_", *PROXY_AUTH_KEYS), BOT_DEFAULTS)
+    settings = deploy_settings(("BOT_", "PIPECAT_", *PROXY_AUTH_KEYS, *PHONE_KEYS), BOT_DEFAULTS)
     if turn_secret:
         settings.pop("PIPECAT_ICE_SERVERS")
     return settings
@@ -387,6 +392,58 @@ async def wake(names: list[str]) -> None:
 
 async def start_call(session_id: str, body: dict[str, Any]) -> None:
     await Call().run.spawn.aio(session_id, body)
+
+
+class SharedStreamTokens:
+    """phone_calls' one-time stream tokens in a Modal Dict: the container that answers a call's webhook
+    issues its token, the one that takes its media stream redeems it (`Dict.pop` is atomic)."""
+
+    def __init__(self, tokens: modal.Dict, ttl_s: float = 30.0, capacity: int = 1000) -> None:
+        self.tokens, self.ttl_s, self.capacity = tokens, ttl_s, capacity
+
+    async def issue(self) -> str | None:
+        now = time.time()
+        expired = [token async for token, expiry in self.tokens.items.aio() if expiry <= now]
+        for token in expired:
+            await self.tokens.pop.aio(token, None)
+        if await self.tokens.len.aio() >= self.capacity:
+            return None
+        token = secrets.token_urlsafe(24)
+        await self.tokens.put.aio(token, now + self.ttl_s)
+        return token
+
+    async def redeem(self, token: str) -> bool:
+        expiry = await self.tokens.pop.aio(token, None)
+        return expiry is not None and expiry > time.time()
+
+
+phone_tokens = modal.Dict.from_name(f"{APP_NAME}-phone-tokens", create_if_missing=True)
+
+
+@app.cls(image=bot_image, cpu=2, memory=2048, secrets=BOT_SECRETS, timeout=CALL_TIMEOUT, buffer_containers=1,
+         scaledown_window=5 * MINUTES)  # fmt: skip
+@modal.concurrent(max_inputs=1)
+class Phone:
+    """Phone calls, one per container as `Call` for WebRTC: each request is an input and a container
+    takes one at a time, so a call's media stream has its container to itself. The carrier's webhook
+    goes to https://<workspace>--nemotron-voice-agent-phone-serve.modal.run/ (signed for that host)."""
+
+    @modal.enter()
+    def prepare(self) -> None:
+        os.environ.update(service_urls())
+
+    @modal.asgi_app(requires_proxy_auth=False)
+    def serve(self) -> Any:
+        from fastapi import FastAPI
+
+        import bot
+        from bot_config import BotConfig
+
+        phone = FastAPI(title="voice agent phone calls")
+        carrier = os.environ.get("PHONE_CARRIER", "")
+        if carrier:
+            bot.serve_phone_calls(phone, carrier, None, BotConfig.from_args(None), SharedStreamTokens(phone_tokens))
+        return phone
 
 
 @app.function(image=bot_image, secrets=BOT_SECRETS, min_containers=1)

@@ -70,28 +70,27 @@ def file_name(call_id: str) -> str:
 
 
 class StreamTokens:
-    """One-time stream tokens with a short life: the webhook issues, the media WebSocket redeems."""
+    """One-time stream tokens with a short life: the webhook issues, the media WebSocket redeems.
+    Kept in this process; `modal_app.SharedStreamTokens` keeps them where every container sees them."""
 
-    def __init__(
-        self, ttl_s: float = STREAM_TOKEN_TTL_S, capacity: int = MAX_PENDING_STREAMS, clock=time.monotonic
-    ) -> None:
-        self._ttl_s, self._capacity, self._clock = ttl_s, capacity, clock
+    def __init__(self, ttl_s: float = STREAM_TOKEN_TTL_S, capacity: int = MAX_PENDING_STREAMS, clock=time.time) -> None:
+        self.ttl_s, self.capacity, self.clock = ttl_s, capacity, clock
         self._expiry: dict[str, float] = {}
 
-    def issue(self) -> str | None:
+    async def issue(self) -> str | None:
         """A new token, or None while `capacity` unexpired ones wait."""
-        now = self._clock()
+        now = self.clock()
         self._expiry = {token: t for token, t in self._expiry.items() if t > now}
-        if len(self._expiry) >= self._capacity:
+        if len(self._expiry) >= self.capacity:
             return None
         token = secrets.token_urlsafe(24)
-        self._expiry[token] = now + self._ttl_s
+        self._expiry[token] = now + self.ttl_s
         return token
 
-    def redeem(self, token: str) -> bool:
+    async def redeem(self, token: str) -> bool:
         """Whether `token` was issued, is unexpired and unused (it is used now)."""
         expiry = self._expiry.pop(token, None)
-        return expiry is not None and expiry > self._clock()
+        return expiry is not None and expiry > self.clock()
 
 
 def stream_instructions(stream_url: str, token: str, **stream_attributes: str) -> str:
@@ -230,28 +229,31 @@ RunCall = Callable[[WebSocket, FrameSerializer, StreamStart], Awaitable[None]]
 """Runs one call on an accepted media WebSocket with its serializer (bot.py's `run_phone_call`)."""
 
 
-def add_phone_routes(app: FastAPI, carrier: Carrier, public_host: str, run_call: RunCall) -> None:
+def add_phone_routes(
+    app: FastAPI, carrier: Carrier, public_host: str | None, run_call: RunCall, tokens: StreamTokens | None = None
+) -> None:
     """The carrier's webhook (`POST /`) and media stream (`/ws`); added before Pipecat's runner adds
-    its own (unsigned, tokenless) routes of the same paths, so these are the ones that answer."""
-    tokens = StreamTokens()
-    stream_url = f"wss://{public_host}/ws"
+    its own (unsigned, tokenless) routes of the same paths, so these are the ones that answer.
+    `public_host` None: the request's own Host (behind a proxy that sets it, as Modal's does)."""
+    tokens = tokens or StreamTokens()
 
     @app.post("/")
     async def answer_call(request: Request) -> Response:
         body = await _read_body(request)
         if body is None:
             return PlainTextResponse("webhook body too large", status_code=413)
-        url = f"https://{public_host}{request.url.path}" + (f"?{request.url.query}" if request.url.query else "")
+        host = public_host or request.headers.get("host", "")
+        url = f"https://{host}{request.url.path}" + (f"?{request.url.query}" if request.url.query else "")
         try:
             carrier.verify(url, request.headers, body)
         except WebhookRejected as e:
             logger.warning(f"{carrier.name} webhook refused from {_peer(request)}: {e}")
             return PlainTextResponse("forbidden", status_code=403)
-        token = tokens.issue()
+        token = await tokens.issue()
         if token is None:
-            logger.warning(f"{carrier.name} webhook: {MAX_PENDING_STREAMS} streams pending; refusing a call")
+            logger.warning(f"{carrier.name} webhook: {tokens.capacity} streams pending; refusing a call")
             return PlainTextResponse("busy", status_code=503)
-        return Response(carrier.instructions(stream_url, token), media_type="application/xml")
+        return Response(carrier.instructions(f"wss://{host}/ws", token), media_type="application/xml")
 
     @app.websocket("/ws")
     async def media_stream(websocket: WebSocket) -> None:
@@ -262,7 +264,7 @@ def add_phone_routes(app: FastAPI, carrier: Carrier, public_host: str, run_call:
             logger.warning(f"{carrier.name} media stream refused: {e or 'no start message in time'}")
             await _refuse(websocket)
             return
-        if not tokens.redeem(start.token):
+        if not await tokens.redeem(start.token):
             logger.warning(f"{carrier.name} media stream for call {start.call_id} refused: no valid stream token")
             await _refuse(websocket)
             return

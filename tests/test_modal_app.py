@@ -65,7 +65,7 @@ def deployed():
     sys.modules.pop("modal_app", None)
     module = importlib.import_module("modal_app")
     patch.undo()
-    names = ("ASR", "TTS", "LLM", "Call", "web")
+    names = ("ASR", "TTS", "LLM", "Call", "Phone", "web")
     options = {name: o for name in names for r, o in registrations if r is getattr(module, name)}
     yield SimpleNamespace(module=module, options=options, ports=ports, web_servers=web_servers)
     sys.modules.pop("modal_app", None)
@@ -158,6 +158,71 @@ def test_each_call_has_a_cpu_container_of_its_own(deployed):
     options = deployed.options["Call"]
     assert options["buffer_containers"] >= 1  # a warm container waits for the next call
     assert options.get("max_containers") is None
+
+
+def test_each_phone_call_has_a_cpu_container_of_its_own(deployed):
+    summary = info(deployed, "Phone")
+    assert summary.gpus == [] and summary.method_details["serve"].unauthenticated  # carriers have no Modal key
+    assert summary.concurrency_info.max_inputs == 1  # a media stream is an input: one call per container
+    assert summary.timeout >= 20 * MINUTES
+    assert deployed.options["Phone"]["buffer_containers"] >= 1
+
+
+class LocalDict:
+    """The four Modal Dict calls SharedStreamTokens makes, on a dict (what two containers share)."""
+
+    def __init__(self) -> None:
+        self.data: dict = {}
+
+        async def items():
+            for item in list(self.data.items()):
+                yield item
+
+        async def put(key, value):
+            self.data[key] = value
+
+        async def pop(key, default):
+            return self.data.pop(key, default)
+
+        async def length():
+            return len(self.data)
+
+        self.items, self.put, self.pop, self.len = (SimpleNamespace(aio=f) for f in (items, put, pop, length))
+
+
+def test_phone_tokens_are_shared_by_containers_and_one_time(deployed, monkeypatch):
+    store = LocalDict()
+    webhook, media = (deployed.module.SharedStreamTokens(store, ttl_s=30, capacity=2) for _ in range(2))
+
+    async def scenario() -> None:
+        first, second = await webhook.issue(), await webhook.issue()
+        assert await webhook.issue() is None, "past capacity"
+        assert await media.redeem(first) and not await media.redeem(first)
+        now = deployed.module.time.time() + 31
+        monkeypatch.setattr(deployed.module.time, "time", lambda: now)
+        assert not await media.redeem(second), "expired"
+        assert await webhook.issue() is not None and len(store.data) == 1, "expired tokens are dropped"
+
+    asyncio.run(scenario())
+
+
+def test_the_phone_endpoint_answers_its_carriers_signed_webhook(deployed, monkeypatch):
+    """The Phone container's app is bot.py's phone routes: a Twilio-signed webhook to its own Modal
+    host gets stream instructions for that host; an unsigned one 403."""
+    from fastapi.testclient import TestClient
+
+    from benchmarks.phone_client import CarrierAccount
+
+    account = CarrierAccount.new("twilio")
+    monkeypatch.setenv("PHONE_CARRIER", "twilio")
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", account.secret)
+    monkeypatch.setattr(deployed.module, "phone_tokens", LocalDict())
+    host = "ws--nemotron-voice-agent-phone-serve.modal.run"
+    client = TestClient(deployed.module.Phone._get_user_cls()().serve(), base_url=f"https://{host}")
+    body, headers = account.signed_webhook(f"https://{host}/", "CA1")
+    answer = client.post("/", content=body, headers=headers)
+    assert answer.status_code == 200 and f'url="wss://{host}/ws"' in answer.text, answer.text
+    assert client.post("/", content=body, headers={"Content-Type": headers["Content-Type"]}).status_code == 403
 
 
 def test_a_connected_call_wakes_the_deployed_model_servers_it_uses(deployed, monkeypatch):

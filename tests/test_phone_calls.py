@@ -185,14 +185,14 @@ def test_a_phone_bot_without_its_secret_or_public_host_does_not_start(args, env,
     assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
 
 
-def test_stream_tokens_are_one_time_short_lived_and_bounded():
+async def test_stream_tokens_are_one_time_short_lived_and_bounded():
     now = [0.0]
     tokens = StreamTokens(ttl_s=30, capacity=2, clock=lambda: now[0])
-    first, second = tokens.issue(), tokens.issue()
+    first, second = await tokens.issue(), await tokens.issue()
     assert first and second and first != second
-    assert tokens.issue() is None, "past capacity"
-    assert tokens.redeem(first) and not tokens.redeem(first)
+    assert await tokens.issue() is None, "past capacity"
+    assert await tokens.redeem(first) and not await tokens.redeem(first)
     now[0] = 31.0
-    assert not tokens.redeem(second), "expired"
-    assert tokens.issue() is not None, "expired tokens free their places"
-    assert not tokens.redeem("never-issued")
+    assert not await tokens.redeem(second), "expired"
+    assert await tokens.issue() is not None, "expired tokens free their places"
+    assert not await tokens.redeem("never-issued")
