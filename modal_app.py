@@ -398,7 +398,7 @@ class SharedStreamTokens:
     """phone_calls' one-time stream tokens in a Modal Dict: the container that answers a call's webhook
     issues its token, the one that takes its media stream redeems it (`Dict.pop` is atomic)."""
 
-    def __init__(self, tokens: modal.Dict, ttl_s: float = 30.0, capacity: int = 1000) -> None:
+    def __init__(self, tokens: modal.Dict, ttl_s: float, capacity: int) -> None:
         self.tokens, self.ttl_s, self.capacity = tokens, ttl_s, capacity
 
     async def issue(self) -> str | None:
@@ -438,11 +438,13 @@ class Phone:
 
         import bot
         from bot_config import BotConfig
+        from phone_calls import MAX_PENDING_STREAMS, STREAM_TOKEN_TTL_S
 
         phone = FastAPI(title="voice agent phone calls")
         carrier = os.environ.get("PHONE_CARRIER", "")
         if carrier:
-            bot.serve_phone_calls(phone, carrier, None, BotConfig.from_args(None), SharedStreamTokens(phone_tokens))
+            tokens = SharedStreamTokens(phone_tokens, STREAM_TOKEN_TTL_S, MAX_PENDING_STREAMS)
+            bot.serve_phone_calls(phone, carrier, None, BotConfig.from_args(None), tokens)
         return phone
 
 

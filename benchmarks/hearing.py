@@ -5,8 +5,10 @@ same clips.
     python -m benchmarks.hearing                     # 50 clips per set, two runs
     python -m benchmarks.hearing --clips 5 --runs 1 --sets clean,paused --json
     scripts/hearing-compare.sh OLD --clips 20 --runs 1   # git ref OLD's stack and this one's, in turn
+    python -m benchmarks.hearing --phone twilio --speaker piper   # each clip also over a phone line
 
-The sets are made here from espeak-ng voices (nothing downloaded; `--seed` fixes them):
+The sets are made here from espeak-ng voices, or Piper's with `--speaker piper` (nothing
+downloaded; `--seed` fixes them):
   clean    one question per clip, the voices varied
   paused   the same questions with one 120-400 ms pause between two of their words
   noisy    the clean clips under babble (three other voices) or fan-like noise, at 0, 5 and 10 dB SNR
