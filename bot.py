@@ -12,10 +12,12 @@ stops the bot's audio, cancels the LLM stream and the TTS context; the assistant
 only the words already heard (the TTS client times them), and the LLM's token history follows.
 Speech over the bot's first pauses it, and its words decide: a backchannel ("mhm") or none (a cough)
 resume it, anything else interrupts.
+A phone call has keypad entries as turns ("DTMF: 12#", after the backchannel gate) and 8 kHz audio out.
 A call ends after the bot's answer to the user's farewell, or after a nudge and a goodbye to a user
 who stopped answering.
 
     python bot.py -t webrtc      Pipecat Playground at http://localhost:7860/client
+    python bot.py -t twilio -x bot.example.com      phone calls (also telnyx; docs/phone.md)
     python bot.py --help         every setting (bot_config.py), each with its BOT_* variable
 """
 

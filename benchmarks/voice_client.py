@@ -139,6 +139,15 @@ class VoiceClient:
             await asyncio.sleep(0.05)
         return None
 
+    async def whole_reply(self, since: float, timeout: float = 90.0) -> np.ndarray | None:
+        """The bot's whole reply after `since`: from its first audio until its assistant turn has ended
+        (a pause inside the reply, which a busy host may make, does not cut it); None if none came."""
+        start = await self.wait_for_reply_start(since, timeout)
+        if start is None or await self.wait_for_answer(since, timeout) is None:
+            return None
+        await asyncio.sleep(0.3)  # the reply's last audio may arrive just after the message
+        return self.audio.between(start - 0.1, time.monotonic())
+
     async def wait_for_end(self, timeout: float) -> float | None:
         """When the bot ended the call, waiting at most `timeout` s for it; None if it did not."""
         deadline = time.monotonic() + timeout

@@ -13,6 +13,7 @@ import re
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -39,21 +40,32 @@ async def heard(whisper, audio: np.ndarray) -> str:
     return (await whisper.transcribe(audio.astype(np.float32) / 32768)).lower()
 
 
-async def one_question(url: str, whisper, question: np.ndarray, via_start: bool = False) -> tuple[str, dict | None]:
-    """A session with one spoken question: what the bot said (transcribed) and its turn_latency."""
+class Answer(NamedTuple):
+    """One spoken question's answer: its audio transcribed, its turn_latency, and the reply's text as
+    the bot stored it (exact, where Whisper may mishear the audio of a host under load)."""
+
+    said: str
+    latency: dict | None
+    text: str
+
+
+async def one_question(url: str, whisper, question: np.ndarray, via_start: bool = False) -> Answer:
+    """A session with one spoken question and its whole reply."""
     client = WebRTCVoiceClient(url)
     await client.connect(via_start=via_start)
     try:
-        speech_end, reply = await ask(client, question)
+        speech_end = await client.say(question)
+        reply = await client.whole_reply(speech_end)
         assert reply is not None, "the bot never answered"
-        said = await heard(whisper, client.audio.between(reply[0] - 0.1, reply[1] + 0.1))
-        return said, await client.wait_for_message("turn_latency", speech_end, timeout=5)
+        latency = await client.wait_for_message("turn_latency", speech_end, timeout=5)
+        text = " ".join(m["text"] for m in client.server_messages("assistant_turn", speech_end)).lower()
+        return Answer(await heard(whisper, reply), latency, text)
     finally:
         await client.close()
 
 
 async def test_spoken_question_gets_a_spoken_answer(bot_server, whisper, say_wav):
-    said, latency = await one_question(bot_server.http_url, whisper, say_wav("What is the capital of France?"))
+    said, latency, _ = await one_question(bot_server.http_url, whisper, say_wav("What is the capital of France?"))
     assert "paris" in said, said
     assert latency is not None and "capital" in latency["user_text"].lower(), latency
     for stage in ("stt_final_ms", "llm_ttfb_ms", "tts_ttfb_ms", "server_v2v_ms"):
@@ -79,7 +91,7 @@ async def test_a_pause_inside_a_question_is_heard_as_one_question(bot_server, wh
     to stop gets a final of its own ("What do you call?"), which the turn's next final replaces."""
     clip = with_pause(say_wav(before), say_wav(after), pause_s)
     whole = await heard(whisper, np.concatenate([clip, np.zeros(8000, np.int16)]))
-    _, latency = await one_question(bot_server.http_url, whisper, clip)
+    _, latency, _ = await one_question(bot_server.http_url, whisper, clip)
     assert latency is not None, "no turn"
     user_text = latency["user_text"].lower()
     assert not re.search(r"[.?!]\s+\S", user_text.strip()), f"decoded in pieces: {user_text!r}"
@@ -237,15 +249,13 @@ async def test_a_farewell_ends_the_call_after_the_answer(bot_server, whisper, sa
 async def test_two_sessions_each_get_their_own_answer(bot_server, whisper, say_wav):
     questions = {"What is the capital of France?": "paris", "How many legs does a spider have?": ("eight", "8")}
 
-    async def session(question: str) -> tuple[str, str]:
-        said, latency = await one_question(bot_server.http_url, whisper, say_wav(question))
-        return (latency or {}).get("user_text", "").lower(), said
-
-    (heard_a, said_a), (heard_b, said_b) = await asyncio.gather(*(session(q) for q in questions))
+    a, b = await asyncio.gather(*(one_question(bot_server.http_url, whisper, say_wav(q)) for q in questions))
+    heard_a, heard_b = ((x.latency or {}).get("user_text", "").lower() for x in (a, b))
     assert "france" in heard_a and "spider" not in heard_a, heard_a
     assert "spider" in heard_b and "france" not in heard_b, heard_b
-    assert "paris" in said_a and "spider" not in said_a, said_a
-    assert any(w in said_b for w in ("eight", "8")) and "paris" not in said_b, said_b
+    assert "paris" in a.text and "spider" not in a.text, a
+    assert any(w in b.text for w in ("eight", "8")) and "paris" not in b.text, b
+    assert a.said and "spider" not in a.said and b.said and "paris" not in b.said, (a, b)  # no audio crossed
 
 
 async def test_protobuf_websocket_client_gets_a_spoken_answer(bot_server, whisper, say_wav):

@@ -93,15 +93,16 @@ async def test_two_calls_two_workers_each_answered(bot_env, whisper, say_wav):
     call gets its own worker, media flows, each question gets its own spoken answer; hanging up ends
     the worker and clears its inbox."""
     async with deployed() as deployment:
-        (said_a, latency_a), (said_b, latency_b) = await asyncio.gather(
+        a, b = await asyncio.gather(
             one_question(deployment.url, whisper, say_wav("What is the capital of France?"), via_start=True),
             one_question(deployment.url, whisper, say_wav("How many legs does a spider have?")),
         )
         assert len(deployment.workers) == 2
-        assert "france" in (latency_a or {}).get("user_text", "").lower(), latency_a
-        assert "spider" in (latency_b or {}).get("user_text", "").lower(), latency_b
-        assert "paris" in said_a and "spider" not in said_a, said_a
-        assert any(w in said_b for w in ("eight", "8")) and "paris" not in said_b, said_b
+        assert "france" in (a.latency or {}).get("user_text", "").lower(), a
+        assert "spider" in (b.latency or {}).get("user_text", "").lower(), b
+        assert "paris" in a.text and "spider" not in a.text, a
+        assert any(w in b.text for w in ("eight", "8")) and "paris" not in b.text, b
+        assert a.said and "spider" not in a.said and b.said and "paris" not in b.said, (a, b)
         await asyncio.wait_for(asyncio.gather(*deployment.workers.values()), 30)
         assert not any(inbox(s) in deployment.mailbox.partitions for s in deployment.workers)
 
