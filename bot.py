@@ -355,10 +355,16 @@ async def run_bot(
 
 
 async def bot(runner_args: RunnerArguments) -> None:
-    """Entry point for Pipecat's runner: one call per client session."""
-    if isinstance(runner_args, WebSocketRunnerArguments) and runner_args.transport_type != "websocket":
-        logger.warning("refused a media stream on the runner's /ws: phone calls come through -t twilio|telnyx")
-        await runner_args.websocket.close(code=1008)
+    """Entry point for Pipecat's runner: one call per client session. A phone bot runs only the calls
+    its own routes admitted (`serve_phone_calls`); a telephony stream on the runner's `/ws` has no token."""
+    phone_bot = getattr(getattr(runner_args, "cli_args", None), "transport", None) in CARRIERS
+    telephony = isinstance(runner_args, WebSocketRunnerArguments) and runner_args.transport_type != "websocket"
+    if phone_bot or telephony:
+        logger.warning(f"refused a {type(runner_args).__name__} session: phone calls come through -t twilio|telnyx")
+        if isinstance(runner_args, WebSocketRunnerArguments):
+            await runner_args.websocket.close(code=1008)
+        elif connection := getattr(runner_args, "webrtc_connection", None):
+            await connection.disconnect()
         return
     config = BotConfig.from_args(getattr(runner_args, "cli_args", None)).for_session(runner_args.body)
     tracing.export_to(config.otlp_endpoint)

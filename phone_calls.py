@@ -16,6 +16,7 @@ the account's API credentials the serializer also hangs up through the carrier's
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -119,7 +120,7 @@ class Carrier(ABC):
 
     @abstractmethod
     def parse_start(self, message: dict[str, Any]) -> StreamStart:
-        """The call's ids and token from its `start` message (KeyError/TypeError when malformed)."""
+        """The call's ids and token from its `start` message (KeyError/TypeError/ValueError when malformed)."""
 
     @abstractmethod
     def serializer(self, start: StreamStart) -> FrameSerializer:
@@ -184,6 +185,8 @@ class Telnyx(Carrier):
                 "Telnyx calls need TELNYX_PUBLIC_KEY (Mission Control → Keys & Credentials → Public Key): "
                 "it checks that webhooks come from Telnyx"
             )
+        if len(_b64decode(self._public_key)) != 32:
+            raise PhoneSetupError("TELNYX_PUBLIC_KEY is not a base64 Ed25519 public key (32 bytes)")
         self._api_key = environ.get("TELNYX_API_KEY", "")
         from telnyx.lib.webhook_verification import verify_webhook_signature  # the whole SDK: seconds
 
@@ -196,17 +199,22 @@ class Telnyx(Carrier):
             self._verify(body, headers, self._public_key)
         except WebhookVerificationError as e:
             raise WebhookRejected(e.message) from None
+        except UnicodeDecodeError:
+            raise WebhookRejected("the body is not UTF-8") from None
 
     def instructions(self, stream_url: str, token: str) -> str:
-        return stream_instructions(stream_url, token, bidirectionalMode="rtp", bidirectionalCodec="PCMU")
+        return stream_instructions(stream_url, token, codec="PCMU", bidirectionalMode="rtp", bidirectionalCodec="PCMU")
 
     def parse_start(self, message: dict[str, Any]) -> StreamStart:
         start = message["start"]
         parameters = start.get("custom_parameters") or {}
+        encoding = str((start.get("media_format") or {}).get("encoding") or "PCMU")
+        if encoding not in ("PCMU", "PCMA"):
+            raise ValueError(f"Telnyx stream in {encoding}: only PCMU and PCMA are served")
         return StreamStart(
             stream_id=str(message["stream_id"]), call_id=str(start["call_control_id"]),
             token=str(parameters.get(TOKEN_PARAMETER, "")),
-            encoding=str((start.get("media_format") or {}).get("encoding") or "PCMU"),
+            encoding=encoding,
         )  # fmt: skip
 
     def serializer(self, start: StreamStart) -> FrameSerializer:
@@ -215,8 +223,8 @@ class Telnyx(Carrier):
         hang_up = bool(self._api_key)
         return TelnyxFrameSerializer(
             stream_id=start.stream_id,
-            outbound_encoding="PCMU",
-            inbound_encoding=start.encoding,
+            outbound_encoding=start.encoding,  # Pipecat's names: what Telnyx sends us
+            inbound_encoding="PCMU",  # what we send (bidirectionalCodec)
             call_control_id=start.call_id,
             api_key=self._api_key or None,
             params=TelnyxFrameSerializer.InputParams(auto_hang_up=hang_up),
@@ -261,7 +269,7 @@ def add_phone_routes(
         try:
             start = await asyncio.wait_for(_read_start(websocket, carrier), START_TIMEOUT_S)
         except (TimeoutError, ValueError) as e:
-            logger.warning(f"{carrier.name} media stream refused: {e or 'no start message in time'}")
+            logger.warning(f"{carrier.name} media stream refused: {str(e) or 'no start message in time'}")
             await _refuse(websocket)
             return
         if not await tokens.redeem(start.token):
@@ -269,7 +277,12 @@ def add_phone_routes(
             await _refuse(websocket)
             return
         logger.info(f"{carrier.name} call {start.call_id}: stream {start.stream_id} started")
-        await run_call(websocket, carrier.serializer(start), start)
+        try:
+            await run_call(websocket, carrier.serializer(start), start)
+        except Exception:
+            logger.exception(f"{carrier.name} call {start.call_id} failed")
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                await websocket.close(code=1011)
 
 
 async def _read_body(request: Request) -> bytes | None:
@@ -292,8 +305,8 @@ async def _read_start(websocket: WebSocket, carrier: Carrier) -> StreamStart:
         if isinstance(message, dict) and message.get("event") == "start":
             try:
                 return carrier.parse_start(message)
-            except (KeyError, TypeError, AttributeError):
-                raise ValueError(f"malformed {carrier.name} start message") from None
+            except (KeyError, TypeError, AttributeError) as e:
+                raise ValueError(f"malformed {carrier.name} start message ({type(e).__name__})") from None
     raise ValueError("no start message")
 
 
@@ -301,6 +314,13 @@ async def _refuse(websocket: WebSocket) -> None:
     """Close with 1008 (policy violation); the peer may have gone already."""
     with contextlib.suppress(RuntimeError, WebSocketDisconnect):
         await websocket.close(code=1008)
+
+
+def _b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        return b""
 
 
 def _peer(request: Request) -> str:

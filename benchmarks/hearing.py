@@ -168,7 +168,7 @@ async def main_async(args: argparse.Namespace) -> None:
         for name, clips in sets.items():
             engine = await offline(clips) if name != "noise" else []
             for run, (transport, new_client) in itertools.product(range(1, args.runs + 1), clients.items()):
-                await play_set(args, name, clips, engine, f"{name} run {run} {transport}", new_client)
+                await play_set(args, name, clips, engine, (run, transport), new_client)
 
 
 async def play_set(
@@ -176,10 +176,11 @@ async def play_set(
     name: str,
     clips: list[Clip],
     engine: list[str],
-    label: str,
+    run: tuple[int, str],
     new_client: Callable[[], VoiceClient] | None,
 ) -> None:
     """One run over one set, through one transport's client; prints its line (and JSON lines)."""
+    label = f"{name} run {run[0]} {run[1]}"
     timeout = 4.0 if name == "noise" else args.turn_timeout
     played = [(c.name, c.audio) for c in clips]
     results, _ = await converse(
@@ -188,7 +189,8 @@ async def play_set(
     heard = [r.heard for r in results]
     if args.json:
         for clip, bot in zip(clips, heard, strict=True):
-            print(json.dumps({"run": label, "clip": clip.name, "script": clip.script, "bot": bot}))
+            line = {"set": name, "run": run[0], "transport": run[1], "clip": clip.name, "script": clip.script}
+            print(json.dumps(line | {"bot": bot}))
     if name == "noise":
         turns = sum(bool(h and h.strip()) for h in heard)
         print(f"{label}: {turns}/{len(clips)} noise clips made a user turn")

@@ -53,10 +53,11 @@ def phone_line(audio_16k: np.ndarray) -> bytes:
     return audioop.lin2ulaw((np.clip(narrow, -1, 1) * 32767).astype(np.int16).tobytes(), 2)
 
 
-def from_line(ulaw: bytes) -> np.ndarray:
-    """mu-law 8 kHz from the bot → 16 kHz int16."""
+def from_line(ulaw: bytes, resampler: soxr.ResampleStream | None = None) -> np.ndarray:
+    """mu-law 8 kHz from the bot → 16 kHz int16 (`resampler`: a stream's, across its chunks)."""
     pcm = np.frombuffer(audioop.ulaw2lin(ulaw, 2), dtype=np.int16).astype(np.float32) / 32768
-    return (soxr.resample(pcm, LINE_RATE, 16_000) * 32767).astype(np.int16)
+    wide = resampler.resample_chunk(pcm) if resampler else soxr.resample(pcm, LINE_RATE, 16_000)
+    return (np.clip(wide, -1, 1) * 32767).astype(np.int16)
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,8 @@ class PhoneCallClient(VoiceClient):
 
     async def open_stream(self, path: str, token: str) -> None:
         """The media WebSocket at `path` on the bot (what the TLS proxy in front of it forwards to)."""
+        if self._http is not None:
+            await self._http.close()
         self._http = aiohttp.ClientSession()
         self._ws = await self._http.ws_connect(self.base_url.replace("http", "ws", 1) + path)
         await self._send(self.account.connected_message())
@@ -194,7 +197,8 @@ class PhoneCallClient(VoiceClient):
 
     async def hang_up(self) -> None:
         """The caller hangs up: `stop`, then the carrier closes the stream."""
-        await self._send({"event": "stop", **self._stream(), "stop": {"callSid": self.call_id}})
+        call = {"call_control_id": self.call_id} if self.account.name == "telnyx" else {"callSid": self.call_id}
+        await self._send({"event": "stop", **self._stream(), "stop": call})
         await self.close()
 
     async def wait_for_close(self, timeout: float) -> int | None:
@@ -205,6 +209,7 @@ class PhoneCallClient(VoiceClient):
         return self._ws.close_code if self._ws is not None and self._ws.closed else None
 
     async def close(self) -> None:
+        self._drained.set()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -223,6 +228,12 @@ class PhoneCallClient(VoiceClient):
 
     async def _speak(self) -> None:
         """One 20 ms `media` message every 20 ms: queued speech, else silence (a line never pauses)."""
+        try:
+            await self._stream_media()
+        finally:
+            self._drained.set()  # a closed stream plays nothing more: `say` returns
+
+    async def _stream_media(self) -> None:
         silence = bytes([0xFF]) * CHUNK  # mu-law zero
         started, sent = time.monotonic(), 0
         while not self._ws.closed:
@@ -241,25 +252,25 @@ class PhoneCallClient(VoiceClient):
             await asyncio.sleep(max(0.0, started + sent * 0.02 - time.monotonic()))
 
     async def _receive(self) -> None:
-        played_until = 0.0
+        played_until, resampler = 0.0, soxr.ResampleStream(LINE_RATE, 16_000, 1, dtype="float32")
         async for message in self._ws:
             if message.type != aiohttp.WSMsgType.TEXT:
                 continue
             data, now = json.loads(message.data), time.monotonic()
             if data.get("event") == "media":
-                audio = from_line(base64.b64decode(data["media"]["payload"]))
+                audio = from_line(base64.b64decode(data["media"]["payload"]), resampler)
                 self.audio.add(now, audio)
                 played_until = max(played_until, now) + len(audio) / 16_000
             elif data.get("event") == "clear":
                 self.clears.append(now)
                 played_until = now
             elif data.get("event") == "mark":
-                asyncio.get_running_loop().call_later(
-                    max(0.0, played_until - now), lambda m=data["mark"]: asyncio.ensure_future(self._mark(m))
-                )
+                self._tasks.append(asyncio.create_task(self._mark(data["mark"], max(0.0, played_until - now))))
         self.ended_at = self.ended_at or time.monotonic()
 
-    async def _mark(self, mark: dict[str, Any]) -> None:
+    async def _mark(self, mark: dict[str, Any], after_s: float) -> None:
+        """A mark goes back once the audio sent before it has played."""
+        await asyncio.sleep(after_s)
         if self._ws is not None and not self._ws.closed:
             await self._send({"event": "mark", **self._stream(), "mark": mark})
 

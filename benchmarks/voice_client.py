@@ -53,7 +53,7 @@ class BargeIn:
     """One reply interrupted by the user, as seen from the client."""
 
     round_trip_ms: float
-    """The WebRTC path both ways: the interrupted turn's client V2V less the bot's own server V2V."""
+    """The transport's path both ways: the interrupted turn's client V2V less the bot's own server V2V."""
     heard_ms: float
     """Start of the interrupting speech at this client → the bot's last audio arriving here."""
     played_s: float

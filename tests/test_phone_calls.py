@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from benchmarks.phone_client import CarrierAccount, PhoneCallClient
+from benchmarks.webrtc_client import WebRTCVoiceClient
 from phone_calls import StreamTokens
 from tests.conftest import ROOT, RestartableServer, serve_bot
 
@@ -94,10 +95,10 @@ async def test_the_bot_ending_the_call_closes_the_stream(phone_bot, say_natural)
     client = phone_bot.client()
     await client.connect()
     try:
-        speech_end = await client.say(say_natural("Thanks, that is all. Bye!"))
+        speech_end = await client.say(say_natural("Thanks, that is all. Goodbye!"))
         reply_start = await client.wait_for_reply_start(speech_end, timeout=60)
         assert reply_start is not None, "the bot did not answer"
-        assert await client.wait_for_close(timeout=20) is not None, "the bot never ended the call"
+        assert await client.wait_for_close(timeout=60) is not None, "the bot never ended the call"
         assert client.audio.voiced_times(reply_start), "the call ended before the answer was heard"
     finally:
         await client.close()
@@ -156,6 +157,18 @@ async def test_a_stream_without_the_issued_token_is_refused(phone_bot):
     finally:
         await replay.close()
         await first.hang_up()
+
+
+async def test_a_phone_bot_runs_no_playground_session(phone_bot):
+    """The runner's WebRTC routes skip the signature and the token: a phone bot starts no call there."""
+    client = WebRTCVoiceClient(phone_bot.server.http_url)
+    try:
+        await client.connect(timeout=10)
+    except (aiohttp.ClientResponseError, TimeoutError):
+        return  # no such route, or no media ever flowed
+    finally:
+        await client.close()
+    raise AssertionError("a Playground session reached a phone bot")
 
 
 async def test_the_runners_own_media_route_runs_no_call(bot_server, tmp_path):
