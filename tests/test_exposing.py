@@ -210,6 +210,6 @@ def secured_bot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServe
 
 
 async def test_the_right_token_works_end_to_end_through_the_bot(secured_bot, whisper, say_wav):
-    said, latency, _ = await one_question(secured_bot.http_url, whisper, say_wav("What is the capital of France?"))
-    assert latency is not None and "capital" in latency["user_text"].lower(), latency
-    assert "paris" in said, said
+    answer = await one_question(secured_bot.http_url, whisper, say_wav("What is the capital of France?"))
+    assert answer.latency is not None and "capital" in answer.latency["user_text"].lower(), answer
+    assert "paris" in answer.text and "capital" in answer.said, answer  # its answer, and heard over WebRTC

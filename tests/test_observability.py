@@ -69,7 +69,7 @@ def observed_bot(tmp_path_factory, asr_server, tts_server, llm_server, receiver,
 
 
 async def test_a_call_is_traced_and_recorded(observed_bot, receiver, records, whisper, say_wav):
-    said, latency = await one_question(observed_bot.http_url, whisper, say_wav("What is the capital of France?"))
+    said, latency, _ = await one_question(observed_bot.http_url, whisper, say_wav("What is the capital of France?"))
     assert latency is not None and said
 
     deadline = time.monotonic() + 60  # spans leave in batches; the conversation's when the call ends
