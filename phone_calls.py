@@ -270,19 +270,18 @@ def add_phone_routes(
             start = await asyncio.wait_for(_read_start(websocket, carrier), START_TIMEOUT_S)
         except (TimeoutError, ValueError) as e:
             logger.warning(f"{carrier.name} media stream refused: {str(e) or 'no start message in time'}")
-            await _refuse(websocket)
+            await _close(websocket, 1008)
             return
         if not await tokens.redeem(start.token):
             logger.warning(f"{carrier.name} media stream for call {start.call_id} refused: no valid stream token")
-            await _refuse(websocket)
+            await _close(websocket, 1008)
             return
         logger.info(f"{carrier.name} call {start.call_id}: stream {start.stream_id} started")
         try:
             await run_call(websocket, carrier.serializer(start), start)
         except Exception:
             logger.exception(f"{carrier.name} call {start.call_id} failed")
-            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-                await websocket.close(code=1011)
+            await _close(websocket, 1011)
 
 
 async def _read_body(request: Request) -> bytes | None:
@@ -310,10 +309,10 @@ async def _read_start(websocket: WebSocket, carrier: Carrier) -> StreamStart:
     raise ValueError("no start message")
 
 
-async def _refuse(websocket: WebSocket) -> None:
-    """Close with 1008 (policy violation); the peer may have gone already."""
+async def _close(websocket: WebSocket, code: int) -> None:
+    """Close with `code` (1008: refused, 1011: failed); the peer may have gone already."""
     with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-        await websocket.close(code=1008)
+        await websocket.close(code=code)
 
 
 def _b64decode(text: str) -> bytes:

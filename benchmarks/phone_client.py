@@ -53,11 +53,10 @@ def phone_line(audio_16k: np.ndarray) -> bytes:
     return audioop.lin2ulaw((np.clip(narrow, -1, 1) * 32767).astype(np.int16).tobytes(), 2)
 
 
-def from_line(ulaw: bytes, resampler: soxr.ResampleStream | None = None) -> np.ndarray:
-    """mu-law 8 kHz from the bot → 16 kHz int16 (`resampler`: a stream's, across its chunks)."""
+def from_line(ulaw: bytes, resampler: soxr.ResampleStream) -> np.ndarray:
+    """mu-law 8 kHz from the bot → 16 kHz int16 (`resampler`: the stream's, across its chunks)."""
     pcm = np.frombuffer(audioop.ulaw2lin(ulaw, 2), dtype=np.int16).astype(np.float32) / 32768
-    wide = resampler.resample_chunk(pcm) if resampler else soxr.resample(pcm, LINE_RATE, 16_000)
-    return (np.clip(wide, -1, 1) * 32767).astype(np.int16)
+    return (np.clip(resampler.resample_chunk(pcm), -1, 1) * 32767).astype(np.int16)
 
 
 @dataclass(frozen=True)
